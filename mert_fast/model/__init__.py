@@ -1,0 +1,1 @@
+"""MERT student, configuration presets, checkpoint loading and teachers."""

@@ -1,0 +1,476 @@
+"""Constant-Q transform with nnAudio ``CQT1992v2`` semantics, computed in the frequency domain.
+
+The dense form correlates the clip with filters up to 65,536 taps long at every hop. The same numbers
+come out of: one rFFT of the zero-padded clip (length ``N = L * hop``, ``L`` 2-3-5-smooth and large enough
+that the circular correlation never wraps onto itself), a product with each bin's filter spectrum
+truncated to its band, a fold of that product to ``L`` points (decimation by ``hop`` in time is aliasing
+in frequency) and an inverse FFT of length ``L`` per bin. The band tables ("plans") depend only on the
+configuration and ``N``, so clips of nearby lengths share one, and they are cached per device.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import warnings
+from typing import NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mert_fast.ops._backend import select_backend, triton_importable
+from mert_fast.ops.reference import cqt_frequencies, cqt_kernels
+
+__all__ = ["CQT", "cqt", "clear_plan_cache", "DEFAULT_THRESHOLD"]
+
+#: Spectral coefficients below this fraction of a bin's peak are dropped from its band. The
+#: truncation error is about 1.3x this value; 2e-5 keeps the relative error near 3e-5 (bound: 1e-4).
+DEFAULT_THRESHOLD = 2e-5
+
+_OUTPUTS = ("magnitude", "power", "complex")
+_PAD_MODES = ("constant", "reflect")
+
+
+@dataclasses.dataclass(frozen=True)
+class CQTConfig:
+    """A validated CQT configuration (the arguments of :func:`cqt`)."""
+
+    sample_rate: float = 24000
+    """Sampling rate of the input in Hz."""
+    hop_length: int = 320
+    """Samples between frames."""
+    fmin: float = 32.7
+    """Centre frequency of the lowest bin in Hz."""
+    n_bins: int = 336
+    """Number of bins."""
+    bins_per_octave: int = 48
+    """Bins per octave."""
+    filter_scale: float = 1.0
+    """Filter length multiplier (Q = filter_scale / (2 ** (1 / bins_per_octave) - 1))."""
+    norm: int | None = 1
+    """Filter normalisation: 1 (L1, librosa's), 2 (L2) or None."""
+    window: str | tuple = "hann"
+    """Window passed to ``scipy.signal.get_window``."""
+    center: bool = True
+    """Frame t is centred on sample ``t * hop_length`` (else it starts there)."""
+    pad_mode: str = "constant"
+    """Padding for ``center=True``: ``"constant"`` (zeros, MERT's) or ``"reflect"`` (nnAudio's default)."""
+    output: str = "magnitude"
+    """``"magnitude"``, ``"power"`` or ``"complex"``."""
+    threshold: float = DEFAULT_THRESHOLD
+    """Relative truncation threshold of the filter spectra."""
+
+    def __post_init__(self) -> None:
+        def fail(field: str, expected: str) -> None:
+            raise ValueError(f"{field} must be {expected}; got {getattr(self, field)!r}")
+
+        if isinstance(self.sample_rate, bool) or not self.sample_rate > 0:
+            fail("sample_rate", "a positive number of samples per second")
+        if isinstance(self.hop_length, bool) or not isinstance(self.hop_length, int) or self.hop_length <= 0:
+            fail("hop_length", "a positive integer")
+        if not (math.isfinite(self.fmin) and self.fmin > 0):
+            fail("fmin", "a positive frequency in Hz")
+        if not isinstance(self.n_bins, int) or self.n_bins <= 0:
+            fail("n_bins", "a positive integer")
+        if not isinstance(self.bins_per_octave, int) or self.bins_per_octave <= 0:
+            fail("bins_per_octave", "a positive integer")
+        if not (math.isfinite(self.filter_scale) and self.filter_scale > 0):
+            fail("filter_scale", "a positive number")
+        if self.norm not in (None, 0, 1, 2):
+            fail("norm", "1, 2 or None")
+        if not isinstance(self.window, (str, tuple)):
+            fail("window", "a scipy window name or tuple")
+        if self.pad_mode not in _PAD_MODES:
+            fail("pad_mode", " or ".join(repr(m) for m in _PAD_MODES))
+        if self.output not in _OUTPUTS:
+            fail("output", " or ".join(repr(o) for o in _OUTPUTS))
+        if not 0 <= self.threshold < 1:
+            fail("threshold", "in [0, 1)")
+        top = cqt_frequencies(self.fmin, self.n_bins, self.bins_per_octave)[-1]
+        if top > self.sample_rate / 2:
+            raise ValueError(
+                f"fmin/n_bins: the top bin is {top:.1f} Hz, above the Nyquist frequency {self.sample_rate / 2:.1f} Hz "
+                f"(fmin={self.fmin}, n_bins={self.n_bins}, bins_per_octave={self.bins_per_octave})"
+            )
+
+    def filter_key(self) -> tuple:
+        return (
+            self.sample_rate,
+            self.fmin,
+            self.n_bins,
+            self.bins_per_octave,
+            self.filter_scale,
+            self.norm,
+            self.window,
+        )
+
+
+class _Filters(NamedTuple):
+    width: int  # W, the dense kernel width (filters centred at W // 2)
+    half_support: int  # s: every filter is zero outside [-s, s] around its centre
+    rows: torch.Tensor  # (nnz_t,) bin of each non-zero time-domain tap
+    taps: torch.Tensor  # (nnz_t,) tap position relative to the centre
+    values: torch.Tensor  # (nnz_t,) complex128 tap value
+    lengths: torch.Tensor  # (n_bins,) float64 filter lengths
+
+
+class _Filters(NamedTuple):
+    width: int  # W, the dense kernel width (filters centred at W // 2)
+    half_support: int  # s: every filter is zero outside [-s, s] around its centre
+    rows: torch.Tensor  # (nnz_t,) bin of each non-zero time-domain tap
+    taps: torch.Tensor  # (nnz_t,) tap position relative to the centre
+    values: torch.Tensor  # (nnz_t,) complex128 tap value
+    lengths: torch.Tensor  # (n_bins,) float64 filter lengths
+
+
+@functools.lru_cache(maxsize=8)
+def _filters(key: tuple) -> _Filters:
+    kernels, lengths = cqt_kernels(*key)
+    width = kernels.shape[-1]
+    rows, cols = torch.nonzero(kernels, as_tuple=True)
+    taps = cols - width // 2
+    return _Filters(width, int(taps.abs().max()), rows, taps, kernels[rows, cols], lengths)
+
+
+def _smooth_at_least(n: int) -> int:
+    """The smallest 2-3-5-smooth integer >= n (a fast FFT length)."""
+    best = 1 << max(0, (n - 1).bit_length())
+    p5 = 1
+    while p5 < best:
+        p35 = p5
+        while p35 < best:
+            p = p35
+            while p < n:
+                p *= 2
+            best = min(best, p)
+            p35 *= 3
+        p5 *= 5
+    return best
+
+
+def _band(mask: np.ndarray, n: int) -> tuple[int, int]:
+    """The shortest circular range of [0, n) that holds every True of ``mask``: (start, length)."""
+    idx = np.flatnonzero(mask)
+    gaps = np.diff(idx)
+    wrap_gap = idx[0] + n - idx[-1]
+    if gaps.size == 0 or wrap_gap >= gaps.max():
+        return int(idx[0]), int(idx[-1] - idx[0] + 1)
+    g = int(np.argmax(gaps))
+    return int(idx[g + 1]), int(idx[g] + n - idx[g + 1] + 1)
+
+
+class CQTPlan(NamedTuple):
+    """The truncated filter spectra for one FFT length on one device, as a sparse matrix.
+
+    ``A`` maps the clip's spectrum to the folded products: row ``k * L + r`` sums
+    ``conj(filter_k spectrum)[f] * sqrt(len_k) / hop * X[f]`` over the band frequencies ``f = r (mod L)``.
+    Columns ``c < n_freq`` read the rfft bin ``c``; columns ``n_freq + c`` read its conjugate (frequencies above
+    Nyquist, present only for filters whose band crosses it). Stored in CSR form, and its conjugate transpose
+    for the backward pass.
+    """
+
+    n_fft: int  # N = n_fold * hop
+    n_fold: int  # L
+    n_bins: int  # K
+    n_cols: int  # n_freq or 2 * n_freq
+    crow: torch.Tensor  # (K * L + 1,) int64
+    col: torch.Tensor  # (nnz,) int64
+    val: torch.Tensor  # (nnz,) complex64 (complex128 for float64)
+    crow_t: torch.Tensor  # (n_cols + 1,) int64, the conjugate transpose
+    col_t: torch.Tensor  # (nnz,) int64
+    val_t: torch.Tensor  # (nnz,) complex
+
+
+def _csr(rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, n_rows: int):
+    order = torch.argsort(rows * (int(cols.max()) + 1) + cols)
+    crow = torch.zeros(n_rows + 1, dtype=torch.int64)
+    crow[1:] = torch.cumsum(torch.bincount(rows, minlength=n_rows), 0)
+    return crow, cols[order], vals[order]
+
+
+@functools.lru_cache(maxsize=32)
+def _plan(key: tuple, hop: int, threshold: float, n_fold: int, device: torch.device, dtype: torch.dtype) -> CQTPlan:
+    filt = _filters(key)
+    n_fft = n_fold * hop
+    n_freq = n_fft // 2 + 1
+    n_bins = key[2]
+    taps = filt.taps % n_fft
+    scale = filt.lengths.sqrt() / hop
+    bins, freqs, coefs = [], [], []
+    chunk = max(1, min(n_bins, (1 << 24) // n_fft))  # bound the float64 spectra in memory
+    for k0 in range(0, n_bins, chunk):
+        k1 = min(n_bins, k0 + chunk)
+        sel = (filt.rows >= k0) & (filt.rows < k1)
+        wrapped = torch.zeros((k1 - k0) * n_fft, dtype=torch.complex128)
+        wrapped.index_add_(0, (filt.rows[sel] - k0) * n_fft + taps[sel], filt.values[sel])
+        # correlation with conj(filter) <=> product with conj(FFT(filter)) in frequency
+        spec = torch.fft.fft(wrapped.view(k1 - k0, n_fft)).conj_physical_()
+        mag = spec.abs()
+        keep = (mag >= threshold * mag.amax(dim=1, keepdim=True)).numpy()
+        for i in range(k1 - k0):
+            lo, length = _band(keep[i], n_fft)
+            f = (lo + torch.arange(length)) % n_fft
+            bins.append(torch.full((length,), k0 + i))
+            freqs.append(f)
+            coefs.append(spec[i, f] * scale[k0 + i])
+    freq = torch.cat(freqs)
+    upper = freq > n_fft // 2
+    n_cols = 2 * n_freq if bool(upper.any()) else n_freq
+    cols = torch.where(upper, n_freq + n_fft - freq, freq)
+    rows = torch.cat(bins) * n_fold + freq % n_fold
+    vals = torch.cat(coefs).to(torch.complex128 if dtype == torch.float64 else torch.complex64)
+    crow, col, val = _csr(rows, cols, vals, n_bins * n_fold)
+    crow_t, col_t, val_t = _csr(cols, rows, vals.conj(), n_cols)
+    on = lambda t: t.to(device)
+    return CQTPlan(n_fft, n_fold, n_bins, n_cols, on(crow), on(col), on(val), on(crow_t), on(col_t), on(val_t))
+
+
+def _spmm_torch(crow, col, val, x: torch.Tensor, n_cols: int) -> torch.Tensor:
+    """``out[b] = A @ xc[b]`` with ``A`` in CSR and ``xc[b] = [x[b], conj(x[b])][:n_cols]``; x ``(B, n)``."""
+    n_rows = crow.shape[0] - 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
+        a = torch.sparse_csr_tensor(crow, col, val, (n_rows, n_cols), check_invariants=False)
+    xs = x.transpose(0, 1)
+    if n_cols > x.shape[1]:
+        xs = torch.cat([xs, xs.conj()], 0)
+    return (a @ xs.contiguous()).transpose(0, 1)
+
+
+def _spmm(crow, col, val, x: torch.Tensor, n_cols: int, backend: str) -> torch.Tensor:
+    if backend == "triton":
+        from mert_fast.kernels.cqt import csr_spmm
+
+        return torch.view_as_complex(csr_spmm(crow, col, torch.view_as_real(val), torch.view_as_real(x), n_cols))
+    if backend == "cuda":
+        from mert_fast._native import native
+
+        out = native().csr_spmm(crow, col, torch.view_as_real(val), torch.view_as_real(x.contiguous()), n_cols)
+        return torch.view_as_complex(out)
+    return _spmm_torch(crow, col, val, x, n_cols)
+
+
+@torch.library.custom_op("mert_fast::cqt_fold", mutates_args=())
+def _cqt_fold(
+    x: torch.Tensor,
+    crow: torch.Tensor,
+    col: torch.Tensor,
+    val: torch.Tensor,
+    crow_t: torch.Tensor,
+    col_t: torch.Tensor,
+    val_t: torch.Tensor,
+    n_cols: int,
+    backend: str,
+) -> torch.Tensor:
+    """Real views in and out: rfft ``x`` ``(B, n_freq, 2)`` -> folded products ``(B, K * L, 2)``."""
+    out = _spmm(crow, col, torch.view_as_complex(val), torch.view_as_complex(x.contiguous()), n_cols, backend)
+    return torch.view_as_real(out).contiguous()
+
+
+@_cqt_fold.register_fake
+def _(x, crow, col, val, crow_t, col_t, val_t, n_cols, backend):
+    return x.new_empty((x.shape[0], crow.shape[0] - 1, 2))
+
+
+def _cqt_fold_setup(ctx, inputs, output):
+    x, _, _, _, crow_t, col_t, val_t, n_cols, backend = inputs
+    ctx.save_for_backward(crow_t, col_t, val_t)
+    ctx.n_freq, ctx.backend = x.shape[1], backend
+
+
+def _cqt_fold_backward(ctx, grad):
+    # the adjoint is the same kernel on the conjugate-transposed matrix; conjugated columns fold back
+    crow_t, col_t, val_t = ctx.saved_tensors
+    g = torch.view_as_complex(grad.contiguous())
+    gx = _spmm(crow_t, col_t, torch.view_as_complex(val_t), g, g.shape[1], ctx.backend)
+    if gx.shape[1] > ctx.n_freq:
+        gx = gx[:, : ctx.n_freq] + gx[:, ctx.n_freq :].conj()
+    return torch.view_as_real(gx), None, None, None, None, None, None, None, None
+
+
+_cqt_fold.register_autograd(_cqt_fold_backward, setup_context=_cqt_fold_setup)
+
+
+def clear_plan_cache() -> None:
+    """Drop every cached filter plan (benchmarks time plan building with it)."""
+    _plan.cache_clear()
+    _filters.cache_clear()
+
+
+def _check_audio(audio: torch.Tensor) -> torch.Tensor:
+    if not isinstance(audio, torch.Tensor):
+        raise TypeError(f"audio must be a torch.Tensor; got {type(audio).__name__}")
+    if not audio.is_floating_point():
+        raise TypeError(
+            f"audio must be floating point (float16, bfloat16, float32 or float64) in [-1, 1]; got {audio.dtype}"
+        )
+    if audio.dim() not in (1, 2):
+        raise ValueError(
+            f"audio must be mono, shaped (T,) or (B, T); got shape {tuple(audio.shape)} "
+            "(downmix stereo or multi-channel audio first)"
+        )
+    if audio.shape[-1] == 0 or audio.numel() == 0:
+        raise ValueError(f"audio must hold at least one sample; got shape {tuple(audio.shape)}")
+    if not torch.isfinite(audio).all():
+        raise ValueError("audio contains NaN or inf values")
+    return audio.reshape(1, -1) if audio.dim() == 1 else audio
+
+
+def _cqt(x: torch.Tensor, cfg: CQTConfig) -> torch.Tensor:
+    """The transform on a checked (B, T) batch."""
+    compute_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    x = x.to(compute_dtype)
+    key = cfg.filter_key()
+    filt = _filters(key)
+    hop, width = cfg.hop_length, filt.width
+    half = width // 2
+    n_in = x.shape[-1]
+    if cfg.center and cfg.pad_mode == "reflect":
+        if n_in <= half:
+            raise ValueError(
+                f"audio: pad_mode='reflect' needs more than {half} samples (half the longest filter); got {n_in}. "
+                "Use pad_mode='constant' for short clips."
+            )
+        x = F.pad(x[:, None], (half, half), mode="reflect")[:, 0]
+    shift = half if (cfg.pad_mode == "reflect" or not cfg.center) else 0
+    n_sig = x.shape[-1]
+    padded = n_sig + (2 * half if shift == 0 else 0)
+    if padded < width:
+        raise ValueError(f"audio: center=False needs at least {width} samples (the filter width); got {n_in}")
+    n_frames = (padded - width) // hop + 1
+    # the circular correlation must not wrap any sample onto a filter tap it does not reach
+    need = max(n_sig, max(n_sig - shift - 1, shift + (n_frames - 1) * hop) + filt.half_support + 1)
+    n_fold = _smooth_at_least(-(-need // hop))
+    plan = _plan(key, hop, cfg.threshold, n_fold, x.device, compute_dtype)
+    buf = F.pad(x, (0, plan.n_fft - n_sig))
+    if shift:
+        buf = torch.roll(buf, -shift, dims=-1)
+    spec = torch.fft.rfft(buf)
+    auto = "triton" if (x.is_cuda and triton_importable()) else "torch"
+    backend = select_backend("cqt", x, ("triton", "cuda", "torch"), auto)
+    z = _cqt_fold(
+        torch.view_as_real(spec),
+        plan.crow,
+        plan.col,
+        torch.view_as_real(plan.val),
+        plan.crow_t,
+        plan.col_t,
+        torch.view_as_real(plan.val_t),
+        plan.n_cols,
+        backend,
+    )
+    z = torch.view_as_complex(z).view(x.shape[0], plan.n_bins, plan.n_fold)
+    frames = torch.fft.ifft(z, dim=-1)[..., :n_frames]
+    if cfg.output == "complex":
+        return frames
+    if cfg.output == "power":
+        return frames.real.square() + frames.imag.square()
+    return frames.abs()
+
+
+def cqt(
+    audio: torch.Tensor,
+    *,
+    sample_rate: float = 24000,
+    hop_length: int = 320,
+    fmin: float = 32.7,
+    n_bins: int = 336,
+    bins_per_octave: int = 48,
+    filter_scale: float = 1.0,
+    norm: int | None = 1,
+    window: str | tuple = "hann",
+    center: bool = True,
+    pad_mode: str = "constant",
+    output: str = "magnitude",
+    threshold: float = DEFAULT_THRESHOLD,
+) -> torch.Tensor:
+    """Constant-Q transform, exactly nnAudio ``CQT1992v2`` (librosa normalisation) up to ~3e-5 relative.
+
+    Args:
+        audio: ``(T,)`` or ``(B, T)`` mono audio, float16/bfloat16/float32 (computed in float32) or float64
+            (computed in float64). Any length >= 1 sample with the default zero padding.
+        sample_rate ... window: the filter bank, as in nnAudio (defaults: MERT's musical teacher).
+        center, pad_mode: frame ``t`` centred on sample ``t * hop_length`` with zero (or reflect) padding.
+        output: ``"magnitude"`` (default), ``"power"`` (squared magnitude) or ``"complex"``
+            (``torch.view_as_complex`` of nnAudio's ``output_format="Complex"``).
+        threshold: relative truncation of the filter spectra (accuracy against speed).
+
+    Returns:
+        ``(B, n_bins, F)`` (``B = 1`` for 1-D input) with ``F = T // hop_length + 1`` when centred, else
+        ``(T - W) // hop_length + 1`` for the filter width ``W``; float32 (complex64), or float64
+        (complex128) for float64 input. Differentiable with respect to ``audio``; the magnitude's
+        gradient at 0 is 0.
+    """
+    cfg = _config(
+        sample_rate,
+        hop_length,
+        fmin,
+        n_bins,
+        bins_per_octave,
+        filter_scale,
+        norm,
+        window,
+        center,
+        pad_mode,
+        output,
+        threshold,
+    )
+    return _cqt(_check_audio(audio), cfg)
+
+
+@functools.lru_cache(maxsize=64)
+def _config(*args) -> CQTConfig:
+    return CQTConfig(*args)
+
+
+class CQT(torch.nn.Module):
+    """Module form of :func:`cqt`: validates its configuration once and keeps its filter plans cached.
+
+    Holds no parameters or buffers (the plans are derived, per device and FFT length), so it adds nothing
+    to a state dict.
+    """
+
+    def __init__(
+        self,
+        sample_rate: float = 24000,
+        hop_length: int = 320,
+        fmin: float = 32.7,
+        n_bins: int = 336,
+        bins_per_octave: int = 48,
+        filter_scale: float = 1.0,
+        norm: int | None = 1,
+        window: str | tuple = "hann",
+        center: bool = True,
+        pad_mode: str = "constant",
+        output: str = "magnitude",
+        threshold: float = DEFAULT_THRESHOLD,
+    ) -> None:
+        super().__init__()
+        self.config = CQTConfig(
+            sample_rate,
+            hop_length,
+            fmin,
+            n_bins,
+            bins_per_octave,
+            filter_scale,
+            norm,
+            window,
+            center,
+            pad_mode,
+            output,
+            threshold,
+        )
+        self.frequencies = cqt_frequencies(fmin, n_bins, bins_per_octave)
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        """``(T,)`` or ``(B, T)`` -> ``(B, n_bins, F)``; see :func:`cqt`."""
+        return _cqt(_check_audio(audio), self.config)
+
+    def extra_repr(self) -> str:
+        c = self.config
+        return (
+            f"sample_rate={c.sample_rate}, hop_length={c.hop_length}, fmin={c.fmin}, n_bins={c.n_bins}, "
+            f"bins_per_octave={c.bins_per_octave}, output={c.output!r}"
+        )

@@ -1,0 +1,1 @@
+"""Pre-training: data pipeline, masking, mixtures, objectives and DeepSpeed glue."""

@@ -1,0 +1,70 @@
+"""Shared test set-up: seeds, devices, the ``cuda`` marker and Triton's interpreter (no CUDA call at import)."""
+
+from __future__ import annotations
+
+import os
+import random
+import zlib
+
+import numpy as np
+import pytest
+import torch
+
+
+def pytest_configure(config):
+    # Triton decides at decoration time whether kernels are interpreted, so this must happen before any
+    # kernel module is imported: without a GPU every Triton kernel runs on CPU tensors through the interpreter.
+    if not torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """With MERT_FAST_REQUIRE_TRITON=1 (CI), a skipped Triton test is a failure: a missing triton must not pass."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and "triton" in item.keywords and "cuda" not in item.keywords:
+        if os.environ.get("MERT_FAST_REQUIRE_TRITON") == "1":
+            report.outcome = "failed"
+            report.longrepr = f"Triton test skipped but MERT_FAST_REQUIRE_TRITON=1: {report.longrepr}"
+
+
+@pytest.fixture(autouse=True)
+def _seed(request):
+    """A reproducible seed per test (from its id): fresh random inputs in every test, repeatable failures."""
+    seed = (zlib.crc32(request.node.nodeid.encode()) + int(os.environ.get("MERT_FAST_TEST_SEED", "0"))) % (2**31)
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+    yield seed
+
+
+def devices() -> list[str]:
+    """``["cpu"]`` plus ``"cuda"`` when a GPU is present (the nnAudio pattern)."""
+    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.fixture
+def triton_backend(monkeypatch):
+    """Run ops through their Triton kernels: on a GPU for CUDA tensors, else on CPU through the interpreter."""
+    import triton  # noqa: F401  (an ImportError fails the test: CI must execute every kernel)
+
+    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.fail("TRITON_INTERPRET=1 must be set before the kernels are imported (tests/conftest.py does it)")
+    monkeypatch.setenv("MERT_FAST_BACKEND", "triton")
+    yield
+
+
+@pytest.fixture
+def torch_backend(monkeypatch):
+    monkeypatch.setenv("MERT_FAST_BACKEND", "torch")
+    yield
