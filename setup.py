@@ -68,7 +68,7 @@ def _extensions() -> tuple[list, dict]:
         name="mert_fast._C",
         sources=sources,
         include_dirs=[os.path.join(here, "csrc")],
-        extra_compile_args={"cxx": ["-O3", "-std=c++17"], "nvcc": ["-O3", "-std=c++17", "--use_fast_math"]},
+        extra_compile_args={"cxx": ["-O3", "-std=c++20"], "nvcc": ["-O3", "-std=c++20", "--use_fast_math"]},
     )
     return [ext], {"build_ext": BuildExtension}
 

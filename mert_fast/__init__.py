@@ -33,6 +33,7 @@ def _map_source_kernels() -> None:
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     spec.loader.exec_module(module)
+    globals()["kernels"] = module
 
 
 _map_source_kernels()

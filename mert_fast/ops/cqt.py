@@ -116,15 +116,6 @@ class _Filters(NamedTuple):
     lengths: torch.Tensor  # (n_bins,) float64 filter lengths
 
 
-class _Filters(NamedTuple):
-    width: int  # W, the dense kernel width (filters centred at W // 2)
-    half_support: int  # s: every filter is zero outside [-s, s] around its centre
-    rows: torch.Tensor  # (nnz_t,) bin of each non-zero time-domain tap
-    taps: torch.Tensor  # (nnz_t,) tap position relative to the centre
-    values: torch.Tensor  # (nnz_t,) complex128 tap value
-    lengths: torch.Tensor  # (n_bins,) float64 filter lengths
-
-
 @functools.lru_cache(maxsize=8)
 def _filters(key: tuple) -> _Filters:
     kernels, lengths = cqt_kernels(*key)
@@ -196,33 +187,44 @@ def _plan(key: tuple, hop: int, threshold: float, n_fold: int, device: torch.dev
     n_fft = n_fold * hop
     n_freq = n_fft // 2 + 1
     n_bins = key[2]
-    taps = filt.taps % n_fft
-    scale = filt.lengths.sqrt() / hop
+    # float32 plans are built in complex64 (the spectra's rounding is ~1e-7 of the peak), on the target device
+    spec_dtype = torch.complex128 if dtype == torch.float64 else torch.complex64
+    rows = filt.rows.to(device)
+    flat_taps = filt.taps.to(device) % n_fft
+    values = filt.values.to(device=device, dtype=spec_dtype)
+    scale = (filt.lengths.sqrt() / hop).to(device=device, dtype=spec_dtype)
+    chunk = max(1, min(n_bins, (1 << 25) // n_fft))  # bounds the dense spectra held at once
+    buf = torch.empty(chunk * n_fft, dtype=spec_dtype, device=device)
     bins, freqs, coefs = [], [], []
-    chunk = max(1, min(n_bins, (1 << 24) // n_fft))  # bound the float64 spectra in memory
     for k0 in range(0, n_bins, chunk):
-        k1 = min(n_bins, k0 + chunk)
-        sel = (filt.rows >= k0) & (filt.rows < k1)
-        wrapped = torch.zeros((k1 - k0) * n_fft, dtype=torch.complex128)
-        wrapped.index_add_(0, (filt.rows[sel] - k0) * n_fft + taps[sel], filt.values[sel])
+        n = min(n_bins, k0 + chunk) - k0
+        sel = (rows >= k0) & (rows < k0 + n)
+        wrapped = buf[: n * n_fft].zero_()
+        wrapped.index_add_(0, (rows[sel] - k0) * n_fft + flat_taps[sel], values[sel])
+        spec = torch.fft.fft(wrapped.view(n, n_fft))
+        parts = torch.view_as_real(spec)
+        power = parts[..., 0] * parts[..., 0]
+        power.addcmul_(parts[..., 1], parts[..., 1])
+        keep = (power >= threshold**2 * power.amax(dim=1, keepdim=True)).cpu().numpy()
+        bands = [_band(keep[i], n_fft) for i in range(n)]
+        lens = np.array([length for _, length in bands])
+        k_of = np.repeat(np.arange(n), lens)
+        f = np.repeat([lo for lo, _ in bands], lens) + np.arange(lens.sum()) - np.repeat(np.cumsum(lens) - lens, lens)
+        f %= n_fft
+        flat = torch.from_numpy(k_of * n_fft + f).to(device)
+        k_dev = torch.from_numpy(k_of).to(device)
         # correlation with conj(filter) <=> product with conj(FFT(filter)) in frequency
-        spec = torch.fft.fft(wrapped.view(k1 - k0, n_fft)).conj_physical_()
-        mag = spec.abs()
-        keep = (mag >= threshold * mag.amax(dim=1, keepdim=True)).numpy()
-        for i in range(k1 - k0):
-            lo, length = _band(keep[i], n_fft)
-            f = (lo + torch.arange(length)) % n_fft
-            bins.append(torch.full((length,), k0 + i))
-            freqs.append(f)
-            coefs.append(spec[i, f] * scale[k0 + i])
+        coefs.append(spec.view(-1)[flat].conj() * scale[k0 + k_dev])
+        bins.append(torch.from_numpy(k_of + k0))
+        freqs.append(torch.from_numpy(f))
     freq = torch.cat(freqs)
     upper = freq > n_fft // 2
     n_cols = 2 * n_freq if bool(upper.any()) else n_freq
     cols = torch.where(upper, n_freq + n_fft - freq, freq)
-    rows = torch.cat(bins) * n_fold + freq % n_fold
-    vals = torch.cat(coefs).to(torch.complex128 if dtype == torch.float64 else torch.complex64)
-    crow, col, val = _csr(rows, cols, vals, n_bins * n_fold)
-    crow_t, col_t, val_t = _csr(cols, rows, vals.conj(), n_cols)
+    rows_out = torch.cat(bins) * n_fold + freq % n_fold
+    vals = torch.cat(coefs).cpu()
+    crow, col, val = _csr(rows_out, cols, vals, n_bins * n_fold)
+    crow_t, col_t, val_t = _csr(cols, rows_out, torch.conj_physical(vals), n_cols)
     on = lambda t: t.to(device)
     return CQTPlan(n_fft, n_fold, n_bins, n_cols, on(crow), on(col), on(val), on(crow_t), on(col_t), on(val_t))
 
@@ -235,7 +237,7 @@ def _spmm_torch(crow, col, val, x: torch.Tensor, n_cols: int) -> torch.Tensor:
         a = torch.sparse_csr_tensor(crow, col, val, (n_rows, n_cols), check_invariants=False)
     xs = x.transpose(0, 1)
     if n_cols > x.shape[1]:
-        xs = torch.cat([xs, xs.conj()], 0)
+        xs = torch.cat([xs, torch.conj_physical(xs)], 0)
     return (a @ xs.contiguous()).transpose(0, 1)
 
 
@@ -275,19 +277,21 @@ def _(x, crow, col, val, crow_t, col_t, val_t, n_cols, backend):
 
 
 def _cqt_fold_setup(ctx, inputs, output):
-    x, _, _, _, crow_t, col_t, val_t, n_cols, backend = inputs
-    ctx.save_for_backward(crow_t, col_t, val_t)
+    x, crow, col, val, crow_t, col_t, val_t, n_cols, backend = inputs
+    ctx.save_for_backward(crow, col, val, crow_t, col_t, val_t)
     ctx.n_freq, ctx.backend = x.shape[1], backend
 
 
 def _cqt_fold_backward(ctx, grad):
-    # the adjoint is the same kernel on the conjugate-transposed matrix; conjugated columns fold back
-    crow_t, col_t, val_t = ctx.saved_tensors
-    g = torch.view_as_complex(grad.contiguous())
-    gx = _spmm(crow_t, col_t, torch.view_as_complex(val_t), g, g.shape[1], ctx.backend)
-    if gx.shape[1] > ctx.n_freq:
-        gx = gx[:, : ctx.n_freq] + gx[:, ctx.n_freq :].conj()
-    return torch.view_as_real(gx), None, None, None, None, None, None, None, None
+    # The adjoint is the same op on the conjugate-transposed matrix (whose own adjoint is the original, so
+    # double backward works too); its rows for conjugated columns fold back onto the rfft as conjugates.
+    crow, col, val, crow_t, col_t, val_t = ctx.saved_tensors
+    gx = torch.ops.mert_fast.cqt_fold(grad, crow_t, col_t, val_t, crow, col, val, grad.shape[1], ctx.backend)
+    n = ctx.n_freq
+    if gx.shape[1] > n:
+        upper = gx[:, n:]
+        gx = gx[:, :n] + torch.stack([upper[..., 0], -upper[..., 1]], dim=-1)
+    return gx, None, None, None, None, None, None, None, None
 
 
 _cqt_fold.register_autograd(_cqt_fold_backward, setup_context=_cqt_fold_setup)

@@ -1,0 +1,105 @@
+"""Packaging: the wheel installs the Triton kernels as ``mert_fast.kernels`` and nothing as a top-level ``kernels``;
+a source checkout imports the same module names.
+
+The wheel is built from a clean copy of the repository (no ``build/`` or ``*.egg-info`` left by earlier builds,
+which setuptools would otherwise reuse, and nothing written into the working tree), without build isolation
+and without the CUDA extension, so it needs no network and no GPU.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+_NOT_SOURCES = shutil.ignore_patterns(
+    ".git", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", ".ruff_cache", ".benchmarks", "*.so"
+)
+
+
+def _run(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> str:
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+    if result.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result.stdout
+
+
+def _env(**overrides: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(overrides)
+    return env
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("wheel")
+    src = tmp / "src"
+    shutil.copytree(ROOT, src, ignore=_NOT_SOURCES)
+    out = tmp / "dist"
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
+    _run(
+        pip + ["wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q", "-w", str(out), str(src)],
+        cwd=tmp,
+        env=_env(MERT_FAST_SKIP_CUDA_BUILD="1"),
+    )
+    (path,) = out.glob("mert_fast-*.whl")
+    return path
+
+
+@pytest.mark.slow
+def test_wheel_holds_kernels_inside_the_package(wheel):
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "mert_fast/kernels/__init__.py" in names
+    assert "mert_fast/kernels/cqt.py" in names
+    assert not [n for n in names if n.startswith("kernels/")], "a top-level kernels/ package would shadow others"
+    top = {n.split("/", 1)[0] for n in names}
+    assert top == {"mert_fast", wheel.name.split("-py")[0] + ".dist-info"}, top
+
+
+@pytest.mark.slow
+def test_installed_wheel_imports(wheel, tmp_path):
+    target = tmp_path / "site"
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
+    _run(pip + ["install", "--no-deps", "--no-index", "-q", "--target", str(target), str(wheel)], cwd=tmp_path)
+    assert not (target / "kernels").exists()
+    elsewhere = tmp_path / "elsewhere"  # an unrelated working directory: the source tree cannot shadow the install
+    elsewhere.mkdir()
+    code = (
+        "import mert_fast, mert_fast.kernels.cqt, mert_fast.ops\n"
+        "print(mert_fast.__file__)\n"
+        "print(mert_fast.kernels.cqt.__file__)\n"
+    )
+    lines = _run([sys.executable, "-c", code], cwd=elsewhere, env=_env(PYTHONPATH=str(target))).splitlines()
+    package, kernel = (Path(p).resolve() for p in lines[-2:])
+    assert package.is_relative_to(target.resolve()), f"mert_fast imported from {package}, not the installed wheel"
+    assert kernel == target.resolve() / "mert_fast" / "kernels" / "cqt.py"
+
+
+@pytest.fixture(scope="module")
+def source_import() -> list[str]:
+    """From the repository root (on ``sys.path`` with ``-c``, so the source tree shadows any install)."""
+    code = (
+        "import mert_fast\n"
+        "import mert_fast.kernels.cqt as cqt\n"
+        "print(mert_fast.__file__)\n"
+        "print(cqt.__file__)\n"
+        "print(getattr(getattr(mert_fast, 'kernels', None), 'cqt', None) is cqt)\n"
+    )
+    return _run([sys.executable, "-c", code], cwd=ROOT, env=_env()).splitlines()[-3:]
+
+
+def test_source_checkout_maps_kernels(source_import):
+    package, kernel, _ = source_import
+    assert Path(package).resolve() == ROOT / "mert_fast" / "__init__.py"
+    assert Path(kernel).resolve() == ROOT / "kernels" / "cqt.py"
+
+
+def test_source_checkout_kernels_is_an_attribute(source_import):
+    # `import mert_fast.kernels.cqt` followed by `mert_fast.kernels.cqt.f(...)`, as with the installed package
+    assert source_import[2] == "True", "mert_fast.kernels is in sys.modules but not an attribute of mert_fast"
