@@ -1,0 +1,312 @@
+"""The MERT student against transformers' HubertModel / Data2VecAudioModel, padding exactness and loading."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from mert_fast.model.config import PRESETS, MERTConfig
+from mert_fast.model.mert import MERTModel
+from mert_fast.testing import assert_rel_close
+
+transformers = pytest.importorskip("transformers")
+
+SMALL = dict(
+    hidden_size=64,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    intermediate_size=96,
+    conv_dim=[32] * 7,
+    conv_kernel=[10, 3, 3, 3, 3, 2, 2],
+    conv_stride=[5, 2, 2, 2, 2, 2, 2],
+    conv_bias=False,
+    num_conv_pos_embeddings=16,
+    num_conv_pos_embedding_groups=4,
+    layer_norm_eps=1e-5,
+    hidden_dropout=0.0,
+    attention_dropout=0.0,
+    activation_dropout=0.0,
+    feat_proj_dropout=0.0,
+    layerdrop=0.0,
+)
+
+
+def _perturb(model: torch.nn.Module) -> None:
+    """Move every weight away from its initialisation (zeros/ones init would make any wiring agree)."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.2 * torch.randn_like(p) * (p.std() if p.numel() > 1 and p.std() > 0 else 1.0))
+
+
+def _hf_hubert(tmp_path, stable: bool):
+    cfg = transformers.HubertConfig(
+        **SMALL, feat_extract_norm="group", do_stable_layer_norm=stable, attn_implementation="eager"
+    )
+    model = transformers.HubertModel(cfg).eval()
+    _perturb(model)
+    model.save_pretrained(tmp_path)
+    return model
+
+
+def _hf_data2vec(tmp_path):
+    kw = {k: v for k, v in SMALL.items() if k != "num_conv_pos_embeddings"}
+    cfg = transformers.Data2VecAudioConfig(
+        **{**kw, "conv_bias": True}, num_conv_pos_embeddings=3, conv_pos_kernel_size=7, attn_implementation="eager"
+    )
+    model = transformers.Data2VecAudioModel(cfg).eval()
+    _perturb(model)
+    model.save_pretrained(tmp_path)
+    return model
+
+
+def _compare_states(ours, theirs, n_layers: int, stable: bool) -> None:
+    assert len(ours.hidden_states) == n_layers + 1
+    assert_rel_close(ours.last_hidden_state, theirs.last_hidden_state, bound=1e-5, name="last_hidden_state")
+    # all states up to the last layer's input are the same tensors in every transformers version; the last one
+    # is the encoder output (after the final LayerNorm in the pre-LN layout), as MERT's code returns it
+    for i in range(n_layers):
+        assert_rel_close(ours.hidden_states[i], theirs.hidden_states[i], bound=1e-5, name=f"hidden_states[{i}]")
+    assert_rel_close(ours.hidden_states[-1], theirs.last_hidden_state, bound=1e-5, name="hidden_states[-1]")
+
+
+@pytest.mark.parametrize("stable", [False, True], ids=["post-LN-95M-layout", "pre-LN-330M-layout"])
+def test_parity_with_transformers_hubert(tmp_path, stable):
+    hf = _hf_hubert(tmp_path, stable)
+    ours = MERTModel.from_pretrained(tmp_path)
+    assert ours.config.do_stable_layer_norm == stable
+    audio = 0.1 * torch.randn(2, 24000 + 137)
+    with torch.no_grad():
+        theirs = hf(audio, output_hidden_states=True)
+        mine = ours(audio, output_hidden_states=True)
+    _compare_states(mine, theirs, SMALL["num_hidden_layers"], stable)
+
+
+@pytest.mark.parametrize("stable", [False, True])
+def test_save_pretrained_loads_in_transformers(tmp_path, stable):
+    config = MERTConfig.from_hf_dict({**SMALL, "do_stable_layer_norm": stable, "model_type": "hubert"})
+    ours = MERTModel(config).eval()
+    _perturb(ours)
+    ours.save_pretrained(tmp_path / "ours")
+    hf, info = transformers.HubertModel.from_pretrained(tmp_path / "ours", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+    again = MERTModel.from_pretrained(tmp_path / "ours")
+    audio = 0.1 * torch.randn(1, 9000)
+    with torch.no_grad():
+        a, b, c = ours(audio, output_hidden_states=True), again(audio), hf.eval()(audio, output_hidden_states=True)
+    torch.testing.assert_close(a.last_hidden_state, b.last_hidden_state, rtol=0, atol=0)
+    _compare_states(a, c, SMALL["num_hidden_layers"], stable)
+
+
+def test_parity_with_transformers_data2vec_and_roundtrip(tmp_path):
+    hf = _hf_data2vec(tmp_path / "hf")
+    ours = MERTModel.from_pretrained(tmp_path / "hf")
+    assert ours.config.pos_conv_style == "data2vec" and ours.config.conv_pos_layers == 3
+    audio = 0.1 * torch.randn(2, 16000 + 71)
+    with torch.no_grad():
+        _compare_states(ours(audio, output_hidden_states=True), hf(audio, output_hidden_states=True), 3, False)
+    ours.save_pretrained(tmp_path / "ours")
+    hf2, info = transformers.Data2VecAudioModel.from_pretrained(tmp_path / "ours", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+    with torch.no_grad():
+        torch.testing.assert_close(hf2.eval()(audio).last_hidden_state, hf(audio).last_hidden_state)
+
+
+def test_music2vec_preset_builds_the_data2vec_layout(tmp_path):
+    config = MERTConfig.from_name(
+        "music2vec-v1",
+        hidden_size=64,
+        num_attention_heads=4,
+        intermediate_size=96,
+        conv_dim=(32,) * 7,
+        num_conv_pos_embedding_groups=4,
+        num_hidden_layers=1,
+    )
+    model = MERTModel(config).eval()
+    model.save_pretrained(tmp_path)
+    hf, info = transformers.Data2VecAudioModel.from_pretrained(tmp_path, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    audio = 0.1 * torch.randn(1, 8000)
+    with torch.no_grad():
+        assert_rel_close(model(audio).last_hidden_state, hf.eval()(audio).last_hidden_state, bound=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------- padding
+
+
+@pytest.mark.parametrize("preset", ["tiny", "music2vec-tiny", "pre-ln-tiny"])
+def test_padded_batch_matches_clips_alone(preset):
+    overrides = dict(hidden_dropout=0.0, attention_dropout=0.0, feat_proj_dropout=0.0, layerdrop=0.0)
+    if preset == "music2vec-tiny":
+        config = dataclasses.replace(
+            PRESETS["tiny"], feat_extract_norm="layer", pos_conv_style="data2vec", conv_pos_layers=3,
+            conv_pos_kernel_size=5, **overrides,
+        )  # fmt: skip
+    elif preset == "pre-ln-tiny":
+        config = dataclasses.replace(PRESETS["tiny"], do_stable_layer_norm=True, **overrides)
+    else:
+        config = dataclasses.replace(PRESETS["tiny"], **overrides)
+    model = MERTModel(config).eval()
+    _perturb(model)
+    # lengths covering several remainders mod 320 (and the receptive field's 400)
+    lengths = [12000, 12000 - 1, 12000 - 319, 9000 + 80, 6400 + 399, 400, 5000 + 160]
+    batch = torch.zeros(len(lengths), max(lengths))
+    mask = torch.zeros_like(batch, dtype=torch.bool)
+    clips = [0.1 * torch.randn(n) for n in lengths]
+    for i, clip in enumerate(clips):
+        batch[i, : len(clip)] = clip
+        batch[i, len(clip) :] = 0.5 * torch.randn(max(lengths) - len(clip))  # garbage in the padding must not leak
+        mask[i, : len(clip)] = True
+    with torch.no_grad():
+        out = model(batch, attention_mask=mask, output_hidden_states=True)
+        for i, clip in enumerate(clips):
+            alone = model(clip[None], output_hidden_states=True)
+            n = config.num_frames(len(clip))
+            assert alone.last_hidden_state.shape[1] == n
+            assert int(out.frame_mask[i].sum()) == n
+            for j, (state, ref) in enumerate(zip(out.hidden_states, alone.hidden_states, strict=True)):
+                assert_rel_close(state[i, :n], ref[0], bound=1e-5, name=f"clip {i} state {j}")
+                assert torch.count_nonzero(state[i, n:]) == 0
+
+
+def test_frame_counts():
+    config = PRESETS["mert-v1-95m"]
+    assert config.hop_length == 320 and config.receptive_field == 400 and config.frame_rate == 75
+    assert config.num_frames(5 * 24000) == 374 and config.num_frames(30 * 24000) == 2249
+    assert config.num_frames(399) == 0 and config.num_frames(400) == 1
+    assert PRESETS["mert-v0"].frame_rate == 50
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+
+def _saved_tiny(tmp_path) -> tuple[MERTModel, dict]:
+    model = MERTModel(PRESETS["tiny"]).eval()
+    model.save_pretrained(tmp_path)
+    from safetensors.torch import load_file
+
+    return model, load_file(str(tmp_path / "model.safetensors"))
+
+
+def _write(tmp_path, state):
+    from safetensors.torch import save_file
+
+    save_file(state, str(tmp_path / "model.safetensors"))
+
+
+def test_loading_errors_name_the_keys(tmp_path):
+    _, state = _saved_tiny(tmp_path)
+    key = "encoder.layers.1.feed_forward.output_dense.bias"
+    broken = {k: v for k, v in state.items() if k != key}
+    _write(tmp_path, broken)
+    with pytest.raises(ValueError, match=f"missing keys: {key}"):
+        MERTModel.from_pretrained(tmp_path)
+    _write(tmp_path, {**state, "encoder.extra.weight": torch.zeros(3)})
+    with pytest.raises(ValueError, match="unexpected keys: encoder.extra.weight"):
+        MERTModel.from_pretrained(tmp_path)
+    _write(tmp_path, {**state, key: torch.zeros(5)})
+    with pytest.raises(ValueError, match=rf"wrong shapes: {key}: checkpoint \(5,\)"):
+        MERTModel.from_pretrained(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no such model directory"):
+        MERTModel.from_pretrained(tmp_path / "nope")
+
+
+def test_weight_norm_key_styles_and_sharded_bin(tmp_path):
+    model, state = _saved_tiny(tmp_path)
+    base = "encoder.pos_conv_embed.conv."
+    old = {k: v for k, v in state.items() if "parametrizations" not in k}
+    old[base + "weight_g"] = state[base + "parametrizations.weight.original0"]
+    old[base + "weight_v"] = state[base + "parametrizations.weight.original1"]
+    old = {"hubert." + k: v for k, v in old.items()}  # a prefixed checkpoint
+    (tmp_path / "model.safetensors").unlink()
+    keys = sorted(old)
+    half = len(keys) // 2
+    torch.save({k: old[k] for k in keys[:half]}, tmp_path / "pytorch_model-00001-of-00002.bin")
+    torch.save({k: old[k] for k in keys[half:]}, tmp_path / "pytorch_model-00002-of-00002.bin")
+    weight_map = {k: f"pytorch_model-0000{1 + (i >= half)}-of-00002.bin" for i, k in enumerate(keys)}
+    (tmp_path / "pytorch_model.bin.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    loaded = MERTModel.from_pretrained(tmp_path)
+    audio = 0.1 * torch.randn(1, 4000)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(audio).last_hidden_state, model(audio).last_hidden_state, rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------------------------------------- config and misc
+
+
+def test_config_validation_names_the_field():
+    with pytest.raises(ValueError, match="num_attention_heads"):
+        MERTConfig(hidden_size=100, num_attention_heads=12)
+    with pytest.raises(ValueError, match="feat_extract_norm"):
+        MERTConfig(feat_extract_norm="batch")
+    with pytest.raises(ValueError, match="hidden_dropout"):
+        MERTConfig(hidden_dropout=1.5)
+    with pytest.raises(ValueError, match="conv_kernel"):
+        MERTConfig(conv_kernel=(10, 3))
+    with pytest.raises(ValueError, match="preset"):
+        MERTConfig.from_name("mert-v2")
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_presets_roundtrip_through_config_json(tmp_path, name):
+    config = PRESETS[name]
+    config.to_json_file(tmp_path / "config.json")
+    assert MERTConfig.from_json_file(tmp_path / "config.json") == config
+
+
+def test_mert_remote_code_config_fields():
+    cfg = MERTConfig.from_hf_dict(
+        {"model_type": "mert_model", "hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16,
+         "intermediate_size": 4096, "do_stable_layer_norm": True, "attention_relax": 32.0, "sample_rate": 24000,
+         "feature_extractor_cqt": False}
+    )  # fmt: skip
+    assert cfg.attention_relax == 32.0 and cfg.sample_rate == 24000 and cfg.do_stable_layer_norm
+    assert MERTConfig.from_hf_dict({"model_type": "mert_model", "attention_relax": -1.0}).attention_relax is None
+    with pytest.raises(ValueError, match="feature_extractor_cqt"):
+        MERTConfig.from_hf_dict({"model_type": "mert_model", "feature_extractor_cqt": True})
+
+
+def test_bad_inputs():
+    model = MERTModel(PRESETS["tiny"]).eval()
+    with pytest.raises(ValueError, match="mono"):
+        model(torch.zeros(2, 2, 1000))
+    with pytest.raises(ValueError, match="at least 400"):
+        model(torch.zeros(1, 399))
+    with pytest.raises(ValueError, match="NaN"):
+        model(torch.full((1, 1000), float("nan")))
+    with pytest.raises(TypeError, match="floating"):
+        model(torch.zeros(1, 1000, dtype=torch.int16))
+    with pytest.raises(ValueError, match="attention_mask must match"):
+        model(torch.zeros(2, 1000), attention_mask=torch.ones(2, 999, dtype=torch.bool))
+    gappy = torch.ones(1, 1000, dtype=torch.bool)
+    gappy[0, 500] = False
+    with pytest.raises(ValueError, match="prefix"):
+        model(torch.zeros(1, 1000), attention_mask=gappy)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    config = dataclasses.replace(PRESETS["tiny"], hidden_dropout=0.0, attention_dropout=0.0, layerdrop=0.0,
+                                 feat_proj_dropout=0.0)  # fmt: skip
+    model = MERTModel(config).train()
+    audio = 0.1 * torch.randn(2, 3000)
+    grads = []
+    for enable in (False, True):
+        model.zero_grad()
+        model.gradient_checkpointing_enable(enable)
+        model(audio).last_hidden_state.square().sum().backward()
+        grads.append([p.grad.clone() for name, p in model.named_parameters() if name != "masked_spec_embed"])
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_forward(dtype):
+    model = MERTModel(PRESETS["tiny"]).eval()
+    audio = 0.1 * torch.randn(2, 5000)
+    with torch.no_grad():
+        ref = model(audio).last_hidden_state
+        out = model.to(dtype)(audio.to(dtype)).last_hidden_state
+    assert out.dtype == dtype
+    assert_rel_close(out, ref, bound=5e-2)
