@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import functools
+import importlib.util
 import os
 
 import torch
@@ -23,13 +23,12 @@ def triton_interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-@functools.cache
+# looked up once without importing triton: a plain constant, so torch.compile traces callers without a cache wrapper
+_TRITON_FOUND = importlib.util.find_spec("triton") is not None
+
+
 def triton_importable() -> bool:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return _TRITON_FOUND
 
 
 def triton_can_run(tensor: torch.Tensor) -> bool:

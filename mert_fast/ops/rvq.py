@@ -1,0 +1,487 @@
+"""Residual vector quantisation: nearest-code search and multi-stage encode / decode.
+
+Layouts (frames first, like every op of mert_fast):
+
+- features ``x``: ``(N, D)`` or ``(B, T, D)``, one row per frame;
+- one codebook: ``(K, D)``, one row per code; residual-VQ codebooks: ``(Q, K, Dc)``, stage first;
+- codes: ``(N, Q)`` (or ``(B, T, Q)``) int64, stage ``s`` in column ``s``;
+- projections (factorised codes, MuQ's Mel-RVQ and DAC): ``in_proj`` ``(Q, Dc, D)`` and ``out_proj``
+  ``(Q, D, Dc)``, ``nn.Linear`` weight layout per stage (``z = r @ in_proj[s].T + in_bias[s]``), biases
+  ``in_bias`` ``(Q, Dc)`` and ``out_bias`` ``(Q, D)``. Without projections ``Dc == D``.
+
+Stage ``s`` of an encode projects the residual ``r`` down (``z``), finds the code nearest to ``z`` (squared L2,
+or ``1 - cosine`` with a zero vector's cosine taken as 0), projects that raw code back up (``u``) and
+subtracts it: ``r -= u``. ``quantized`` is the sum of the ``u`` in stage order, accumulated in float32 (float64
+for float64 input); :func:`rvq_decode` recomputes exactly that sum from the codes, so
+``rvq_decode(codes, codebooks) == quantized`` bit for bit when ``x`` and the codebooks share a dtype and no
+projection is used (with projections, the up-projection's matmul may round differently in the fused kernel, in a
+chunk of rows and in the decode: last-bit differences, ~1e-7 relative).
+
+Ties resolve to the lowest code index (``torch.argmin``'s rule). Distances are searched as
+``|c|^2 - 2 <z, c>`` in fp32 with fp32 accumulation (Triton's ``input_precision="ieee"``; TF32 and bf16 search
+would flip codes and are not offered), so the chosen code's distance equals the minimum up to fp32 rounding;
+``rvq_code_gaps_ref`` in :mod:`mert_fast.ops.reference` checks exactly that.
+
+Backends (``MERT_FAST_BACKEND``): ``triton`` encodes every stage in one launch with the residual of a tile of
+rows kept on chip (the default for float16/bfloat16/float32 CUDA tensors); ``torch`` loops over stages on chunks
+of rows, so no ``N x K`` distance matrix is ever held (the default on the CPU and for float64).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+import torch
+import torch.nn.functional as F
+
+from mert_fast.ops._backend import select_backend, triton_importable
+
+__all__ = ["METRICS", "nearest_code", "rvq_decode", "rvq_encode"]
+
+logger = logging.getLogger(__name__)
+
+METRICS = ("l2", "cosine")
+
+#: Elements of one chunk's distance matrix in the torch path (8 MiB of fp32 on the CPU: 2,048 rows of 1,024 codes).
+#: Measured on 2 shared cores: 256-row chunks ran 2-8x slower than one 1,500-row matmul (every matmul pays the
+#: thread pool's fork/join, and a busy core stalls it), so chunks are large; they only bound memory.
+_CHUNK_CPU = 1 << 21
+_CHUNK_GPU = 1 << 24
+
+
+# ---------------------------------------------------------------------------------------------- input checks
+
+
+def _check_tensor(name: str, t, *, floating: bool = True) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor; got {type(t).__name__}")
+    if floating and not t.is_floating_point():
+        raise TypeError(f"{name} must be floating point (float16, bfloat16, float32 or float64); got {t.dtype}")
+
+
+def _check_shape(name: str, t: torch.Tensor, expected: tuple[int, ...], meaning: str) -> None:
+    if tuple(t.shape) != expected:
+        raise ValueError(f"{name} must be shaped {meaning} = {expected}; got {tuple(t.shape)}")
+
+
+def _check_device(name: str, t: torch.Tensor, x: torch.Tensor) -> None:
+    if t.device != x.device:
+        raise ValueError(f"{name} must be on x's device {x.device}; got {t.device}")
+
+
+def _check_finite(named: dict[str, torch.Tensor]) -> None:
+    """One host sync for all tensors; on failure, name the first bad one (and row, for x)."""
+    tensors = [t for t in named.values() if t is not None and t.numel()]
+    if not tensors:
+        return
+    flags = torch.stack([torch.isfinite(t).all() for t in tensors])
+    if bool(flags.all()):
+        return
+    for name, t in named.items():
+        if t is not None and t.numel() and not bool(torch.isfinite(t).all()):
+            bad = (~torch.isfinite(t)).reshape(-1, t.shape[-1]).any(-1).nonzero()
+            where = f" (first at row {int(bad[0])})" if name == "x" and t.dim() > 1 else ""
+            raise ValueError(f"{name} contains NaN or inf values{where}")
+
+
+def _check_metric(metric) -> bool:
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {', '.join(repr(m) for m in METRICS)}; got {metric!r}")
+    return metric == "cosine"
+
+
+def _check_int(name: str, value, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValueError(f"{name} must be an integer in [{low}, {high}]; got {value!r}")
+    return value
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _backend(x: torch.Tensor) -> str:
+    auto = "triton" if (x.is_cuda and x.dtype != torch.float64 and triton_importable()) else "torch"
+    return select_backend("rvq", x, ("triton", "torch"), auto)
+
+
+# ---------------------------------------------------------------------------------------------- torch path
+
+
+def _down(r, s, in_proj, in_bias):
+    return r if in_proj is None else F.linear(r, in_proj[s], None if in_bias is None else in_bias[s])
+
+
+def _up(code, s, out_proj, out_bias):
+    return code if out_proj is None else F.linear(code, out_proj[s], None if out_bias is None else out_bias[s])
+
+
+def _lookup(codebooks: torch.Tensor, n_q: int, cosine: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The searched codebooks and their squared norms ``(n_q, K)`` (zeros for cosine: score ``-2 <z, c/|c|>``)."""
+    if cosine:
+        return F.normalize(codebooks[:n_q], dim=-1), codebooks.new_zeros(codebooks[:n_q].shape[:2])
+    return codebooks[:n_q], codebooks[:n_q].square().sum(-1)
+
+
+def _chunk_rows(x: torch.Tensor, n_codes: int) -> int:
+    return max(1, (_CHUNK_GPU if x.is_cuda else _CHUNK_CPU) // n_codes)
+
+
+@contextlib.contextmanager
+def _ieee_matmul(tensor: torch.Tensor):
+    """True fp32 CUDA matmuls for the duration, whatever the process chose (TF32 search flips codes)."""
+    if not tensor.is_cuda:
+        yield
+        return
+    matmul = torch.backends.cuda.matmul
+    if hasattr(matmul, "fp32_precision"):
+        old, matmul.fp32_precision = matmul.fp32_precision, "ieee"
+        try:
+            yield
+        finally:
+            matmul.fp32_precision = old
+    else:
+        old, matmul.allow_tf32 = matmul.allow_tf32, False
+        try:
+            yield
+        finally:
+            matmul.allow_tf32 = old
+
+
+def _encode_torch(x, codebooks, in_proj, in_bias, out_proj, out_bias, n_q, cosine, with_quantized):
+    with _ieee_matmul(x):
+        return _encode_torch_chunks(x, codebooks, in_proj, in_bias, out_proj, out_bias, n_q, cosine, with_quantized)
+
+
+def _encode_torch_chunks(x, codebooks, in_proj, in_bias, out_proj, out_bias, n_q, cosine, with_quantized):
+    xc = x.to(codebooks.dtype)
+    lookup, norms = _lookup(codebooks, n_q, cosine)
+    n_rows = x.shape[0]
+    codes = torch.empty((n_rows, n_q), dtype=torch.int64, device=x.device)
+    quant = torch.empty_like(x) if with_quantized else None
+    step = _chunk_rows(x, codebooks.shape[1])
+    for r0 in range(0, n_rows, step):
+        resid = xc[r0 : r0 + step].clone()
+        total = torch.zeros_like(resid)
+        for s in range(n_q):
+            score = torch.addmm(norms[s], _down(resid, s, in_proj, in_bias), lookup[s].T, alpha=-2)
+            idx = score.argmin(1)
+            codes[r0 : r0 + step, s] = idx
+            up = _up(codebooks[s].index_select(0, idx), s, out_proj, out_bias)
+            resid.sub_(up)
+            total.add_(up)
+        if quant is not None:
+            quant[r0 : r0 + step] = total
+    return codes, quant
+
+
+def _encode_triton(x, codebooks, in_proj, in_bias, out_proj, out_bias, n_q, cosine, with_quantized):
+    from mert_fast.kernels.rvq import rvq_encode_fused
+
+    return rvq_encode_fused(
+        x,
+        codebooks,
+        in_proj=in_proj,
+        in_bias=in_bias,
+        out_proj=out_proj,
+        out_bias=out_bias,
+        n_q=n_q,
+        cosine=cosine,
+        with_quantized=with_quantized,
+    )
+
+
+# ---------------------------------------------------------------------------------------------- custom op
+
+
+@torch.library.custom_op("mert_fast::rvq_encode", mutates_args=())
+def _rvq_encode_op(
+    x: torch.Tensor,
+    codebooks: torch.Tensor,
+    in_proj: torch.Tensor | None,
+    in_bias: torch.Tensor | None,
+    out_proj: torch.Tensor | None,
+    out_bias: torch.Tensor | None,
+    n_q: int,
+    cosine: bool,
+    with_quantized: bool,
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Checked, 2-D ``x`` ``(N, D)``; everything else in the compute dtype. Returns ``(quantized, codes)``
+    (float output first: torch's op checks sum the outputs in order); ``quantized`` is ``(0, D)`` when not
+    ``with_quantized``."""
+    encode = _encode_triton if backend == "triton" else _encode_torch
+    codes, quant = encode(x, codebooks, in_proj, in_bias, out_proj, out_bias, n_q, cosine, with_quantized)
+    return quant if quant is not None else x.new_empty((0, x.shape[1])), codes
+
+
+@_rvq_encode_op.register_fake
+def _(x, codebooks, in_proj, in_bias, out_proj, out_bias, n_q, cosine, with_quantized, backend):
+    codes = x.new_empty((x.shape[0], n_q), dtype=torch.int64)
+    return x.new_empty((x.shape[0] if with_quantized else 0, x.shape[1])), codes
+
+
+def _encode_setup(ctx, inputs, output):
+    x, codebooks, in_proj, in_bias, out_proj, out_bias, n_q, cosine, with_quantized, backend = inputs
+    ctx.save_for_backward(output[1], codebooks, out_proj)
+    ctx.has_out_proj = out_proj is not None
+    ctx.n_q = n_q
+
+
+def _encode_backward(ctx, grad_quant, grad_codes):
+    # quantized = sum_s up_s(codebooks[s][codes[:, s]]): the codes are piecewise constant in x and in_proj (zero
+    # gradient almost everywhere), so only the gathered codes and the up-projection receive gradient.
+    codes, codebooks, out_proj = ctx.saved_tensors
+    out_proj = out_proj if ctx.has_out_proj else None
+    needs = ctx.needs_input_grad
+    g_cb = g_op = g_ob = None
+    g = grad_quant.to(codebooks.dtype) if grad_quant is not None and grad_quant.numel() else None
+    if g is not None and needs[1]:
+        g_cb = torch.zeros_like(codebooks)
+        for s in range(ctx.n_q):
+            g_cb[s].index_add_(0, codes[:, s], g if out_proj is None else g @ out_proj[s])
+    if g is not None and needs[4]:
+        g_op = torch.zeros_like(out_proj)
+        for s in range(ctx.n_q):
+            g_op[s] = g.T @ codebooks[s].index_select(0, codes[:, s])
+    if g is not None and needs[5]:
+        g_ob = torch.zeros((out_proj.shape[0], out_proj.shape[1]), dtype=g.dtype, device=g.device)
+        g_ob[: ctx.n_q] = g.sum(0)
+    return None, g_cb, None, None, g_op, g_ob, None, None, None, None
+
+
+_rvq_encode_op.register_autograd(_encode_backward, setup_context=_encode_setup)
+
+
+# ---------------------------------------------------------------------------------------------- public ops
+
+
+def _prepare_codebooks(
+    x: torch.Tensor,
+    codebooks: torch.Tensor,
+    in_proj: torch.Tensor | None,
+    in_bias: torch.Tensor | None,
+    out_proj: torch.Tensor | None,
+    out_bias: torch.Tensor | None,
+) -> tuple:
+    """Check the codebooks and projections against ``x`` ``(..., D)``; return them in the compute dtype."""
+    _check_tensor("codebooks", codebooks)
+    if codebooks.dim() != 3:
+        raise ValueError(f"codebooks must be shaped (Q, K, Dc); got {tuple(codebooks.shape)}")
+    n_stages, n_codes, code_dim = codebooks.shape
+    if n_stages == 0 or n_codes == 0 or code_dim == 0:
+        raise ValueError(
+            f"codebooks must hold at least one stage, one code and one dimension (Q, K, Dc >= 1); "
+            f"got shape {tuple(codebooks.shape)}"
+        )
+    _check_device("codebooks", codebooks, x)
+    dim = x.shape[-1]
+    named = {"in_proj": in_proj, "in_bias": in_bias, "out_proj": out_proj, "out_bias": out_bias}
+    for name, t in named.items():
+        if t is not None:
+            _check_tensor(name, t)
+            _check_device(name, t, x)
+    for bias, proj in (("in_bias", "in_proj"), ("out_bias", "out_proj")):
+        if named[bias] is not None and named[proj] is None:
+            raise ValueError(f"{bias} needs {proj}: a bias without its projection has no meaning")
+    if in_proj is not None:
+        _check_shape("in_proj", in_proj, (n_stages, code_dim, dim), "(Q, Dc, D)")
+    elif code_dim != dim:
+        raise ValueError(
+            f"codebooks: without in_proj the code dimension Dc must equal x's last dimension D = {dim}; "
+            f"got codebooks of shape {tuple(codebooks.shape)}"
+        )
+    if out_proj is not None:
+        _check_shape("out_proj", out_proj, (n_stages, dim, code_dim), "(Q, D, Dc)")
+    elif code_dim != dim:
+        raise ValueError(
+            f"codebooks: without out_proj the code dimension Dc must equal x's last dimension D = {dim}; "
+            f"got codebooks of shape {tuple(codebooks.shape)}"
+        )
+    if in_bias is not None:
+        _check_shape("in_bias", in_bias, (n_stages, code_dim), "(Q, Dc)")
+    if out_bias is not None:
+        _check_shape("out_bias", out_bias, (n_stages, dim), "(Q, D)")
+    _check_finite({"x": x, "codebooks": codebooks, **named})
+    dtype = _compute_dtype(x)
+    return tuple(None if t is None else t.to(dtype) for t in (codebooks, in_proj, in_bias, out_proj, out_bias))
+
+
+def _check_features(x, dims: tuple[int, ...], layouts: str) -> None:
+    _check_tensor("x", x)
+    if x.dim() not in dims:
+        raise ValueError(f"x must be shaped {layouts}; got {tuple(x.shape)}")
+    if x.shape[-1] == 0:
+        raise ValueError(f"x must have at least one feature dimension (D >= 1); got shape {tuple(x.shape)}")
+
+
+def nearest_code(
+    x: torch.Tensor, codebook: torch.Tensor, *, metric: str = "l2", k: int = 1
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` codes nearest to every row of ``x``.
+
+    Args:
+        x: ``(N, D)`` features, float16/bfloat16/float32 (searched in float32) or float64.
+        codebook: ``(K, D)`` codes, any float dtype (converted to the compute dtype), on x's device.
+        metric: ``"l2"`` (squared Euclidean distance) or ``"cosine"`` (``1 - cosine similarity``; a zero
+            vector's cosine is 0).
+        k: how many codes per row, ``1 <= k <= K``.
+
+    Returns:
+        ``(indices, distances)``: ``indices`` int64 ``(N,)`` for ``k == 1``, else ``(N, k)``; ``distances`` of the
+        same shape, float32 (float64 for float64 ``x``), nearest first. Equal distances resolve to the lowest
+        index. ``k == 1`` runs the fused search (Triton on CUDA); ``k > 1`` a chunked PyTorch search. The
+        distances are recomputed directly from the chosen codes (``sum((x - c) ** 2)``, not the search's
+        ``|x|^2 - 2 <x, c> + |c|^2``), so they are accurate to float rounding and differentiable with respect to
+        ``x`` and ``codebook``; for ``k > 1`` the rows are ordered by those distances.
+    """
+    _check_features(x, (2,), "(N, D)")
+    cosine = _check_metric(metric)
+    _check_tensor("codebook", codebook)
+    if codebook.dim() != 2:
+        raise ValueError(f"codebook must be shaped (K, D); got {tuple(codebook.shape)}")
+    if codebook.shape[0] == 0:
+        raise ValueError(f"codebook must hold at least one code (K >= 1); got shape {tuple(codebook.shape)}")
+    if codebook.shape[1] != x.shape[1]:
+        raise ValueError(
+            f"codebook must have x's dimension D = {x.shape[1]} (shape (K, D)); got {tuple(codebook.shape)}"
+        )
+    k = _check_int("k", k, 1, codebook.shape[0])
+    (books, *_) = _prepare_codebooks(x, codebook[None], None, None, None, None)
+    book = books[0]
+    if k == 1:
+        _, codes = _rvq_encode_op(x, books, None, None, None, None, 1, cosine, False, _backend(x))
+        indices = codes[:, 0]
+        chosen = book[indices]
+    else:
+        indices = _topk_torch(x.to(book.dtype), book, k, cosine)
+        chosen = book[indices]
+    xc = x.to(book.dtype)
+    xc = xc if k == 1 else xc[:, None, :]
+    if cosine:
+        distances = 1 - (F.normalize(xc, dim=-1) * F.normalize(chosen, dim=-1)).sum(-1)
+    else:
+        distances = (xc - chosen).square().sum(-1)
+    if k > 1:
+        distances, order = torch.sort(distances, dim=1, stable=True)
+        indices = indices.gather(1, order)
+    return indices, distances
+
+
+def _topk_torch(x: torch.Tensor, book: torch.Tensor, k: int, cosine: bool) -> torch.Tensor:
+    """``(N, k)`` indices of the ``k`` best scores, ties to the lowest index, chunked over rows."""
+    lookup, norms = _lookup(book[None], 1, cosine)
+    out = torch.empty((x.shape[0], k), dtype=torch.int64, device=x.device)
+    step = _chunk_rows(x, book.shape[0])
+    with torch.no_grad(), _ieee_matmul(x):
+        for r0 in range(0, x.shape[0], step):
+            score = torch.addmm(norms[0], x[r0 : r0 + step], lookup[0].T, alpha=-2)
+            out[r0 : r0 + step] = torch.sort(score, dim=1, stable=True).indices[:, :k]
+    return out
+
+
+def rvq_encode(
+    x: torch.Tensor,
+    codebooks: torch.Tensor,
+    *,
+    metric: str = "l2",
+    in_proj: torch.Tensor | None = None,
+    in_bias: torch.Tensor | None = None,
+    out_proj: torch.Tensor | None = None,
+    out_bias: torch.Tensor | None = None,
+    n_q: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Residual vector quantisation of every row of ``x`` through the first ``n_q`` stages.
+
+    Args:
+        x: ``(N, D)`` or ``(B, T, D)`` features, float16/bfloat16/float32 (computed in float32) or float64.
+        codebooks: ``(Q, K, Dc)`` codes per stage, any float dtype, on x's device (``Dc == D`` without projections).
+        metric: ``"l2"`` (EnCodec, k-means) or ``"cosine"`` (MuQ's Mel-RVQ, DAC); see :func:`nearest_code`.
+        in_proj, in_bias: optional ``(Q, Dc, D)`` and ``(Q, Dc)``: the residual is searched as
+            ``r @ in_proj[s].T + in_bias[s]``.
+        out_proj, out_bias: optional ``(Q, D, Dc)`` and ``(Q, D)``: the raw chosen code is subtracted as
+            ``c @ out_proj[s].T + out_bias[s]``.
+        n_q: how many stages to run, ``1 <= n_q <= Q`` (default ``Q``).
+
+    Returns:
+        ``(codes, quantized)``: ``codes`` int64 ``(N, n_q)`` (``(B, T, n_q)``); ``quantized`` x's shape and dtype,
+        the sum of the chosen (projected) codes accumulated in float32 (float64), equal to
+        :func:`rvq_decode` of the codes (bit for bit without projections, see the module docstring).
+        ``quantized`` is differentiable with respect to ``codebooks``, ``out_proj`` and ``out_bias``; its
+        gradient with respect to ``x``, ``in_proj`` and ``in_bias`` is zero (the codes are piecewise constant;
+        use a straight-through estimator ``x + (quantized - x).detach()``).
+    """
+    _check_features(x, (2, 3), "(N, D) or (B, T, D)")
+    cosine = _check_metric(metric)
+    books, w_in, b_in, w_out, b_out = _prepare_codebooks(x, codebooks, in_proj, in_bias, out_proj, out_bias)
+    n_q = books.shape[0] if n_q is None else _check_int("n_q", n_q, 1, books.shape[0])
+    flat = x.reshape(-1, x.shape[-1])
+    backend = _backend(x)
+    logger.debug(
+        "rvq_encode: %d rows, %d of %d stages, %s, backend %s", flat.shape[0], n_q, books.shape[0], metric, backend
+    )
+    quant, codes = _rvq_encode_op(flat, books, w_in, b_in, w_out, b_out, n_q, cosine, True, backend)
+    return codes.reshape(*x.shape[:-1], n_q), quant.reshape(x.shape)
+
+
+def rvq_decode(
+    codes: torch.Tensor,
+    codebooks: torch.Tensor,
+    *,
+    out_proj: torch.Tensor | None = None,
+    out_bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The sum over stages of the chosen codes, projected up: the ``quantized`` of :func:`rvq_encode`.
+
+    Args:
+        codes: ``(N, q)`` or ``(B, T, q)`` integer codes of the first ``q <= Q`` stages, each in ``[0, K)``.
+        codebooks: ``(Q, K, Dc)`` float codes, on codes' device.
+        out_proj, out_bias: optional ``(Q, D, Dc)`` and ``(Q, D)`` (required when ``Dc`` differs from ``D``).
+
+    Returns:
+        ``(N, D)`` or ``(B, T, D)`` in the codebooks' dtype, summed stage by stage in float32 (float64 for float64
+        codebooks). Differentiable with respect to ``codebooks``, ``out_proj`` and ``out_bias``.
+    """
+    _check_tensor("codes", codes, floating=False)
+    if codes.is_floating_point() or codes.is_complex() or codes.dtype == torch.bool:
+        raise TypeError(f"codes must be an integer tensor (int64 from rvq_encode); got {codes.dtype}")
+    _check_tensor("codebooks", codebooks)
+    if codebooks.dim() != 3 or 0 in codebooks.shape:
+        raise ValueError(f"codebooks must be shaped (Q, K, Dc) with Q, K, Dc >= 1; got {tuple(codebooks.shape)}")
+    n_stages, n_codes, code_dim = codebooks.shape
+    _check_device("codebooks", codebooks, codes)
+    if codes.dim() not in (2, 3) or not 1 <= codes.shape[-1] <= n_stages:
+        raise ValueError(
+            f"codes must be shaped (N, q) or (B, T, q) with 1 <= q <= Q = {n_stages}; got {tuple(codes.shape)}"
+        )
+    for name, t in (("out_proj", out_proj), ("out_bias", out_bias)):
+        if t is not None:
+            _check_tensor(name, t)
+            _check_device(name, t, codes)
+    if out_bias is not None and out_proj is None:
+        raise ValueError("out_bias needs out_proj: a bias without its projection has no meaning")
+    dim = code_dim
+    if out_proj is not None:
+        if out_proj.dim() != 3 or out_proj.shape[0] != n_stages or out_proj.shape[2] != code_dim:
+            raise ValueError(
+                f"out_proj must be shaped (Q, D, Dc) with Q, Dc = {n_stages}, {code_dim}; got {tuple(out_proj.shape)}"
+            )
+        dim = out_proj.shape[1]
+        if out_bias is not None:
+            _check_shape("out_bias", out_bias, (n_stages, dim), "(Q, D)")
+    flat = codes.reshape(-1, codes.shape[-1]).to(torch.int64)
+    if flat.numel():
+        low, high = int(flat.min()), int(flat.max())
+        if low < 0 or high >= n_codes:
+            bad = low if low < 0 else high
+            raise IndexError(f"codes must lie in [0, K) = [0, {n_codes}); got {bad}")
+    acc = _compute_dtype(codebooks)
+    books = codebooks.to(acc)
+    w_out = None if out_proj is None else out_proj.to(acc)
+    b_out = None if out_bias is None else out_bias.to(acc)
+    total = None
+    for s in range(flat.shape[1]):
+        up = _up(books[s].index_select(0, flat[:, s]), s, w_out, b_out)
+        total = up if total is None else total + up
+    return total.to(codebooks.dtype).reshape(*codes.shape[:-1], dim)
