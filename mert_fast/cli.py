@@ -5,6 +5,9 @@ One function per subcommand (``_cmd_<name>``), registered in :func:`build_parser
 ``mert-fast <command>: error: ...`` on stderr and exit status 2, as argparse does for usage errors.
 
     mert-fast cqt [AUDIO_FILE] --out cqt.png      # picture of MERT's CQT teacher target
+    mert-fast extract INPUTS... --model DIR_OR_PRESET --out DIR   # features of a music collection
+    mert-fast make-corpus OUT_DIR [--clips 64] [--seconds 8]   # synthetic music to pre-train on
+    mert-fast fit-teacher --type mel-rvq AUDIO_DIR --out DIR   # the acoustic teacher train.py reuses
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,6 +44,28 @@ def _positive_int(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}")
     return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number; got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive number; got {text!r}")
+    return value
+
+
+def _layers(text: str) -> str | list[int]:
+    """``--layers``: ``all``, ``mean`` or comma-separated hidden-state indices such as ``0,6,12``."""
+    text = text.strip().lower()
+    if text in ("all", "mean"):
+        return text
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected all, mean or indices such as 0,6,12; got {text!r}") from None
+    return values
 
 
 def _device(name: str) -> torch.device:
@@ -135,6 +161,101 @@ def _cmd_cqt(args: argparse.Namespace) -> int:
     return 0
 
 
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _rank_and_world() -> tuple[int, int]:
+    """This process's shard under ``torchrun`` (``RANK``, ``WORLD_SIZE``); ``(0, 1)`` otherwise."""
+    try:
+        rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        raise ValueError("RANK and WORLD_SIZE must be integers (as torchrun sets them)") from None
+    if world < 1 or not 0 <= rank < world:
+        raise ValueError(f"RANK must be in [0, WORLD_SIZE); got RANK={rank}, WORLD_SIZE={world}")
+    return rank, world
+
+
+def _cmd_extract(args: argparse.Namespace) -> int:
+    from mert_fast.model.extract import load_model, run_extraction, weights_sha256
+
+    rank, world = _rank_and_world()
+    if args.device == "auto":
+        local = int(os.environ.get("LOCAL_RANK", "0") or 0)
+        device = torch.device(f"cuda:{local}") if torch.cuda.is_available() else torch.device("cpu")
+    else:
+        device = _device(args.device)
+    dtype_name = args.dtype if args.dtype != "auto" else ("bfloat16" if device.type == "cuda" else "float32")
+    if args.hop_s is not None and args.window_s is None:
+        raise ValueError("--hop-s needs --window-s")
+    model, model_id = load_model(args.model)
+    sha = weights_sha256(model)  # of the weights as stored, so every --dtype names the same model
+    model = model.to(device=device, dtype=_DTYPES[dtype_name])
+    logger.info("model %s (sha256 %s) on %s in %s; rank %d of %d", model_id, sha[:12], device, dtype_name, rank, world)
+    result = run_extraction(
+        args.inputs,
+        args.out,
+        model,
+        model_id,
+        model_sha256=sha,
+        layers=args.layers,
+        pool=args.pool,
+        fmt=args.format,
+        save_dtype=args.save_dtype,
+        window_s=args.window_s,
+        hop_s=args.hop_s,
+        batch_size=args.batch_size,
+        chunk_s=args.chunk_s,
+        rank=rank,
+        world_size=world,
+    )
+    failed = result.failed
+    print(
+        f"{args.out}: {result.count('ok')} extracted, {result.count('skipped')} skipped (already done), "
+        f"{len(failed)} failed; manifest {result.manifest}"
+    )
+    for entry in failed:
+        print(f"{PROG} extract: failed: {entry['input']}: {entry['reason']}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _cmd_make_corpus(args: argparse.Namespace) -> int:
+    from mert_fast.train.synth import make_corpus
+
+    paths = make_corpus(
+        args.out_dir,
+        n_clips=args.clips,
+        seconds=args.seconds,
+        sample_rate=args.sample_rate,
+        seed=args.seed,
+        format=args.format,
+        source=args.source,
+    )
+    print(f"{args.out_dir}: {len(paths)} clips of {args.seconds:g} s at {args.sample_rate} Hz; manifest.csv lists them")
+    return 0
+
+
+def _cmd_fit_teacher(args: argparse.Namespace) -> int:
+    from mert_fast.model.teachers import fit_mel_rvq
+    from mert_fast.train.data import AudioCorpus
+
+    device = _device(args.device)
+    corpus = AudioCorpus(args.audio_dir, args.sample_rate, min_seconds=args.min_seconds)
+    n = min(len(corpus), args.max_clips)
+    teacher = fit_mel_rvq(
+        (corpus.load(i) for i in range(n)),
+        args.sample_rate,
+        n_q=args.codebooks,
+        codebook_size=args.codebook_size,
+        steps=args.steps,
+        seed=args.seed,
+        device=device,
+    )
+    teacher.save(args.out)
+    print(f"{args.out}: mel-rvq teacher ({args.codebooks} x {args.codebook_size} codes, {teacher.label_rate:g} Hz) "
+          f"fitted on {n} clips")  # fmt: skip
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG, description="Fast kernels, models and training for MERT-style self-supervised music models."
@@ -164,6 +285,93 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--device", default="cpu", help="torch device for the transform, e.g. cpu or cuda (default: cpu)")
     p.set_defaults(func=_cmd_cqt)
+
+    p = commands.add_parser(
+        "extract",
+        help="extract MERT features for audio files, folders or manifests (resumable)",
+        description="Decode every input (24 kHz mono: soundfile + soxr, channels averaged), run the model with full "
+        "context (or sliding windows) and write one array per file, mirroring the input tree under --out, with a "
+        "JSON sidecar per file and a run manifest. Files already done with the same settings are skipped; files "
+        "that cannot be decoded, are empty or too short are reported and the run goes on (exit status 1 if any "
+        "failed). Under torchrun each rank takes every WORLD_SIZE-th file.",
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="audio files, folders (recursive) or .txt/.csv manifests")
+    p.add_argument(
+        "--model", required=True, help="a local model directory (HF layout) or a preset name (random weights)"
+    )
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument(
+        "--layers",
+        type=_layers,
+        default="all",
+        help="hidden states to save: all (default), mean (their average) or indices such as 0,6,12",
+    )
+    p.add_argument("--pool", choices=("none", "mean"), default="none", help="average over frames (default: none)")
+    p.add_argument("--format", choices=("npy", "safetensors"), default="npy", help="output format (default: npy)")
+    p.add_argument(
+        "--save-dtype", choices=("float32", "float16"), default="float32", help="saved array dtype (default: float32)"
+    )
+    p.add_argument(
+        "--window-s", type=_positive_float, default=None, help="sliding windows of this many seconds (default: full)"
+    )
+    p.add_argument("--hop-s", type=_positive_float, default=None, help="seconds between windows (default: half)")
+    p.add_argument("--batch-size", type=_positive_int, default=8, help="clips per batch (default: %(default)s)")
+    p.add_argument(
+        "--chunk-s", type=_positive_float, default=30.0, help="conv-encoder chunk in seconds (default: %(default)s)"
+    )
+    p.add_argument("--device", default="auto", help="torch device (default: cuda:LOCAL_RANK when a GPU is visible)")
+    p.add_argument(
+        "--dtype",
+        choices=("auto", *_DTYPES),
+        default="auto",
+        help="compute dtype (default: bfloat16 on a GPU, float32 on the CPU)",
+    )
+    p.set_defaults(func=_cmd_extract)
+
+    p = commands.add_parser(
+        "make-corpus",
+        help="write a synthetic music corpus (notes, chords, drums; no downloads) for a first training run",
+        description="Compose and render short pieces of music at random (chord progressions, melodies, bass lines, "
+        "arpeggios and drums with varied tempo, key and timbre) into OUT_DIR as clip_NNNNN.flac, with a manifest.csv. "
+        "Clip i depends on (--seed, i) only. Uses fluidsynth with a General MIDI soundfont when both are installed "
+        "(--source auto), else the built-in numpy synthesizer.",
+    )
+    p.add_argument("out_dir", metavar="OUT_DIR", help="output folder (created)")
+    p.add_argument("--clips", type=_positive_int, default=64, help="number of clips (default: %(default)s)")
+    p.add_argument("--seconds", type=_positive_float, default=8.0, help="seconds per clip (default: %(default)s)")
+    p.add_argument(
+        "--sample-rate", type=_positive_int, default=MERT_SAMPLE_RATE, help="Hz (default: %(default)s, MERT-v1's)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="corpus seed (default: %(default)s)")
+    p.add_argument("--format", choices=("flac", "wav"), default="flac", help="file format (default: %(default)s)")
+    p.add_argument(
+        "--source",
+        choices=("auto", "numpy", "fluidsynth"),
+        default="auto",
+        help="renderer: fluidsynth (needs the program and a GM soundfont), numpy, or auto (default: fluidsynth when "
+        "available)",
+    )
+    p.set_defaults(func=_cmd_make_corpus)
+
+    p = commands.add_parser(
+        "fit-teacher",
+        help="fit the acoustic teacher (Mel-RVQ tokens) on a folder of audio, for train.py --teacher",
+        description="Compute stacked log-mel frames (128 mels, 100 Hz, 4 stacked: 25 Hz) of the audio, then fit a "
+        "residual VQ with per-stage projections and cosine lookup (MuQ's Mel-RVQ). Writes teacher.json and "
+        "teacher.safetensors to --out.",
+    )
+    p.add_argument("audio_dir", metavar="AUDIO_DIR", help="folder (recursive) or .csv/.txt manifest of audio")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--type", choices=("mel-rvq",), default="mel-rvq", help="teacher type (default: %(default)s)")
+    p.add_argument("--sample-rate", type=_positive_int, default=MERT_SAMPLE_RATE, help="Hz (default: %(default)s)")
+    p.add_argument("--codebooks", type=_positive_int, default=8, help="RVQ stages (default: %(default)s)")
+    p.add_argument("--codebook-size", type=_positive_int, default=1024, help="codes per stage (default: %(default)s)")
+    p.add_argument("--steps", type=_positive_int, default=300, help="fitting steps (default: %(default)s)")
+    p.add_argument("--max-clips", type=_positive_int, default=256, help="fit on at most this many clips")
+    p.add_argument("--min-seconds", type=_positive_float, default=1.0, help="skip shorter clips (default: 1 s)")
+    p.add_argument("--seed", type=int, default=0, help="seed (default: %(default)s)")
+    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    p.set_defaults(func=_cmd_fit_teacher)
     return parser
 
 

@@ -174,3 +174,180 @@ def test_native_absent_warns_once(monkeypatch, caplog):
     warnings = [r for r in caplog.records if r.name == _native.__name__ and r.levelno == logging.WARNING]
     assert len(warnings) == 1, [r.getMessage() for r in warnings]
     assert "mert_fast._C" in warnings[0].getMessage()
+
+
+# ---------------------------------------------------------------------------------------------- rvq_encode
+
+RVQ_CASES = [  # (N, D, Dc, K, Q, metric, projections, dtype): the Triton kernel's cases and the full shapes
+    (1, 37, 37, 1000, 3, "l2", False, torch.float32),
+    (64, 128, 128, 256, 4, "l2", False, torch.float32),
+    (37, 40, 16, 100, 3, "cosine", True, torch.float32),
+    (37, 40, 16, 100, 3, "l2", True, torch.float64),
+    (50, 37, 37, 300, 2, "l2", False, torch.bfloat16),
+    (130, 200, 140, 129, 2, "cosine", True, torch.float16),
+    (24000, 128, 128, 1024, 8, "l2", False, torch.float32),
+    (8000, 512, 16, 1024, 8, "cosine", True, torch.float32),
+]
+
+
+def _rvq_inputs(n, d, dc, k, q, projected, dtype, device="cuda"):
+    g = torch.Generator().manual_seed(n * 7919 + d)
+    x = torch.randn(n, d, generator=g, dtype=torch.float64)
+    books = torch.randn(q, k, dc, generator=g, dtype=torch.float64)
+    proj = {}
+    if projected:
+        proj = dict(
+            in_proj=torch.randn(q, dc, d, generator=g, dtype=torch.float64) / d**0.5,
+            in_bias=0.1 * torch.randn(q, dc, generator=g, dtype=torch.float64),
+            out_proj=torch.randn(q, d, dc, generator=g, dtype=torch.float64) / dc**0.5,
+            out_bias=0.1 * torch.randn(q, d, generator=g, dtype=torch.float64),
+        )
+    cast = {k_: v.to(device=device, dtype=dtype) for k_, v in proj.items()}
+    return x.to(device=device, dtype=dtype), books.to(device=device, dtype=dtype), cast
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize(("n", "d", "dc", "k", "q", "metric", "projected", "dtype"), RVQ_CASES)
+def test_rvq_cuda_backend_matches_reference_and_triton(ext, monkeypatch, n, d, dc, k, q, metric, projected, dtype):
+    """MERT_FAST_BACKEND=cuda: every stage's code nearest within fp32 rounding (float64 check on a slice of rows),
+    quantized equal to the float64 decode of the codes, codes equal to the Triton kernel's up to near-ties."""
+    from mert_fast.ops import rvq_decode, rvq_encode
+    from mert_fast.ops.reference import rvq_code_gaps_ref, rvq_decode_ref, rvq_encode_ref
+
+    x, books, proj = _rvq_inputs(n, d, dc, k, q, projected, dtype)
+    calls = []
+    monkeypatch.setattr(ext, "rvq_encode", lambda *a, f=ext.rvq_encode: calls.append(1) or f(*a), raising=False)
+    monkeypatch.setenv("MERT_FAST_BACKEND", "cuda")
+    codes, quantized = rvq_encode(x, books, metric=metric, **proj)
+    assert calls, "the CUDA kernel was not launched"
+    assert codes.shape == (n, q) and codes.dtype == torch.int64 and quantized.dtype == dtype
+    search = torch.float64 if dtype == torch.float64 else torch.float32
+    rows = slice(0, 512)
+    proj64 = {k_: v.double().cpu() for k_, v in proj.items()}
+    x64, books64 = x[rows].to(search).double().cpu(), books.to(search).double().cpu()
+    gap, scale = rvq_code_gaps_ref(x64, codes[rows].cpu(), books64, metric=metric, **proj64)
+    assert (gap / scale).max() <= (1e-12 if dtype == torch.float64 else 1e-5)
+    if dtype == torch.float64:
+        ref, _ = rvq_encode_ref(x64, books64, metric=metric, **proj64)
+        assert torch.equal(ref, codes[rows].cpu())
+    up = {k_: v for k_, v in proj.items() if k_.startswith("out_")}
+    ref_quant = rvq_decode_ref(codes.cpu(), books.cpu(), **{k_: v.cpu() for k_, v in up.items()})
+    assert_rel_close(quantized, ref_quant, dtype=dtype, torch_out=ref_quant.to(dtype))
+    if not projected:  # same sum, same order, same rounding
+        assert torch.equal(rvq_decode(codes, books), quantized)
+    monkeypatch.setenv("MERT_FAST_BACKEND", "triton")
+    triton_codes, _ = rvq_encode(x, books, metric=metric, **proj)
+    assert (triton_codes != codes).any(1).sum() <= max(1, n // 100)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+def test_rvq_cuda_ties_resolve_to_lowest_index(ext, monkeypatch, metric):
+    from mert_fast.ops import nearest_code
+
+    monkeypatch.setenv("MERT_FAST_BACKEND", "cuda")
+    book = torch.randn(700, 24, device="cuda")
+    book[9] = book[3]
+    book[650] = book[100]  # across the kernel's 128-code column tiles
+    book[651] = book[100]
+    x = torch.stack([book[3], book[650], book[9], book[651]])
+    idx, _ = nearest_code(x, book, metric=metric)
+    assert idx.tolist() == [3, 100, 3, 100]
+    if metric == "cosine":
+        idx, _ = nearest_code(torch.zeros(2, 24, device="cuda"), book, metric=metric)
+        assert idx.tolist() == [0, 0]
+
+
+@pytest.mark.cuda
+def test_rvq_cuda_writes_every_output(ext):
+    """Outputs land in freed NaN / -1 blocks: every code and quantized element is written, codes in range."""
+    n, d, k, q = 1000, 37, 150, 3
+    x, books = torch.randn(n, d, device="cuda"), torch.randn(q, k, d, device="cuda")
+    norms = books.square().sum(-1)
+    _poison((n, d), torch.float32)
+    block = torch.full((n, q), -1, dtype=torch.int64, device="cuda")
+    del block
+    codes, quant = ext.rvq_encode(x, books, books, norms, None, None, None, None, q, True)
+    assert codes.shape == (n, q) and bool(((codes >= 0) & (codes < k)).all())
+    assert quant.shape == (n, d) and bool(torch.isfinite(quant).all())
+    codes2, empty = ext.rvq_encode(
+        x, books, books[:2].contiguous(), norms[:2].contiguous(), None, None, None, None, 2, False
+    )
+    assert torch.equal(codes2, codes[:, :2]) and empty.shape == (0, d)
+    none, _ = ext.rvq_encode(x[:0], books, books, norms, None, None, None, None, q, True)
+    assert none.shape == (0, q)
+
+
+@pytest.mark.cuda
+def test_rvq_cuda_checks_its_inputs(ext):
+    x, books = torch.randn(9, 8, device="cuda"), torch.randn(2, 16, 8, device="cuda")
+    norms = books.square().sum(-1)
+    w_in, b_in = torch.randn(2, 4, 8, device="cuda"), torch.randn(2, 4, device="cuda")
+    ext.rvq_encode(x, books, books, norms, None, None, None, None, 2, True)  # the valid call
+
+    def call(*, x=x, books=books, lookup=books, norms=norms, in_proj=None, in_bias=None, n_q=2):
+        return ext.rvq_encode(x, books, lookup, norms, in_proj, in_bias, None, None, n_q, True)
+
+    with pytest.raises(RuntimeError, match="x must be float32 or float64"):
+        call(x=x.half())
+    with pytest.raises(RuntimeError, match="x must be a CUDA tensor"):
+        call(x=x.cpu())
+    with pytest.raises(RuntimeError, match="codebooks must have x's dtype"):
+        call(books=books.double())
+    with pytest.raises(RuntimeError, match="lookup must be on x's CUDA device"):
+        call(lookup=books.cpu())
+    with pytest.raises(RuntimeError, match="x must be contiguous"):
+        call(x=torch.randn(8, 9, device="cuda").T)
+    with pytest.raises(RuntimeError, match="norms must have shape"):
+        call(norms=norms[:, :-1].contiguous())
+    with pytest.raises(RuntimeError, match=r"n_q must be in \[1, Q\]"):
+        call(n_q=3)
+    with pytest.raises(RuntimeError, match="without in_proj"):
+        call(books=torch.randn(2, 16, 4, device="cuda"), lookup=torch.randn(2, 16, 4, device="cuda"))
+    with pytest.raises(RuntimeError, match=r"in_proj must have shape \(Q, Dc, D\)"):
+        call(in_proj=w_in[:, :3].contiguous())
+    with pytest.raises(RuntimeError, match="in_bias needs in_proj"):
+        call(in_bias=b_in)
+
+
+def test_rvq_auto_table_ships_unmeasured():
+    """No GPU measurement has been taken: the shipped table says so and auto picks triton for every shape."""
+    from mert_fast.ops import rvq
+
+    rvq.autotune_table.cache_clear()
+    table = rvq.autotune_table()
+    assert table["format"] == rvq.AUTOTUNE_FORMAT and table["measured"] is False and table["devices"] == {}
+    assert "no gpu measurement" in table["note"].lower()
+    assert rvq._measured_choice(torch.device("cuda", 0), (24000, 128, 128, 1024), False, False) == "triton"
+
+
+def test_rvq_auto_uses_only_measured_buckets(monkeypatch):
+    """auto picks cuda only on the measured GPU, in the measured bucket, and only where cuda was faster."""
+    from mert_fast.ops import rvq
+
+    faster = rvq.autotune_key(torch.float32, "l2", False, 24000, 128, 128, 1024)
+    slower = rvq.autotune_key(torch.float32, "cosine", True, 8000, 512, 16, 1024)
+    assert faster == "float32/l2/plain/n15/d7/dc7/k10" and slower == "float32/cosine/proj/n13/d9/dc4/k10"
+    entries = {faster: {"backend": "cuda", "triton_ms": 2.0, "cuda_ms": 1.0}, slower: {"backend": "triton"}}
+    table = {"format": 1, "measured": True, "devices": {"nvidia-h100-80gb-hbm3": {"entries": entries}}}
+    monkeypatch.setattr(rvq, "autotune_table", lambda: table)
+    monkeypatch.setattr(rvq, "_device_name", lambda device: "NVIDIA H100 80GB HBM3")
+    gpu = torch.device("cuda", 0)
+    assert rvq._measured_choice(gpu, (24000, 128, 128, 1024), False, False) == "cuda"
+    assert rvq._measured_choice(gpu, (17000, 100, 100, 600), False, False) == "cuda"  # same buckets
+    assert rvq._measured_choice(gpu, (40000, 128, 128, 1024), False, False) == "triton"  # N unmeasured
+    assert rvq._measured_choice(gpu, (24000, 128, 128, 1024), False, True) == "triton"  # cosine unmeasured
+    assert rvq._measured_choice(gpu, (8000, 512, 16, 1024), True, True) == "triton"  # measured: triton won
+    monkeypatch.setattr(rvq, "_device_name", lambda device: "NVIDIA H200")
+    assert rvq._measured_choice(gpu, (24000, 128, 128, 1024), False, False) == "triton"  # another GPU
+
+
+def test_rvq_cuda_request_on_cpu_runs_torch(monkeypatch):
+    """The C++ kernel exists for CUDA tensors only: a cuda request on a CPU tensor runs the torch path."""
+    from mert_fast.ops import rvq
+
+    x = torch.randn(3, 8)
+    monkeypatch.setenv("MERT_FAST_BACKEND", "cuda")
+    assert rvq._backend(x, 16, 8, False, False) == "torch"
+    monkeypatch.setenv("MERT_FAST_BACKEND", "auto")
+    assert rvq._backend(x, 16, 8, False, False) == "torch"

@@ -259,8 +259,14 @@ class _Encoder(nn.Module):
         self.gradient_checkpointing = False
 
     def forward(
-        self, x: torch.Tensor, frame_mask: torch.Tensor | None, output_hidden_states: bool
+        self,
+        x: torch.Tensor,
+        frame_mask: torch.Tensor | None,
+        output_hidden_states: bool,
+        layer_keep: list[bool] | None = None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
+        """``layer_keep``: which layers run in training (LayerDrop); None draws them here with ``layerdrop``. Data
+        parallel training passes one draw shared by every rank, so all ranks use the same parameters."""
         zero_pad = (lambda y: y * frame_mask[..., None].to(y.dtype)) if frame_mask is not None else (lambda y: y)
         x = zero_pad(x)
         x = x + self.pos_conv_embed(x, frame_mask)
@@ -268,10 +274,13 @@ class _Encoder(nn.Module):
             x = self.layer_norm(x)
         x = self.dropout(x)
         states = [] if output_hidden_states else None
-        for layer in self.layers:
+        for i, layer in enumerate(self.layers):
             if states is not None:
                 states.append(zero_pad(x))
-            if self.training and self.config.layerdrop > 0 and torch.rand(()) < self.config.layerdrop:
+            if self.training and layer_keep is not None:
+                if not layer_keep[i]:
+                    continue
+            elif self.training and self.config.layerdrop > 0 and torch.rand(()) < self.config.layerdrop:
                 continue
             if self.gradient_checkpointing and self.training:
                 x = checkpoint(layer, x, frame_mask, use_reentrant=False)
@@ -348,6 +357,29 @@ class MERTModel(nn.Module):
             x = torch.where(mask_time_indices[..., None], self.masked_spec_embed.to(x.dtype), x)
         last, states = self.encoder(x, frame_mask, output_hidden_states)
         return MERTOutput(last_hidden_state=last, hidden_states=states, frame_mask=frame_mask)
+
+    def extract(
+        self,
+        audio: torch.Tensor,
+        *,
+        layers: list[int] | tuple[int, ...] | str | None = None,
+        window_s: float | None = None,
+        hop_s: float | None = None,
+        chunk_s: float = 30.0,
+        attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Hidden states of audio of any length in memory linear in its length; see
+        :func:`mert_fast.model.extract.extract` for every argument.
+
+        ``audio`` ``(L,)`` -> ``(S, T, H)``; ``(B, L)`` -> ``(B, S, T, H)``; ``layers`` None (all
+        ``num_hidden_layers + 1`` states), indices or ``"mean"``; ``window_s`` None for full context (the same
+        states as :meth:`forward`), else sliding windows stitched by owner frame.
+        """
+        from mert_fast.model.extract import extract
+
+        return extract(
+            self, audio, layers=layers, window_s=window_s, hop_s=hop_s, chunk_s=chunk_s, attention_mask=attention_mask
+        )
 
     def _check_inputs(self, audio: torch.Tensor, attention_mask: torch.Tensor | None):
         if not isinstance(audio, torch.Tensor):

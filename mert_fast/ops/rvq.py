@@ -23,14 +23,27 @@ would flip codes and are not offered), so the chosen code's distance equals the 
 ``rvq_code_gaps_ref`` in :mod:`mert_fast.ops.reference` checks exactly that.
 
 Backends (``MERT_FAST_BACKEND``): ``triton`` encodes every stage in one launch with the residual of a tile of
-rows kept on chip (the default for float16/bfloat16/float32 CUDA tensors); ``torch`` loops over stages on chunks
-of rows, so no ``N x K`` distance matrix is ever held (the default on the CPU and for float64).
+rows kept on chip; ``cuda`` is the same fused encode in CUDA C++ (``csrc/rvq_encode.cu``, in the ``mert_fast._C``
+extension; float32 and float64, half inputs searched in float32 like the other backends); ``torch`` loops over
+stages on chunks of rows, so no ``N x K`` distance matrix is ever held. ``cuda`` exists for CUDA tensors only: on a
+CPU tensor a ``cuda`` request runs the best available backend, as for every op without such a backend.
+
+``auto`` (the default): the CPU and float64 run ``torch``; float16/bfloat16/float32 CUDA tensors run ``triton``
+unless the measured table ``rvq_autotune.json`` (next to this module, written by ``python bench/bench_rvq.py
+--write-table`` on a GPU) holds a measurement for this GPU and this shape's bucket in which ``cuda`` was faster and
+the extension is built. A bucket is the compute dtype, the metric, whether projections are used and the power-of-two
+ceilings of ``N``, ``D``, ``Dc`` and ``K``; a shape no measurement covers runs ``triton``: the choice is never a
+guess. The table shipped here holds no measurement yet, so ``auto`` runs ``triton`` on every GPU.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import json
 import logging
+import re
+from importlib import resources
 
 import torch
 import torch.nn.functional as F
@@ -101,9 +114,85 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
-def _backend(x: torch.Tensor) -> str:
-    auto = "triton" if (x.is_cuda and x.dtype != torch.float64 and triton_importable()) else "torch"
-    return select_backend("rvq", x, ("triton", "torch"), auto)
+def _backend(x: torch.Tensor, n_codes: int, code_dim: int, projected: bool, cosine: bool) -> str:
+    """The backend for an encode of ``x`` ``(N, D)`` (or ``(B, T, D)``) with ``K = n_codes`` codes of ``code_dim``."""
+    if x.is_cuda and x.dtype != torch.float64 and triton_importable():
+        n_rows = x.numel() // max(1, x.shape[-1])
+        shape = (n_rows, x.shape[-1], code_dim, n_codes)
+        auto = (
+            "cuda" if _measured_choice(x.device, shape, projected, cosine) == "cuda" and _native_built() else "triton"
+        )
+    else:
+        auto = "torch"
+    supported = ("triton", "cuda", "torch") if x.is_cuda else ("triton", "torch")
+    return select_backend("rvq", x, supported, auto)
+
+
+# ---------------------------------------------------------------------------------------------- the auto table
+
+#: The measured table ``auto`` reads (package data next to this module).
+AUTOTUNE_TABLE = "rvq_autotune.json"
+AUTOTUNE_FORMAT = 1
+
+
+def _bucket(value: int) -> int:
+    """The power-of-two ceiling's exponent: 1000 -> 10, 1024 -> 10, 1025 -> 11."""
+    return max(0, int(value) - 1).bit_length()
+
+
+def autotune_key(
+    dtype: torch.dtype, metric: str, projected: bool, n_rows: int, dim: int, code_dim: int, n_codes: int
+) -> str:
+    """The table key of a shape: compute dtype, metric, projections and power-of-two buckets of N, D, Dc, K."""
+    compute = "float64" if dtype == torch.float64 else "float32"
+    buckets = "/".join(
+        f"{name}{_bucket(v)}" for name, v in (("n", n_rows), ("d", dim), ("dc", code_dim), ("k", n_codes))
+    )
+    return f"{compute}/{metric}/{'proj' if projected else 'plain'}/{buckets}"
+
+
+def device_key(name: str) -> str:
+    """A GPU's table key: its name lowercased, runs of other characters as ``-`` (bench/conftest.py's slug)."""
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+@functools.cache
+def autotune_table() -> dict:
+    """The measured table: ``{"format", "measured", "note", "devices": {device_key: {"entries": {key: entry}}}}``;
+    each entry holds the medians it was chosen from (``triton_ms``, ``cuda_ms``) and the faster ``backend``."""
+    try:
+        text = resources.files("mert_fast.ops").joinpath(AUTOTUNE_TABLE).read_text(encoding="utf-8")
+        table = json.loads(text)
+    except (OSError, ValueError) as exc:
+        logger.warning("rvq: cannot read the auto backend table %s (%s); auto runs triton", AUTOTUNE_TABLE, exc)
+        return {"format": AUTOTUNE_FORMAT, "measured": False, "devices": {}}
+    if table.get("format") != AUTOTUNE_FORMAT:
+        logger.warning(
+            "rvq: %s has format %r, expected %d; auto runs triton", AUTOTUNE_TABLE, table.get("format"), AUTOTUNE_FORMAT
+        )
+        return {"format": AUTOTUNE_FORMAT, "measured": False, "devices": {}}
+    return table
+
+
+@functools.cache
+def _device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device)
+
+
+def _measured_choice(device: torch.device, shape: tuple[int, int, int, int], projected: bool, cosine: bool) -> str:
+    """``"cuda"`` or ``"triton"`` as measured on this GPU for this shape's bucket; ``"triton"`` when unmeasured."""
+    devices = autotune_table().get("devices", {})
+    if not devices:
+        return "triton"
+    entries = devices.get(device_key(_device_name(device)), {}).get("entries", {})
+    key = autotune_key(torch.float32, "cosine" if cosine else "l2", projected, *shape)
+    return entries.get(key, {}).get("backend", "triton")
+
+
+def _native_built() -> bool:
+    from mert_fast._native import native
+
+    return native() is not None
 
 
 # ---------------------------------------------------------------------------------------------- torch path
@@ -192,6 +281,26 @@ def _encode_triton(x, codebooks, in_proj, in_bias, out_proj, out_bias, n_q, cosi
     )
 
 
+def _encode_cuda(x, codebooks, in_proj, in_bias, out_proj, out_bias, n_q, cosine, with_quantized):
+    from mert_fast._native import native
+
+    books = codebooks.contiguous()
+    lookup, norms = _lookup(books, n_q, cosine)
+    codes, quant = native().rvq_encode(
+        x.to(books.dtype).contiguous(),
+        books,
+        lookup.contiguous(),
+        norms.contiguous(),
+        *(None if t is None else t.contiguous() for t in (in_proj, in_bias, out_proj, out_bias)),
+        n_q,
+        with_quantized,
+    )
+    return codes, quant.to(x.dtype) if with_quantized else None
+
+
+_ENCODERS = {"triton": _encode_triton, "cuda": _encode_cuda, "torch": _encode_torch}
+
+
 # ---------------------------------------------------------------------------------------------- custom op
 
 
@@ -211,8 +320,7 @@ def _rvq_encode_op(
     """Checked, 2-D ``x`` ``(N, D)``; everything else in the compute dtype. Returns ``(quantized, codes)``
     (float output first: torch's op checks sum the outputs in order); ``quantized`` is ``(0, D)`` when not
     ``with_quantized``."""
-    encode = _encode_triton if backend == "triton" else _encode_torch
-    codes, quant = encode(x, codebooks, in_proj, in_bias, out_proj, out_bias, n_q, cosine, with_quantized)
+    codes, quant = _ENCODERS[backend](x, codebooks, in_proj, in_bias, out_proj, out_bias, n_q, cosine, with_quantized)
     return quant if quant is not None else x.new_empty((0, x.shape[1])), codes
 
 
@@ -351,7 +459,8 @@ def nearest_code(
     (books, *_) = _prepare_codebooks(x, codebook[None], None, None, None, None)
     book = books[0]
     if k == 1:
-        _, codes = _rvq_encode_op(x, books, None, None, None, None, 1, cosine, False, _backend(x))
+        backend = _backend(x, book.shape[0], book.shape[1], False, cosine)
+        _, codes = _rvq_encode_op(x, books, None, None, None, None, 1, cosine, False, backend)
         indices = codes[:, 0]
         chosen = book[indices]
     else:
@@ -417,7 +526,7 @@ def rvq_encode(
     books, w_in, b_in, w_out, b_out = _prepare_codebooks(x, codebooks, in_proj, in_bias, out_proj, out_bias)
     n_q = books.shape[0] if n_q is None else _check_int("n_q", n_q, 1, books.shape[0])
     flat = x.reshape(-1, x.shape[-1])
-    backend = _backend(x)
+    backend = _backend(x, books.shape[1], books.shape[2], w_in is not None or w_out is not None, cosine)
     logger.debug(
         "rvq_encode: %d rows, %d of %d stages, %s, backend %s", flat.shape[0], n_q, books.shape[0], metric, backend
     )

@@ -1,0 +1,33 @@
+"""MERT's musical teacher: the constant-Q transform of the clean clip (nnAudio CQT1992v2 semantics)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mert_fast.ops.cqt import CQT
+
+
+class CQTTeacher(nn.Module):
+    """Linear-magnitude CQT targets, frames first: audio ``(B, L)`` -> ``(B, L // hop + 1, n_bins)`` float32.
+
+    MERT's configuration: hop 320 at 24 kHz (75 Hz), fmin 32.7 Hz, 336 bins, 48 per octave, zero padding. At
+    other sample rates the hop is the student's (e.g. 320 at 16 kHz: 50 Hz) and the bins stop below Nyquist.
+    """
+
+    def __init__(self, sample_rate: int = 24000, hop_length: int = 320, n_bins: int = 336, bins_per_octave: int = 48):
+        super().__init__()
+        self.cqt = CQT(
+            sample_rate=sample_rate,
+            hop_length=hop_length,
+            fmin=32.7,
+            n_bins=n_bins,
+            bins_per_octave=bins_per_octave,
+            pad_mode="constant",
+            output="magnitude",
+        )
+        self.n_bins = n_bins
+
+    @torch.no_grad()
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        return self.cqt(audio.float()).transpose(1, 2)

@@ -1,0 +1,140 @@
+"""Pre-training configuration: a validated dataclass with per-model presets (the MERT recipe's numbers)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from mert_fast.model.config import PRESETS
+
+__all__ = ["TrainConfig"]
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything a pre-training run needs besides the DeepSpeed engine settings (``configs/ds_zero*.json``)."""
+
+    preset: str = "tiny"
+    """Model preset (``mert-v1-95m``, ``mert-v1-330m``, ``mert-v0``, ``music2vec-v1``, ``tiny``)."""
+    data: str | None = None
+    """Folder or manifest of audio; None trains on a synthetic corpus generated in ``output_dir/corpus``."""
+    output_dir: str = "runs/mert-tiny"
+    """Where metrics, the teacher, checkpoints and the exported model go."""
+    teacher: str | None = None
+    """A fitted Mel-RVQ teacher directory; None reuses ``output_dir/teacher`` or fits one there first."""
+    max_steps: int = 300
+    """Optimizer steps to run."""
+    seed: int = 0
+    """Seed of every random draw (crops, masks, mixture, dropout): each is a function of (seed, step, rank, sample)."""
+    log_every: int = 10
+    """Steps between lines of ``metrics.jsonl``."""
+    batch_size: int = 8
+    """Clips per rank per micro-step."""
+    grad_accum: int = 1
+    """Micro-steps per optimizer step."""
+    crop_seconds: float = 5.0
+    """Crop length (330M: 5.12 s)."""
+    min_crop_seconds: float = 3.0
+    """Clips shorter than this are skipped; a batch is cut to its shortest crop."""
+    lr: float = 5e-4
+    """Peak learning rate."""
+    warmup_steps: int = 32000
+    """Linear warmup steps."""
+    decay_steps: int | None = None
+    """Steps of the polynomial decay to 0 (power 1); None: ``max_steps``."""
+    weight_decay: float = 0.01
+    """AdamW weight decay (betas 0.9, 0.98; eps 1e-6)."""
+    clip_grad: float = 10.0
+    """Gradient-norm clipping (330M: 1.0)."""
+    feature_grad_mult: float = 0.1
+    """Gradient scale into the conv feature encoder (330M: 1.0)."""
+    mask_prob: float = 0.8
+    """Probability mass of span starts (fairseq compute_mask_indices)."""
+    mask_length: int = 5
+    """Span length in frames."""
+    mixture_prob: float = 0.5
+    """Probability that a clip gets in-batch noise segments."""
+    mixture_max_segments: int = 3
+    """At most this many segments per mixed clip."""
+    mixture_seconds: tuple[float, float] = (0.5, 1.0)
+    """Segment length range (330M: 0.5-1.5 s)."""
+    loss_weights: tuple[float, float] = (10.0, 1.0)
+    """Weights of the conv-feature L2 penalty and the CQT MSE (both times the masked-frame count)."""
+    teacher_codebooks: int = 8
+    """Mel-RVQ stages (label streams)."""
+    teacher_codebook_size: int = 1024
+    """Codes per stage."""
+    teacher_fit_steps: int = 300
+    """Adam steps when fitting the teacher."""
+    teacher_fit_clips: int = 256
+    """At most this many clips to fit the teacher on."""
+    synthetic_clips: int = 64
+    """Size of the synthetic corpus when no ``data`` is given."""
+    num_workers: int = 2
+    """DataLoader workers per rank."""
+    precision: str | None = None
+    """``fp32``, ``bf16`` or ``fp16``; None takes the DeepSpeed config's choice."""
+
+    def __post_init__(self) -> None:
+        if self.preset not in PRESETS:
+            raise ValueError(f"preset must be one of {', '.join(sorted(PRESETS))}; got {self.preset!r}")
+        self.mixture_seconds = tuple(float(v) for v in self.mixture_seconds)
+        self.loss_weights = tuple(float(v) for v in self.loss_weights)
+        for name in ("max_steps", "log_every", "batch_size", "grad_accum", "mask_length", "teacher_codebooks",
+                     "teacher_codebook_size", "synthetic_clips", "teacher_fit_clips"):  # fmt: skip
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer; got {value!r}")
+        for name in ("warmup_steps", "teacher_fit_steps", "num_workers", "seed"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0; got {getattr(self, name)!r}")
+        if not 0 < self.min_crop_seconds <= self.crop_seconds:
+            raise ValueError(f"min_crop_seconds must be in (0, crop_seconds]; got {self.min_crop_seconds}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be positive; got {self.lr}")
+        if not 0 <= self.mask_prob <= 1 or not 0 <= self.mixture_prob <= 1:
+            raise ValueError("mask_prob and mixture_prob must be in [0, 1]")
+        if not 0 < self.mixture_seconds[0] <= self.mixture_seconds[1]:
+            raise ValueError(
+                f"mixture_seconds must be an increasing pair of positive lengths; got {self.mixture_seconds}"
+            )
+        if self.precision not in (None, "fp32", "bf16", "fp16"):
+            raise ValueError(f"precision must be fp32, bf16 or fp16; got {self.precision!r}")
+        if self.clip_grad < 0 or self.feature_grad_mult < 0:
+            raise ValueError("clip_grad and feature_grad_mult must be >= 0")
+
+    @classmethod
+    def from_preset(cls, preset: str, **overrides: Any) -> TrainConfig:
+        """The recipe for ``preset`` with ``overrides`` (None values are ignored)."""
+        base = dict(_RECIPES.get(preset, {}), preset=preset, output_dir=f"runs/{preset}")
+        base.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**base)
+
+
+_RECIPES: dict[str, dict[str, Any]] = {
+    "mert-v1-95m": dict(lr=5e-4, warmup_steps=32000, decay_steps=400000, max_steps=400000, clip_grad=10.0),
+    "mert-v1-330m": dict(
+        lr=1.5e-3,
+        warmup_steps=32000,
+        decay_steps=400000,
+        max_steps=400000,
+        clip_grad=1.0,
+        feature_grad_mult=1.0,
+        crop_seconds=5.12,
+        mixture_seconds=(0.5, 1.5),
+    ),  # fmt: skip
+    "mert-v0": dict(lr=5e-4, warmup_steps=32000, decay_steps=400000, max_steps=400000),
+    "music2vec-v1": dict(lr=5e-4, warmup_steps=32000, decay_steps=400000, max_steps=400000),
+    # CPU demo: a small corpus, a small teacher, minutes on 2 cores
+    "tiny": dict(
+        lr=2e-3,
+        warmup_steps=30,
+        max_steps=300,
+        batch_size=8,
+        crop_seconds=4.0,
+        teacher_codebook_size=128,
+        teacher_fit_steps=60,
+        log_every=10,
+        clip_grad=10.0,
+    ),  # fmt: skip
+}

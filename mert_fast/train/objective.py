@@ -1,0 +1,138 @@
+"""MERT's pre-training objective: masked prediction of acoustic codes and CQT regression (HuBERT-style heads).
+
+For the masked frames of the student's output ``h`` ``(S, H)``:
+
+- acoustic: ``final_proj(h)`` viewed as ``(S, Q, 64)`` (untied per codebook), cosine logits against ``Q x K``
+  learned label embeddings / 0.1, cross-entropy summed over frames and codebooks
+  (:func:`mert_fast.ops.codebook_cross_entropy`, no ``(S, K)`` logits in memory);
+- musical: ``cqt_head(h)`` ``(S, n_bins)``, MSE against the teacher's CQT;
+- the conv-feature L2 penalty ``mean(features ** 2)``.
+
+``loss = CE_sum + w_features * penalty * S + w_cqt * MSE * S`` (MERT's loss weights [10, 1], extra terms scaled by
+the number of masked frames as fairseq's HuBERT criterion does). ``feature_grad_mult`` scales the gradient
+reaching the conv feature encoder.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mert_fast.model.mert import MERTModel
+from mert_fast.ops import codebook_cross_entropy
+
+__all__ = ["MERTPretrainer", "PretrainOutput"]
+
+
+class _GradMultiply(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad * ctx.scale, None
+
+
+class PretrainOutput(NamedTuple):
+    """``loss`` (what backward takes) and detached statistics for logging. A named tuple, so that ZeRO-3 sees the
+    tensors a module returns and gathers the top module's own parameters again for backward."""
+
+    loss: torch.Tensor
+    ce_sum: torch.Tensor
+    cqt_mse: torch.Tensor
+    features_pen: torch.Tensor
+    correct: torch.Tensor  # (Q,) int64 correct predictions per codebook on masked frames
+    n_masked: int
+
+
+class MERTPretrainer(nn.Module):
+    """The student plus its pre-training heads; ``forward(audio, codes, cqt, mask)`` -> :class:`PretrainOutput`."""
+
+    def __init__(
+        self,
+        model: MERTModel,
+        *,
+        n_codebooks: int,
+        codebook_size: int,
+        cqt_bins: int,
+        final_dim: int = 64,
+        temperature: float = 0.1,
+        feature_grad_mult: float = 0.1,
+        loss_weights: tuple[float, float] = (10.0, 1.0),
+    ) -> None:
+        super().__init__()
+        self.model = model
+        hidden = model.config.hidden_size
+        self.n_codebooks, self.final_dim = n_codebooks, final_dim
+        self.final_proj = nn.Linear(hidden, final_dim * n_codebooks)
+        self.label_embs_concat = nn.Parameter(torch.empty(n_codebooks, codebook_size, final_dim).uniform_())
+        self.cqt_head = nn.Linear(hidden, cqt_bins)
+        self.temperature = temperature
+        self.feature_grad_mult = feature_grad_mult
+        self.loss_weights = loss_weights
+
+    def zero3_external_parameters(self) -> list[tuple[nn.Module, nn.Parameter]]:
+        """Parameters used outside their own module's forward, which ZeRO-3 must gather for another module.
+
+        ``masked_spec_embed`` is read here, not in ``MERTModel.forward``; the positional conv's weight-norm factors
+        live in a parametrization submodule and are read when the conv computes its weight.
+        """
+        pairs: list[tuple[nn.Module, nn.Parameter]] = [(self, self.model.masked_spec_embed)]
+        pos = self.model.encoder.pos_conv_embed
+        conv = getattr(pos, "conv", None)
+        if conv is not None and hasattr(conv, "parametrizations"):
+            pairs += [(pos, p) for p in conv.parametrizations.weight.parameters()]
+        return pairs
+
+    def forward(
+        self,
+        audio: torch.Tensor,
+        codes: torch.Tensor,
+        cqt: torch.Tensor,
+        mask: torch.Tensor,
+        layer_keep: list[bool] | None = None,
+    ) -> PretrainOutput:
+        """audio ``(B, L)`` (the mixed clip); codes ``(B, T, Q)`` int64, cqt ``(B, T, n_bins)`` and mask ``(B, T)``
+        bool, all aligned to the student's ``T`` frames; ``layer_keep``: the step's LayerDrop draw (same on all ranks).
+        """
+        feats, _ = self.model.extract_features(audio)
+        if feats.shape[1] != mask.shape[1] or codes.shape[:2] != mask.shape or cqt.shape[:2] != mask.shape:
+            raise ValueError(
+                f"frames: student {feats.shape[1]}, mask {tuple(mask.shape)}, codes {tuple(codes.shape)}, "
+                f"cqt {tuple(cqt.shape)} must agree"
+            )
+        if self.feature_grad_mult != 1.0:  # before the penalty, as fairseq: every gradient into the encoder is scaled
+            feats = _GradMultiply.apply(feats, self.feature_grad_mult)
+        features_pen = feats.float().pow(2).mean()
+        x = self.model.feature_projection(feats)
+        x = torch.where(mask[..., None], self.model.masked_spec_embed.to(x.dtype), x)
+        hidden, _ = self.model.encoder(x, None, False, layer_keep)
+        h = hidden[mask]
+        n_masked = h.shape[0]
+        proj = self.final_proj(h).view(n_masked, self.n_codebooks, self.final_dim)
+        ce_sum, correct = codebook_cross_entropy(
+            proj,
+            # a copy: the loss saves it for backward, and under ZeRO-3 the parameter itself is released after forward
+            self.label_embs_concat.to(proj.dtype, copy=True),
+            codes[mask],
+            temperature=self.temperature,
+            normalize=True,
+            reduction="sum",
+            return_accuracy=True,
+        )
+        cqt_mse = F.mse_loss(self.cqt_head(h).float(), cqt[mask].float())
+        w_feat, w_cqt = self.loss_weights
+        loss = ce_sum + (w_feat * features_pen + w_cqt * cqt_mse) * n_masked
+        return PretrainOutput(
+            loss=loss,
+            ce_sum=ce_sum.detach(),
+            cqt_mse=cqt_mse.detach(),
+            features_pen=features_pen.detach(),
+            correct=correct.detach(),
+            n_masked=n_masked,
+        )

@@ -1,0 +1,736 @@
+"""A synthetic music corpus, generated on the spot: a first pre-training run needs no downloads.
+
+Each clip is a short piece composed at random and rendered in numpy: a chord progression in a random key, mode
+and tempo; a melody built from a motif that repeats over the chords with variations; a bass line; sustained or
+stabbed chords; sometimes an arpeggio; and drums (a kick from a decaying sine sweep, a snare from filtered noise
+and a tone, hi-hats from high-passed noise) on a 16th-note grid with fills, swing and timing jitter. Timbres
+differ per part and per clip (harmonic profiles from sine-like to saw-, square- and triangle-like, organ
+drawbars, plucked strings whose upper partials fade first, bells and bars with inharmonic partials) with ADSR
+envelopes and vibrato; a short synthetic reverb, the occasional silence gap, and a peak between 0.5 and 0.9.
+
+Clip ``i`` of seed ``s`` depends on ``(s, i)`` only (not on how many clips are made) and is the same on every
+run with the same numpy version. 64 clips of 8 s take a few seconds on one core.
+
+Optional richer source: when the ``fluidsynth`` program and a General MIDI soundfont are installed (Debian:
+``apt-get install fluidsynth fluid-soundfont-gm``; or name the ``.sf2`` file in ``MERT_FAST_SOUNDFONT``),
+``source="fluidsynth"`` renders the same compositions as MIDI with sampled instruments. ``source="auto"`` (the
+default) uses fluidsynth when both are present and the numpy synthesizer otherwise.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import logging
+import math
+import os
+import shutil
+import struct
+import subprocess
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+__all__ = ["find_soundfont", "fluidsynth_available", "make_corpus", "synth_clip", "write_midi"]
+
+logger = logging.getLogger(__name__)
+
+#: Where Debian/Ubuntu/Fedora/Arch put a General MIDI soundfont (``MERT_FAST_SOUNDFONT`` is tried first).
+SOUNDFONT_PATHS = (
+    "/usr/share/sounds/sf2/FluidR3_GM.sf2",
+    "/usr/share/sounds/sf2/default-GM.sf2",
+    "/usr/share/soundfonts/FluidR3_GM.sf2",
+    "/usr/share/soundfonts/default.sf2",
+    "/usr/share/soundfonts/FluidR3_GM2-2.sf2",
+    "/usr/share/sounds/sf2/TimGM6mb.sf2",
+)
+_FORMATS = {"flac": ("FLAC", "PCM_16"), "wav": ("WAV", "PCM_16")}
+_SOURCES = ("auto", "numpy", "fluidsynth")
+
+# ------------------------------------------------------------------------------------------------ composition
+
+_SCALES = {
+    "major": (0, 2, 4, 5, 7, 9, 11),
+    "minor": (0, 2, 3, 5, 7, 8, 10),
+    "dorian": (0, 2, 3, 5, 7, 9, 10),
+    "mixolydian": (0, 2, 4, 5, 7, 9, 10),
+    "harmonic minor": (0, 2, 3, 5, 7, 8, 11),
+}
+# Scale degrees (0 = tonic) of common four-chord progressions.
+_PROGRESSIONS = (
+    (0, 4, 5, 3),  # I V vi IV
+    (0, 5, 3, 4),  # I vi IV V
+    (0, 3, 4, 0),  # I IV V I
+    (5, 3, 0, 4),  # vi IV I V
+    (1, 4, 0, 0),  # ii V I I
+    (0, 6, 5, 4),  # i VII VI V (in minor)
+    (0, 3, 0, 4),  # I IV I V
+    (0, 0, 3, 3),  # a slow vamp
+)
+# Melody durations in 16th notes and their weights per rhythmic style.
+_DURATIONS = (1, 2, 3, 4, 6, 8)
+_RHYTHM_STYLES = (
+    (0.30, 0.40, 0.10, 0.20, 0.00, 0.00),  # busy
+    (0.00, 0.45, 0.10, 0.35, 0.05, 0.05),  # medium
+    (0.00, 0.15, 0.05, 0.40, 0.20, 0.20),  # sparse
+)
+# General MIDI percussion keys: they name the drum events in the score for both renderers.
+KICK, SNARE, CLOSED_HAT, OPEN_HAT, CRASH = 36, 38, 42, 46, 49
+_PARTS = ("lead", "pad", "bass", "arp", "drums")
+
+
+@dataclasses.dataclass
+class _Score:
+    """A composed clip: note events ``(start_s, gate_s, midi, velocity, part)`` and what the clip is made of."""
+
+    tempo: float
+    key: int
+    scale: str
+    parts: tuple[str, ...]
+    events: list[tuple[float, float, float, float, str]]
+    gaps: list[tuple[float, float]]
+
+
+def _degree_to_midi(degree: int, scale: Sequence[int], tonic: int) -> int:
+    return tonic + scale[degree % 7] + 12 * (degree // 7)
+
+
+def _fold(midi: int, low: int, high: int) -> int:
+    """Move ``midi`` by octaves into ``[low, high)``."""
+    while midi < low:
+        midi += 12
+    while midi >= high:
+        midi -= 12
+    return midi
+
+
+def _compose(rng: np.random.Generator, seconds: float) -> _Score:
+    tempo = float(rng.uniform(72.0, 168.0))
+    beats = 3 if rng.random() < 0.15 else 4
+    steps_per_bar = 4 * beats
+    six = 60.0 / tempo / 4  # one 16th note, in seconds
+    offset = int(rng.integers(0, steps_per_bar)) * six  # the clip starts somewhere inside a bar
+    n_bars = math.ceil((seconds + offset) / (steps_per_bar * six)) + 1
+    key = int(rng.integers(0, 12))
+    scale_name = str(rng.choice(list(_SCALES)))
+    scale = _SCALES[scale_name]
+    prog = list(_PROGRESSIONS[int(rng.integers(len(_PROGRESSIONS)))])
+    shift = int(rng.integers(0, 4)) if rng.random() < 0.3 else 0
+    prog = prog[shift:] + prog[:shift]
+    two_chords = beats == 4 and tempo < 110 and rng.random() < 0.35
+    swing = rng.random() < 0.2
+
+    def when(step: int) -> float:
+        """Seconds from the clip's start of absolute 16th ``step``, with swing and a few ms of jitter."""
+        t = step * six - offset
+        if swing and step % 2:
+            t += six / 3
+        return t + float(rng.normal(0.0, 0.004))
+
+    # the chords: (first step, steps, degree)
+    chords = []
+    chord_steps = steps_per_bar // 2 if two_chords else steps_per_bar
+    for k in range(n_bars * steps_per_bar // chord_steps):
+        chords.append((k * chord_steps, chord_steps, prog[k % len(prog)]))
+
+    present = {p: rng.random() < q for p, q in zip(_PARTS, (0.85, 0.7, 0.8, 0.35, 0.75), strict=True)}
+    if not (present["lead"] or present["pad"] or present["arp"]):
+        present[str(rng.choice(["lead", "pad", "arp"]))] = True
+    if sum(present.values()) < 2:
+        present[str(rng.choice([p for p in _PARTS if not present[p]]))] = True
+    parts = tuple(p for p in _PARTS if present[p])
+    # a part may come in a bar late, as in an arrangement
+    entry = {p: (1 if rng.random() < 0.25 else 0) for p in parts}
+    events: list[tuple[float, float, float, float, str]] = []
+
+    def note(step: int, length: int, midi: float, vel: float, part: str, legato: float = 0.9) -> None:
+        if step // steps_per_bar < entry.get(part, 0):
+            return
+        start = when(step)
+        gate = max(length * six * legato, 0.03)
+        if start + gate > 0 and start < seconds:
+            events.append((start, gate, float(midi), float(np.clip(vel, 0.05, 1.0)), part))
+
+    tonic = 48 + key
+    if "pad" in parts:
+        stabs = rng.random() < 0.3
+        seventh = rng.random() < 0.3
+        for first, length, deg in chords:
+            degrees = [deg, deg + 2, deg + 4] + ([deg + 6] if seventh else [])
+            midis = [_fold(_degree_to_midi(d, scale, tonic), 53, 77) for d in degrees]
+            if stabs:
+                for beat in range(1, length // 4, 2):
+                    for m in midis:
+                        note(first + 4 * beat, 2, m, rng.uniform(0.5, 0.8), "pad", legato=0.8)
+            else:
+                for m in midis:
+                    note(first, length, m, rng.uniform(0.45, 0.7), "pad", legato=0.97)
+
+    if "bass" in parts:
+        pattern = int(rng.integers(5))
+        for first, length, deg in chords:
+            root = _fold(_degree_to_midi(deg, scale, tonic - 12), 28, 52)
+            fifth = _fold(_degree_to_midi(deg + 4, scale, tonic - 12), 28, 55)
+            if pattern == 0:  # one long note per chord
+                note(first, length, root, 0.8, "bass")
+            elif pattern == 1:  # quarter-note roots
+                for s in range(0, length, 4):
+                    note(first + s, 4, root, 0.7 + 0.2 * (s == 0), "bass", legato=0.8)
+            elif pattern == 2:  # root and fifth
+                for i, s in enumerate(range(0, length, 4)):
+                    note(first + s, 4, fifth if i % 2 else root, 0.75, "bass", legato=0.85)
+            elif pattern == 3:  # pulsing eighths in octaves
+                for i, s in enumerate(range(0, length, 2)):
+                    note(first + s, 2, root + 12 * (i % 2), 0.6 + 0.2 * (i % 4 == 0), "bass", legato=0.7)
+            else:  # syncopated
+                for s in (0, 3, 6, 8, 11, 14):
+                    if s < length:
+                        note(first + s, 2, root + 12 * (s == 11), 0.7 + 0.2 * (s == 0), "bass", legato=0.8)
+
+    if "arp" in parts:
+        rate = 2 if rng.random() < 0.6 else 1
+        shape = int(rng.integers(3))
+        for first, length, deg in chords:
+            tones = [_fold(_degree_to_midi(d, scale, tonic + 12), 60, 84) for d in (deg, deg + 2, deg + 4)]
+            tones = sorted(tones) + [sorted(tones)[0] + 12]
+            cycle = tones if shape == 0 else tones[::-1] if shape == 1 else tones + tones[-2:0:-1]
+            for i, s in enumerate(range(0, length, rate)):
+                note(first + s, rate, cycle[i % len(cycle)], 0.5 + 0.2 * (s % 4 == 0), "arp", legato=0.75)
+
+    if "lead" in parts:
+        weights = np.asarray(_RHYTHM_STYLES[int(rng.integers(len(_RHYTHM_STYLES)))])
+        motif_bars = 2 if rng.random() < 0.4 else 1
+
+        def make_motif() -> list[tuple[int, int, int | None]]:
+            """(step in the motif, length, degree relative to the chord root or None for a rest)."""
+            motif, s, rel = [], 0, int(rng.choice([0, 2, 4]))
+            while s < motif_bars * steps_per_bar:
+                d = int(rng.choice(_DURATIONS, p=weights / weights.sum()))
+                if rng.random() < 0.15:
+                    motif.append((s, d, None))
+                else:
+                    motif.append((s, d, rel))
+                    rel = int(np.clip(rel + rng.choice([-2, -1, 0, 1, 2, 3, -3, 4]), -3, 9))
+                s += d
+            return motif
+
+        motif = make_motif()
+        chord_at = {}
+        for first, length, deg in chords:
+            for s in range(first, first + length):
+                chord_at[s] = deg
+        for b in range(0, n_bars, motif_bars):
+            if b and rng.random() < 0.25:
+                motif = make_motif()
+            base = b * steps_per_bar
+            for s, d, rel in motif:
+                if rel is None or base + s not in chord_at:
+                    continue
+                rel_var = rel + (int(rng.choice([-1, 1])) if rng.random() < 0.15 else 0)
+                midi = _fold(_degree_to_midi(chord_at[base + s] + rel_var, scale, tonic + 24), 60, 89)
+                vel = 0.65 + 0.25 * (s % 4 == 0) + rng.normal(0, 0.05)
+                note(base + s, d, midi, vel, "lead", legato=float(rng.uniform(0.6, 0.95)))
+
+    if "drums" in parts:
+        style = int(rng.integers(5))
+        hat_rate = 1 if style == 3 or rng.random() < 0.25 else 2
+        for b in range(n_bars):
+            base = b * steps_per_bar
+            kicks: list[int] = [0]
+            snares: list[int] = []
+            if beats == 3:
+                snares = [4, 8]
+            elif style == 0:  # rock
+                kicks, snares = [0, 8] + ([10] if rng.random() < 0.5 else []), [4, 12]
+            elif style == 1:  # four on the floor
+                kicks, snares = [0, 4, 8, 12], [4, 12]
+            elif style == 2:  # half time
+                kicks, snares = [0] + ([7] if rng.random() < 0.5 else []), [8]
+            elif style == 3:  # breakbeat
+                kicks, snares = [0, 6, 10], [4, 12]
+            else:  # sparse
+                kicks, snares = [0], [12] if rng.random() < 0.5 else []
+            if b % 4 == 3 and rng.random() < 0.5:  # a fill at the end of a phrase
+                snares = snares + [s for s in (13, 14, 15) if s < steps_per_bar and rng.random() < 0.7]
+            for s in kicks:
+                note(base + s, 2, KICK, 0.9 + rng.normal(0, 0.05), "drums")
+            for s in snares:
+                note(base + s, 2, SNARE, (0.85 if s % 4 == 0 else 0.5) + rng.normal(0, 0.05), "drums")
+            for s in range(0, steps_per_bar, hat_rate):
+                if rng.random() < 0.08:
+                    continue
+                open_hat = style == 1 and s % 4 == 2
+                vel = (0.6 if s % 4 == 0 else 0.4) + rng.normal(0, 0.05)
+                note(base + s, 1, OPEN_HAT if open_hat else CLOSED_HAT, vel, "drums")
+            if b == 0 and rng.random() < 0.3:
+                note(base, 4, CRASH, 0.7, "drums")
+
+    gaps = []
+    if rng.random() < 0.25:
+        length = float(rng.uniform(0.3, 1.5))
+        start = float(rng.uniform(0.0, max(seconds - length, 0.0)))
+        gaps.append((start, length))
+    events.sort(key=lambda e: (e[0], e[2]))
+    return _Score(tempo, key, scale_name, parts, events, gaps)
+
+
+# ------------------------------------------------------------------------------------------------ numpy synth
+
+
+@dataclasses.dataclass
+class _Timbre:
+    ratios: np.ndarray  # partial frequencies / fundamental
+    amps: np.ndarray  # partial amplitudes
+    harmonic: bool  # ratios are 1, 2, ..., K: rendered by the Chebyshev recursion
+    tilt: float  # extra decay rate (1/s) per partial step: upper partials fade first, as on struck strings
+    attack: float  # s
+    decay: float  # time constant (s) from full level toward the sustain level
+    sustain: float  # level in [0, 1]
+    release: float  # s
+    vib_cents: float  # vibrato depth
+    vib_rate: float  # Hz
+    partial_decay: float = 0.0  # inharmonic partial k decays with time constant decay / ratio_k**partial_decay
+
+
+def _timbre(kind: str, rng: np.random.Generator, part: str) -> _Timbre:
+    h = np.arange(1, 17, dtype=np.float64)
+    tilt = 0.0
+    if kind == "sine":
+        amps = np.array([1.0, rng.uniform(0.0, 0.2), rng.uniform(0.0, 0.08)])
+    elif kind == "saw":
+        amps = h ** -rng.uniform(0.9, 1.4)
+    elif kind == "square":
+        amps = np.where(h % 2 == 1, h ** -rng.uniform(0.9, 1.2), 0.0)[:15]
+    elif kind == "triangle":
+        amps = np.where(h % 2 == 1, (-1.0) ** ((h - 1) // 2) * h**-2.0, 0.0)[:11]
+    elif kind == "organ":
+        amps = np.zeros(8)
+        for k in (0, 1, 2, 3, 5, 7):  # 8', 4', 2 2/3', 2', 1 1/3', 1' drawbars (harmonics 1, 2, 3, 4, 6, 8)
+            amps[k] = rng.uniform(0.0, 1.0) if k else 1.0
+    elif kind == "pluck":
+        amps = h[:16] ** -rng.uniform(0.8, 1.2)
+        tilt = float(rng.uniform(2.0, 8.0))
+    elif kind == "reed":
+        amps = np.where(h % 2 == 1, h**-1.0, 0.2 * h**-1.5)[:12]
+    elif kind == "bell":  # Risset's bell partials, each with its own decay
+        ratios = np.array([0.56, 0.92, 1.19, 1.71, 2.0, 2.74, 3.0, 3.76, 4.07])
+        amps = np.array([1.0, 0.67, 1.0, 1.8, 2.67, 1.67, 1.46, 1.33, 1.33])
+        amps = amps / amps.sum() * 1.5
+        return _Timbre(ratios, amps, False, 0.0, 0.002, rng.uniform(0.6, 1.6), 0.0, 0.3, 0.0, 0.0, 0.8)
+    elif kind == "bar":  # marimba-like: a struck bar's partials
+        ratios = np.array([1.0, 3.93, 9.54])
+        amps = np.array([1.0, rng.uniform(0.2, 0.5), rng.uniform(0.05, 0.15)])
+        amps = amps / amps.sum() * 1.5
+        return _Timbre(ratios, amps, False, 0.0, 0.002, rng.uniform(0.15, 0.5), 0.0, 0.05, 0.0, 0.0, 1.0)
+    else:
+        raise ValueError(f"unknown timbre {kind!r}")
+    amps = amps / np.abs(amps).sum() * 1.5  # the same peak level for every timbre
+    percussive = kind == "pluck" or (part in ("arp", "bass") and rng.random() < 0.4)
+    attack = float(rng.uniform(0.003, 0.015) if percussive or part != "pad" else rng.uniform(0.03, 0.4))
+    decay = float(rng.uniform(0.2, 0.9) if percussive else rng.uniform(0.1, 0.6))
+    sustain = 0.0 if percussive else float(rng.uniform(0.5, 0.9))
+    release = float(rng.uniform(0.02, 0.1) if part != "pad" else rng.uniform(0.1, 0.5))
+    vibrato = part == "lead" and not percussive and rng.random() < 0.6
+    vib_cents = float(rng.uniform(8.0, 30.0)) if vibrato else 0.0
+    ratios = np.arange(1, len(amps) + 1, dtype=np.float64)
+    return _Timbre(ratios, amps, True, tilt, attack, decay, sustain, release, vib_cents, float(rng.uniform(4.5, 6.5)))
+
+
+_TIMBRE_CHOICES = {
+    "lead": ("sine", "saw", "square", "triangle", "pluck", "reed", "organ", "bell", "bar"),
+    "pad": ("saw", "square", "organ", "triangle", "sine", "reed"),
+    "bass": ("sine", "saw", "square", "pluck", "triangle"),
+    "arp": ("pluck", "bell", "bar", "square", "sine", "triangle"),
+}
+
+
+def _envelope(n: int, gate: int, sr: float, tim: _Timbre) -> np.ndarray:
+    """ADSR: raised-cosine attack, exponential decay to the sustain level, raised-cosine release after the gate."""
+    t = np.arange(n, dtype=np.float32) / np.float32(sr)
+    env = np.exp(-np.maximum(t - np.float32(tim.attack), 0.0) / np.float32(tim.decay))
+    env = np.float32(tim.sustain) + np.float32(1.0 - tim.sustain) * env
+    n_attack = min(max(1, round(tim.attack * sr)), n)
+    env[:n_attack] *= 0.5 - 0.5 * np.cos(np.pi * np.arange(n_attack) / n_attack)
+    if gate < n:
+        fall = 0.5 + 0.5 * np.cos(np.pi * np.arange(n - gate) / (n - gate))
+        env[gate:] = env[gate - 1 if gate else 0] * fall
+    return env
+
+
+def _render_note(midi: float, gate_s: float, vel: float, tim: _Timbre, sr: float) -> np.ndarray:
+    gate = max(1, round(gate_s * sr))
+    n = gate + max(1, round(tim.release * sr))
+    f0 = 440.0 * 2.0 ** ((midi - 69.0) / 12.0)
+    t = np.arange(n) / sr
+    if tim.vib_cents > 0:
+        depth = (2.0 ** (tim.vib_cents / 1200.0) - 1.0) * np.minimum(t / 0.3, 1.0)  # vibrato fades in
+        freq = f0 * (1.0 + depth * np.sin(2 * np.pi * tim.vib_rate * t))
+        phase = 2 * np.pi / sr * np.cumsum(freq)
+    else:
+        phase = 2 * np.pi * f0 * t
+    nyquist = 0.45 * sr / (f0 * (1.0 + tim.vib_cents / 1000.0))
+    out = np.zeros(n)
+    if tim.harmonic:
+        # the partials below Nyquist from the Chebyshev recursion sin((h+1)x) = 2 cos(x) sin(hx) - sin((h-1)x):
+        # one multiply-add per partial instead of a sine (faster here than a wavetable: numpy gathers are slow).
+        # float32 is plenty for audio and twice as fast (the phase stays float64); in place, no temporaries
+        k = min(len(tim.amps), max(1, int(nyquist)))
+        wrapped = np.mod(phase, 2 * np.pi).astype(np.float32)
+        c2 = np.cos(wrapped)
+        c2 *= 2.0
+        prev, cur, nxt = np.zeros(n, np.float32), np.sin(wrapped), np.empty(n, np.float32)
+        scratch, acc = np.empty(n, np.float32), np.zeros(n, np.float32)
+        # upper partials fading first (plucked strings): partial h is weighted by exp(-tilt * t) ** (h - 1)
+        tilt = np.exp(-t * tim.tilt).astype(np.float32) if tim.tilt else None
+        weight = np.ones(n, np.float32) if tilt is not None else None
+        for i in range(k):
+            if i:
+                np.multiply(c2, cur, out=nxt)
+                nxt -= prev
+                prev, cur, nxt = cur, nxt, prev
+                if weight is not None:
+                    weight *= tilt
+            a = np.float32(tim.amps[i])
+            if a:
+                np.multiply(cur if weight is None else weight, a, out=scratch)
+                if weight is not None:
+                    scratch *= cur
+                acc += scratch
+        out = acc
+    else:
+        for ratio, a in zip(tim.ratios, tim.amps, strict=True):
+            if ratio < nyquist:
+                decay = np.exp(-t * ratio**tim.partial_decay / tim.decay)
+                out += a * decay * np.sin(ratio * phase)
+    return vel * out * _envelope(n, gate, sr, tim)
+
+
+def _noise_band(rng: np.random.Generator, n: int, sr: float, low: float, high: float) -> np.ndarray:
+    """White noise band-limited to [low, high] Hz with soft (Gaussian in log-frequency) edges, unit RMS."""
+    m = 1 << max(n - 1, 1).bit_length()  # a power of two: pocketfft is slow on sizes with large prime factors
+    spec = np.fft.rfft(rng.standard_normal(m))
+    f = np.fft.rfftfreq(m, 1.0 / sr)
+    logf = np.log2(np.maximum(f, 1.0))
+    gain = np.ones_like(f)
+    gain *= np.where(logf < math.log2(low), np.exp(-0.5 * ((logf - math.log2(low)) / 0.5) ** 2), 1.0)
+    gain *= np.where(logf > math.log2(high), np.exp(-0.5 * ((logf - math.log2(high)) / 0.5) ** 2), 1.0)
+    x = np.fft.irfft(spec * gain, m)[:n]
+    return x / (np.sqrt(np.mean(x**2)) + 1e-12)
+
+
+def _decaying(tau: float, sr: float) -> tuple[np.ndarray, np.ndarray]:
+    """Time axis and exponential envelope of a sound lasting 7 time constants (to -60 dB), with a 5 ms fade out."""
+    n = max(round(7 * tau * sr), 8)
+    t = np.arange(n) / sr
+    env = np.exp(-t / tau)
+    m = min(n // 2, round(0.005 * sr))
+    env[n - m :] *= np.linspace(1.0, 0.0, m)
+    return t, env
+
+
+def _drum_kit(rng: np.random.Generator, sr: float) -> dict[int, np.ndarray]:
+    """One sample per drum for this clip's kit: kick, snare, closed and open hi-hat, crash."""
+    kit = {}
+    t, env = _decaying(rng.uniform(0.08, 0.25), sr)
+    f_hi, f_lo = rng.uniform(110.0, 180.0), rng.uniform(40.0, 60.0)
+    freq = f_lo + (f_hi - f_lo) * np.exp(-t / rng.uniform(0.02, 0.06))  # the pitch drops as the skin relaxes
+    body = np.sin(2 * np.pi / sr * np.cumsum(freq)) * env
+    m = round(0.003 * sr)
+    body[:m] += rng.standard_normal(m) * 0.3 * np.linspace(1.0, 0.0, m)  # the beater's click
+    drive = rng.uniform(1.0, 3.0)
+    kit[KICK] = np.tanh(drive * body) / math.tanh(drive)
+
+    t, env = _decaying(rng.uniform(0.05, 0.15), sr)
+    centre = rng.uniform(1500.0, min(5000.0, 0.2 * sr))
+    noise = _noise_band(rng, len(t), sr, centre / 2, centre * 2) * env
+    tone = np.sin(2 * np.pi * rng.uniform(170.0, 250.0) * t) * np.exp(-t / 0.05) * env / env.max()
+    mix = rng.uniform(0.2, 0.6)
+    kit[SNARE] = 0.3 * ((1 - mix) * noise + mix * 3.0 * tone)
+
+    cutoff = rng.uniform(0.6, 1.0) * min(10000.0, 0.4 * sr)
+    for key, tau in ((CLOSED_HAT, rng.uniform(0.01, 0.03)), (OPEN_HAT, rng.uniform(0.1, 0.25))):
+        t, env = _decaying(tau, sr)
+        kit[key] = 0.12 * _noise_band(rng, len(t), sr, cutoff, 0.49 * sr) * env
+    t, env = _decaying(rng.uniform(0.3, 0.6), sr)
+    kit[CRASH] = 0.1 * _noise_band(rng, len(t), sr, 0.5 * cutoff, 0.49 * sr) * env
+    return kit
+
+
+def _add(out: np.ndarray, start: int, x: np.ndarray) -> None:
+    lo, hi = max(start, 0), min(start + len(x), len(out))
+    if lo < hi:
+        out[lo:hi] += x[lo - start : hi - start]
+
+
+def _reverb(rng: np.random.Generator, x: np.ndarray, sr: float) -> np.ndarray:
+    """A synthetic room: exponentially decaying noise as impulse response, mixed in at a random level."""
+    rt60 = rng.uniform(0.2, 1.5)
+    n_ir = round(min(rt60, 1.0) * sr)
+    t = np.arange(n_ir) / sr
+    ir = rng.standard_normal(n_ir) * np.exp(-6.9 * t / rt60)
+    ir /= np.sqrt(np.sum(ir**2))
+    n_fft = 1 << (len(x) + n_ir - 1).bit_length()
+    x32, ir32 = x.astype(np.float32), ir.astype(np.float32)  # single-precision FFTs: half the time, inaudible
+    wet = np.fft.irfft(np.fft.rfft(x32, n_fft) * np.fft.rfft(ir32, n_fft), n_fft)[: len(x)]
+    return x + rng.uniform(0.05, 0.35) * wet
+
+
+def _finish(rng: np.random.Generator, x: np.ndarray, sr: float, gaps: Sequence[tuple[float, float]]) -> np.ndarray:
+    """Silence the gaps (10 ms fades) and scale the peak to a random level in [0.5, 0.9]."""
+    for start_s, length_s in gaps:
+        gain = np.ones(len(x))
+        a, b = round(start_s * sr), round((start_s + length_s) * sr)
+        fade = max(1, round(0.01 * sr))
+        gain[a:b] = 0.0
+        gain[max(a - fade, 0) : a] = np.linspace(1.0, 0.0, fade)[fade - (a - max(a - fade, 0)) :]
+        gain[b : b + fade] = np.linspace(0.0, 1.0, fade)[: len(gain[b : b + fade])]
+        x = x * gain
+    peak = float(np.max(np.abs(x))) if x.size else 0.0
+    target = rng.uniform(0.5, 0.9)
+    return (x * (target / peak) if peak > 0 else x).astype(np.float32)
+
+
+def _render_numpy(rng: np.random.Generator, score: _Score, seconds: float, sr: float) -> np.ndarray:
+    total = round(seconds * sr)
+    mix = np.zeros(total)
+    timbres = {p: _timbre(str(rng.choice(_TIMBRE_CHOICES[p])), rng, p) for p in score.parts if p != "drums"}
+    gains = {"lead": rng.uniform(0.7, 1.0), "pad": rng.uniform(0.25, 0.5), "bass": rng.uniform(0.6, 0.9)}
+    gains |= {"arp": rng.uniform(0.3, 0.5), "drums": rng.uniform(0.6, 1.0)}
+    kit = _drum_kit(rng, sr) if "drums" in score.parts else {}
+    for start, gate, midi, vel, part in score.events:
+        if part == "drums":
+            x = kit[int(midi)] * vel
+        else:
+            x = _render_note(midi, gate, vel, timbres[part], sr)
+        _add(mix, round(start * sr), gains[part] * x)
+    return _finish(rng, _reverb(rng, mix, sr), sr, score.gaps)
+
+
+def _clip_rng(seed: int, index: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([int(seed) & 0xFFFFFFFFFFFFFFFF, int(index)]))
+
+
+def synth_clip(index: int, seconds: float = 8.0, sample_rate: int = 24000, seed: int = 0) -> np.ndarray:
+    """Compose and render clip ``index`` of the synthetic corpus of ``seed`` with the numpy synthesizer.
+
+    Returns:
+        float32 ``(round(seconds * sample_rate),)``, mono, peak in [0.5, 0.9] (unless the clip is silent).
+    """
+    if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+        raise ValueError(f"index must be an integer >= 0; got {index!r}")
+    _check_args(1, seconds, sample_rate, "flac", "numpy")
+    rng = _clip_rng(seed, index)
+    score = _compose(rng, seconds)
+    return _render_numpy(rng, score, seconds, sample_rate)
+
+
+# ------------------------------------------------------------------------------------------------ fluidsynth
+
+
+def find_soundfont() -> Path | None:
+    """A General MIDI ``.sf2`` soundfont: ``$MERT_FAST_SOUNDFONT`` if set, else the first of
+    :data:`SOUNDFONT_PATHS` that exists; ``None`` when there is none."""
+    env = os.environ.get("MERT_FAST_SOUNDFONT")
+    for candidate in ([env] if env else []) + list(SOUNDFONT_PATHS):
+        if Path(candidate).is_file():
+            return Path(candidate)
+    return None
+
+
+def fluidsynth_available() -> bool:
+    """Whether ``source="fluidsynth"`` can run: the ``fluidsynth`` program is on ``PATH`` and a soundfont exists."""
+    return shutil.which("fluidsynth") is not None and find_soundfont() is not None
+
+
+def _vlq(value: int) -> bytes:
+    """A MIDI variable-length quantity."""
+    out = [value & 0x7F]
+    value >>= 7
+    while value:
+        out.append(0x80 | (value & 0x7F))
+        value >>= 7
+    return bytes(reversed(out))
+
+
+def write_midi(
+    path: str | os.PathLike,
+    notes: Sequence[tuple[float, float, int, int, int]],
+    *,
+    tempo: float = 120.0,
+    programs: dict[int, int] | None = None,
+    volumes: dict[int, int] | None = None,
+) -> None:
+    """Write a format-0 Standard MIDI File.
+
+    Args:
+        path: output ``.mid`` path.
+        notes: ``(start_s, duration_s, channel 0-15, key 0-127, velocity 1-127)``; channel 9 is percussion.
+        tempo: beats per minute (only sets the tick rate: times are given in seconds).
+        programs: General MIDI program (0-127) per channel.
+        volumes: channel volume (controller 7, 0-127) per channel.
+    """
+    division = 480
+    ticks_per_s = tempo / 60.0 * division
+    timed: list[tuple[int, int, bytes]] = []  # (tick, order: note-offs first, message)
+    for channel, program in (programs or {}).items():
+        timed.append((0, 0, bytes([0xC0 | channel, program & 0x7F])))
+    for channel, volume in (volumes or {}).items():
+        timed.append((0, 0, bytes([0xB0 | channel, 7, volume & 0x7F])))
+    for start, duration, channel, key, velocity in notes:
+        on = max(0, round(start * ticks_per_s))
+        off = max(on + 1, round((start + duration) * ticks_per_s))
+        timed.append((on, 2, bytes([0x90 | channel, key & 0x7F, max(1, min(127, velocity))])))
+        timed.append((off, 1, bytes([0x80 | channel, key & 0x7F, 0])))
+    timed.sort(key=lambda e: (e[0], e[1]))
+    usec = round(60_000_000 / tempo)
+    track = bytearray(b"\x00\xff\x51\x03" + usec.to_bytes(3, "big"))
+    tick = 0
+    for t, _, message in timed:
+        track += _vlq(t - tick) + message
+        tick = t
+    track += b"\x00\xff\x2f\x00"
+    with open(path, "wb") as f:
+        f.write(b"MThd" + struct.pack(">IHHH", 6, 0, 1, division))
+        f.write(b"MTrk" + struct.pack(">I", len(track)) + bytes(track))
+
+
+# General MIDI programs per part, for the fluidsynth renderer.
+_GM_PROGRAMS = {
+    "lead": (0, 11, 24, 56, 65, 73, 80, 81),  # piano, vibraphone, guitar, trumpet, sax, flute, square, saw leads
+    "pad": (0, 4, 19, 48, 49, 88, 89, 91),  # piano, e-piano, organ, strings, warm/new-age pads
+    "bass": (32, 33, 34, 38, 39),  # acoustic, finger, pick and synth basses
+    "arp": (4, 8, 11, 12, 46),  # e-piano, celesta, vibraphone, marimba, harp
+}
+_CHANNELS = {"lead": 0, "pad": 1, "bass": 2, "arp": 3, "drums": 9}
+
+
+def _render_fluidsynth(rng: np.random.Generator, score: _Score, seconds: float, sr: int, soundfont: Path) -> np.ndarray:
+    programs = {_CHANNELS[p]: int(rng.choice(_GM_PROGRAMS[p])) for p in score.parts if p != "drums"}
+    volumes = {_CHANNELS[p]: int(rng.integers(70, 120)) for p in score.parts}
+    notes = []
+    for start, gate, midi, vel, part in score.events:
+        if start < 0:  # the clip starts mid-note: keep the rest of it
+            gate, start = gate + start, 0.0
+        notes.append((start, gate, _CHANNELS[part], int(round(midi)), round(vel * 127)))
+    with tempfile.TemporaryDirectory(prefix="mert_fast_midi_") as tmp:
+        mid, wav = Path(tmp) / "clip.mid", Path(tmp) / "clip.wav"
+        write_midi(mid, notes, tempo=score.tempo, programs=programs, volumes=volumes)
+        cmd = ["fluidsynth", "-ni", "-q", "-g", "0.6", "-r", str(int(sr)), "-F", str(wav), str(soundfont), str(mid)]
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise RuntimeError(f"fluidsynth failed: {exc}") from exc
+        if done.returncode != 0 or not wav.is_file():
+            raise RuntimeError(f"fluidsynth failed (exit {done.returncode}): {done.stderr.strip()[-500:]}")
+        data, rate = sf.read(wav, dtype="float64", always_2d=True)
+    x = data.mean(axis=1)
+    if rate != sr:
+        x = soxr.resample(x, rate, sr, quality="HQ")
+    total = round(seconds * sr)
+    x = np.concatenate([x[:total], np.zeros(max(0, total - len(x)))])
+    return _finish(rng, x, sr, score.gaps)
+
+
+# ------------------------------------------------------------------------------------------------ the corpus
+
+
+def _check_args(n_clips: int, seconds: float, sample_rate: int, fmt: str, source: str) -> None:
+    if isinstance(n_clips, bool) or not isinstance(n_clips, int) or n_clips <= 0:
+        raise ValueError(f"n_clips must be a positive integer; got {n_clips!r}")
+    if (
+        isinstance(seconds, bool)
+        or not isinstance(seconds, (int, float))
+        or not (math.isfinite(seconds) and seconds > 0)
+    ):
+        raise ValueError(f"seconds must be a positive number; got {seconds!r}")
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or sample_rate < 8000:
+        raise ValueError(f"sample_rate must be an integer >= 8000 (Hz); got {sample_rate!r}")
+    if round(seconds * sample_rate) < 1:
+        raise ValueError(f"seconds={seconds} at sample_rate={sample_rate} gives no samples")
+    if fmt not in _FORMATS:
+        raise ValueError(f"format must be one of {sorted(_FORMATS)}; got {fmt!r}")
+    if source not in _SOURCES:
+        raise ValueError(f"source must be one of {list(_SOURCES)}; got {source!r}")
+
+
+def make_corpus(
+    out_dir: str | os.PathLike,
+    n_clips: int = 64,
+    seconds: float = 8.0,
+    sample_rate: int = 24000,
+    seed: int = 0,
+    format: str = "flac",  # noqa: A002  (the public name mirrors the CLI's --format)
+    source: str = "auto",
+) -> list[Path]:
+    """Write a synthetic music corpus: ``n_clips`` mono clips ``clip_00000.<format>``... and ``manifest.csv``.
+
+    Args:
+        out_dir: folder to write into (created; existing clips of the same names are overwritten).
+        n_clips: number of clips.
+        seconds: length of every clip.
+        sample_rate: Hz (24000 for MERT-v1, 16000 for MERT-v0 / music2vec).
+        seed: clip ``i`` depends on ``(seed, i)`` only.
+        format: ``"flac"`` or ``"wav"`` (16-bit PCM).
+        source: ``"numpy"`` (the built-in synthesizer), ``"fluidsynth"`` (General MIDI rendering; needs the
+            ``fluidsynth`` program and a soundfont, see :func:`find_soundfont`) or ``"auto"`` (fluidsynth when
+            available, numpy otherwise).
+
+    Returns:
+        The clip paths in order. ``out_dir/manifest.csv`` lists them (``path,seconds``; paths relative to
+        ``out_dir``), so ``list_audio(out_dir / "manifest.csv")`` reads exactly this corpus.
+
+    Raises:
+        ValueError: a bad argument, or ``source="fluidsynth"`` without fluidsynth or a soundfont.
+        RuntimeError: fluidsynth ran but failed.
+    """
+    _check_args(n_clips, seconds, sample_rate, format, source)
+    soundfont = find_soundfont()
+    if source == "fluidsynth" and not fluidsynth_available():
+        raise ValueError(
+            "source='fluidsynth' needs the fluidsynth program on PATH and a General MIDI soundfont "
+            f"(found program: {shutil.which('fluidsynth') is not None}, soundfont: {soundfont}); "
+            "install e.g. Debian's fluidsynth and fluid-soundfont-gm, set MERT_FAST_SOUNDFONT, or use source='numpy'"
+        )
+    use_fluidsynth = source == "fluidsynth" or (source == "auto" and fluidsynth_available())
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    container, subtype = _FORMATS[format]
+    logger.info(
+        "writing %d synthetic clips of %.2f s at %d Hz to %s (%s)",
+        n_clips,
+        seconds,
+        sample_rate,
+        out,
+        f"fluidsynth, {soundfont}" if use_fluidsynth else "numpy synthesizer",
+    )
+    paths = []
+    for i in range(n_clips):
+        rng = _clip_rng(seed, i)
+        score = _compose(rng, seconds)
+        if use_fluidsynth:
+            audio = _render_fluidsynth(rng, score, seconds, sample_rate, soundfont)
+        else:
+            audio = _render_numpy(rng, score, seconds, sample_rate)
+        path = out / f"clip_{i:05d}.{format}"
+        sf.write(path, audio, sample_rate, format=container, subtype=subtype)
+        logger.debug(
+            "%s: %.0f bpm, key %d %s, parts %s, %d events, gaps %s",
+            path.name,
+            score.tempo,
+            score.key,
+            score.scale,
+            ",".join(score.parts),
+            len(score.events),
+            score.gaps,
+        )
+        paths.append(path)
+    with open(out / "manifest.csv", "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "seconds"])
+        for path in paths:
+            writer.writerow([path.name, f"{round(seconds * sample_rate) / sample_rate:.6f}"])
+    return paths
