@@ -7,10 +7,13 @@ of music so that examples and tests need no downloads.
 
 from __future__ import annotations
 
+import csv
 import logging
 import math
 import numbers
 import os
+from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import soundfile as sf
@@ -147,3 +150,61 @@ def synth_demo(sample_rate: float = 24000, seconds: float = 6.0) -> torch.Tensor
         for j, midi in enumerate(melody):
             add(t0 + j * eighth, eighth, midi, _LEAD)
     return torch.from_numpy(out.astype(np.float32))
+
+
+# ------------------------------------------------------------------------------------------------ finding audio
+
+#: File name endings taken from folders (lower case); files named in a manifest or a list are taken as they are.
+AUDIO_EXTENSIONS = (
+    ".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc", ".au", ".caf", ".w64", ".rf64",
+)  # fmt: skip
+#: Files read as lists of audio paths.
+MANIFEST_EXTENSIONS = (".csv", ".txt")
+
+
+def read_manifest(path: str | os.PathLike) -> list[Path]:
+    """Absolute paths listed in a manifest: ``.txt`` one per line (``#`` comments); ``.csv`` the ``path`` column,
+    else the first column (a first row naming neither an audio file nor an existing file is a header). Relative
+    paths are relative to the manifest's folder."""
+    path = Path(path)
+    with open(path, encoding="utf-8", newline="") as f:
+        if path.suffix.lower() == ".csv":
+            rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
+            if not rows:
+                return []
+            header = [c.strip().lower() for c in rows[0]]
+            if "path" in header:
+                column, rows = header.index("path"), rows[1:]
+            else:
+                column = 0
+                first = rows[0][0].strip()
+                if not first.lower().endswith(AUDIO_EXTENSIONS) and not (path.parent / first).exists():
+                    rows = rows[1:]
+            names = [r[column].strip() for r in rows if len(r) > column and r[column].strip()]
+        else:
+            names = [line.strip() for line in f if line.strip() and not line.lstrip().startswith("#")]
+    return [Path(os.path.abspath(path.parent / name)) for name in names]
+
+
+def find_audio(inputs: Sequence[str | os.PathLike]) -> list[Path]:
+    """Audio files from ``inputs``, as absolute paths in first-occurrence order without duplicates.
+
+    A folder is searched recursively (sorted, following links) for :data:`AUDIO_EXTENSIONS`, hidden entries
+    skipped; a ``.csv``/``.txt`` file is a manifest (:func:`read_manifest`); anything else is taken as a file,
+    whether or not it exists, so that callers can report it.
+    """
+    seen: dict[Path, None] = {}
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            for root, dirs, files in os.walk(p, followlinks=True):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                for name in sorted(files):
+                    if not name.startswith(".") and name.lower().endswith(AUDIO_EXTENSIONS):
+                        seen.setdefault(Path(os.path.abspath(os.path.join(root, name))), None)
+        elif p.is_file() and p.suffix.lower() in MANIFEST_EXTENSIONS:
+            for q in read_manifest(p):
+                seen.setdefault(q, None)
+        else:
+            seen.setdefault(Path(os.path.abspath(p)), None)
+    return list(seen)

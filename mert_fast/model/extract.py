@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import csv
 import dataclasses
 import hashlib
 import json
@@ -44,6 +43,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from mert_fast.audio import AUDIO_EXTENSIONS, find_audio
 
 if TYPE_CHECKING:
     from mert_fast.model.mert import MERTModel
@@ -65,10 +66,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: File name endings taken from folders (files named directly are always taken).
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".au", ".caf", ".w64", ".rf64")
-#: Manifest inputs: one path per line (``.txt``) or a ``path`` column (``.csv``; else the first column).
-MANIFEST_EXTENSIONS = (".txt", ".csv")
 
 LayerSpec = Sequence[int] | str | None
 
@@ -407,46 +404,9 @@ class ExtractionResult:
         return [e for e in self.entries if e["status"] == "failed"]
 
 
-def _read_manifest(path: Path) -> list[Path]:
-    """Paths listed in a ``.txt`` (one per line, ``#`` comments) or ``.csv`` (a ``path`` column, else the first)
-    manifest; relative paths are relative to the manifest's folder."""
-    with open(path, encoding="utf-8", newline="") as f:
-        if path.suffix.lower() == ".csv":
-            rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
-            if not rows:
-                return []
-            header = [c.strip().lower() for c in rows[0]]
-            column = header.index("path") if "path" in header else 0
-            has_header = "path" in header or not (path.parent / rows[0][0].strip()).exists()
-            names = [r[column].strip() for r in rows[1 if has_header else 0 :] if len(r) > column]
-        else:
-            names = [line.strip() for line in f if line.strip() and not line.lstrip().startswith("#")]
-    return [(path.parent / name) for name in names if name]
-
-
 def iter_audio_files(inputs: Sequence[str | os.PathLike]) -> list[Path]:
-    """Audio files from ``inputs``: files (taken whatever their extension), folders (searched recursively for
-    :data:`AUDIO_EXTENSIONS`, hidden entries skipped) and ``.txt``/``.csv`` manifests. Absolute paths, first
-    occurrence order, duplicates dropped; a path that does not exist is kept (and fails when it is read)."""
-    seen: dict[Path, None] = {}
-
-    def add(p: Path) -> None:
-        seen.setdefault(Path(os.path.abspath(p)), None)
-
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            for root, dirs, files in os.walk(p):
-                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-                for name in sorted(files):
-                    if not name.startswith(".") and name.lower().endswith(AUDIO_EXTENSIONS):
-                        add(Path(root) / name)
-        elif p.is_file() and p.suffix.lower() in MANIFEST_EXTENSIONS:
-            for q in _read_manifest(p):
-                add(q)
-        else:
-            add(p)
-    return list(seen)
+    """Audio files from ``inputs`` (files, folders, ``.txt``/``.csv`` manifests): :func:`mert_fast.audio.find_audio`."""
+    return find_audio(inputs)
 
 
 def _relative_outputs(files: Sequence[Path]) -> list[Path]:

@@ -15,7 +15,6 @@ epoch is dropped), so the ranks of a step read disjoint clips.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import hashlib
 import itertools
@@ -33,7 +32,7 @@ import soxr
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from mert_fast.audio import load_audio
+from mert_fast.audio import AUDIO_EXTENSIONS, find_audio, load_audio
 
 __all__ = [
     "AUDIO_EXTENSIONS",
@@ -47,9 +46,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-#: File name endings taken from folders (lower case); files listed in a manifest or a list are taken as they are.
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc")
 
 _MASK64 = (1 << 64) - 1
 
@@ -110,39 +106,6 @@ def _permutation(n: int, key: int) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------ files
 
 
-def _read_manifest(path: Path) -> list[Path]:
-    """``.txt``: one path per line (``#`` comments); ``.csv``: the ``path`` column, else the first. Relative paths
-    are relative to the manifest's folder."""
-    with open(path, encoding="utf-8", newline="") as f:
-        if path.suffix.lower() == ".csv":
-            rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
-            if not rows:
-                return []
-            header = [c.strip().lower() for c in rows[0]]
-            if "path" in header:
-                column, rows = header.index("path"), rows[1:]
-            else:
-                column = 0
-                first = rows[0][0].strip()
-                # a first row that names no audio file and no existing file is a header
-                if not first.lower().endswith(AUDIO_EXTENSIONS) and not (path.parent / first).exists():
-                    rows = rows[1:]
-            names = [r[column].strip() for r in rows if len(r) > column and r[column].strip()]
-        else:
-            names = [line.strip() for line in f if line.strip() and not line.lstrip().startswith("#")]
-    return [Path(os.path.abspath(path.parent / name)) for name in names]
-
-
-def _walk(folder: Path) -> list[Path]:
-    found = []
-    for root, dirs, files in os.walk(folder, followlinks=True):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        for name in files:
-            if not name.startswith(".") and name.lower().endswith(AUDIO_EXTENSIONS):
-                found.append(Path(os.path.abspath(os.path.join(root, name))))
-    return found
-
-
 def list_audio(source: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
     """The audio files of ``source``, as sorted absolute paths without duplicates.
 
@@ -163,19 +126,12 @@ def list_audio(source: str | os.PathLike | Sequence[str | os.PathLike]) -> list[
         items = list(source)
     else:
         raise TypeError(f"source must be a path or a list of paths; got {type(source).__name__}")
-    found: set[Path] = set()
     for item in items:
         if not isinstance(item, (str, os.PathLike)):
             raise TypeError(f"source entries must be paths; got {type(item).__name__}")
-        p = Path(item)
-        if p.is_dir():
-            found.update(_walk(p))
-        elif p.suffix.lower() in (".csv", ".txt") and p.is_file():
-            found.update(_read_manifest(p))
-        elif p.is_file() or len(items) > 1:
-            found.add(Path(os.path.abspath(p)))
-        else:
-            raise ValueError(f"audio source not found: {os.fspath(p)!r} (expected a folder, a manifest or a file)")
+    if len(items) == 1 and not Path(items[0]).exists():
+        raise ValueError(f"audio source not found: {os.fspath(items[0])!r} (expected a folder, a manifest or a file)")
+    found = find_audio(items)
     if not found:
         raise ValueError(f"no audio files found in {_describe(source)} (looked for {', '.join(AUDIO_EXTENSIONS)})")
     return sorted(found, key=os.fspath)
