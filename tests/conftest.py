@@ -32,7 +32,8 @@ def pytest_runtest_makereport(item, call):
     """With MERT_FAST_REQUIRE_TRITON=1 (CI), a skipped Triton test is a failure: a missing triton must not pass."""
     outcome = yield
     report = outcome.get_result()
-    if report.skipped and "triton" in item.keywords and "cuda" not in item.keywords:
+    runs_triton = "triton" in item.keywords or "triton_backend" in getattr(item, "fixturenames", ())
+    if report.skipped and runs_triton and "cuda" not in item.keywords:
         if os.environ.get("MERT_FAST_REQUIRE_TRITON") == "1":
             report.outcome = "failed"
             report.longrepr = f"Triton test skipped but MERT_FAST_REQUIRE_TRITON=1: {report.longrepr}"
