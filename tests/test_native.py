@@ -342,12 +342,14 @@ def test_rvq_auto_uses_only_measured_buckets(monkeypatch):
     assert rvq._measured_choice(gpu, (24000, 128, 128, 1024), False, False) == "triton"  # another GPU
 
 
-def test_rvq_cuda_request_on_cpu_runs_torch(monkeypatch):
-    """The C++ kernel exists for CUDA tensors only: a cuda request on a CPU tensor runs the torch path."""
+def test_rvq_cuda_request_on_cpu_is_an_error(monkeypatch):
+    """The C++ kernel exists for CUDA tensors only: an explicit cuda request on a CPU tensor is an error (never a
+    silent fallback); auto runs the torch path there."""
     from mert_fast.ops import rvq
 
     x = torch.randn(3, 8)
     monkeypatch.setenv("MERT_FAST_BACKEND", "cuda")
-    assert rvq._backend(x, 16, 8, False, False) == "torch"
+    with pytest.raises(RuntimeError, match="CUDA tensor"):
+        rvq._backend(x, 16, 8, False, False)
     monkeypatch.setenv("MERT_FAST_BACKEND", "auto")
     assert rvq._backend(x, 16, 8, False, False) == "torch"

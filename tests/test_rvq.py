@@ -461,8 +461,9 @@ def test_bad_decode_input(kwargs, error, match):
 def test_empty_and_explicit_backend(monkeypatch):
     codes, quant = rvq_encode(torch.zeros(0, 8), torch.ones(2, 16, 8))
     assert codes.shape == (0, 2) and quant.shape == (0, 8)
-    monkeypatch.setenv("MERT_FAST_BACKEND", "cuda")  # rvq has no C++ backend: its best available one runs
-    assert rvq_encode(torch.zeros(2, 8), torch.ones(2, 16, 8))[0].shape == (2, 2)
+    monkeypatch.setenv("MERT_FAST_BACKEND", "cuda")  # the C++ backend needs CUDA tensors: an error, not a fallback
+    with pytest.raises(RuntimeError, match="cuda"):
+        rvq_encode(torch.zeros(2, 8), torch.ones(2, 16, 8))
     monkeypatch.setenv("MERT_FAST_BACKEND", "bogus")
     with pytest.raises(ValueError, match="MERT_FAST_BACKEND"):
         rvq_encode(torch.zeros(2, 8), torch.ones(2, 16, 8))

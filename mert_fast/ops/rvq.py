@@ -25,8 +25,8 @@ would flip codes and are not offered), so the chosen code's distance equals the 
 Backends (``MERT_FAST_BACKEND``): ``triton`` encodes every stage in one launch with the residual of a tile of
 rows kept on chip; ``cuda`` is the same fused encode in CUDA C++ (``csrc/rvq_encode.cu``, in the ``mert_fast._C``
 extension; float32 and float64, half inputs searched in float32 like the other backends); ``torch`` loops over
-stages on chunks of rows, so no ``N x K`` distance matrix is ever held. ``cuda`` exists for CUDA tensors only: on a
-CPU tensor a ``cuda`` request runs the best available backend, as for every op without such a backend.
+stages on chunks of rows, so no ``N x K`` distance matrix is ever held. ``cuda`` exists for CUDA tensors only: an
+explicit ``cuda`` request on a CPU tensor is an error, as for every op.
 
 ``auto`` (the default): the CPU and float64 run ``torch``; float16/bfloat16/float32 CUDA tensors run ``triton``
 unless the measured table ``rvq_autotune.json`` (next to this module, written by ``python bench/bench_rvq.py
@@ -124,8 +124,7 @@ def _backend(x: torch.Tensor, n_codes: int, code_dim: int, projected: bool, cosi
         )
     else:
         auto = "torch"
-    supported = ("triton", "cuda", "torch") if x.is_cuda else ("triton", "torch")
-    return select_backend("rvq", x, supported, auto)
+    return select_backend("rvq", x, ("triton", "cuda", "torch"), auto)
 
 
 # ---------------------------------------------------------------------------------------------- the auto table
