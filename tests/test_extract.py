@@ -17,7 +17,8 @@ import torch
 from mert_fast.audio import load_audio, synth_demo
 from mert_fast.cli import main
 from mert_fast.model.config import MERTConfig
-from mert_fast.model.extract import iter_audio_files, load_model, window_owners, window_starts
+from mert_fast.model.extract import window_owners, window_starts
+from mert_fast.model.extract_run import iter_audio_files, load_model
 from mert_fast.model.mert import MERTModel
 from mert_fast.testing import assert_rel_close, rel_error
 
@@ -176,7 +177,7 @@ _RSS_SCRIPT = textwrap.dedent(
     import json, sys
     import torch
     torch.set_num_threads(1)
-    from mert_fast.model.extract import load_model
+    from mert_fast.model.extract_run import load_model
     from mert_fast.testing import rel_error
 
     def status(key):  # this process's own memory, in bytes (ru_maxrss would include the parent's, from fork)
@@ -271,7 +272,7 @@ def _statuses(out: Path, name: str = "manifest.json") -> dict[str, str]:
 
 
 def test_cli_end_to_end_resume_and_redo(tmp_path, collection, capsys, monkeypatch):
-    import mert_fast.model.extract as ex
+    import mert_fast.model.extract_run as ex
 
     batches = []
     real_extract = ex.extract
