@@ -176,9 +176,8 @@ def flops(case: Case, padded: bool, p: str) -> tuple[float, float]:
 
 
 @pytest.mark.parametrize(("case", "p", "padded", "impl"), PARAMS)
-def test_attention(benchmark, measure, monkeypatch, bench_device, case, p, padded, impl):
-    if case.device == "cuda" and bench_device != "cuda":
-        pytest.skip("GPU case: the bench device is cpu (--device / MERT_FAST_BENCH_DEVICE)")
+def test_attention(benchmark, measure, monkeypatch, device_gate, case, p, padded, impl):
+    device_gate(case.device)
     group = f"attention {case.label} {p} {'padded' if padded else 'full'}"
     benchmark.group = group
     benchmark.extra_info.update(

@@ -60,11 +60,9 @@ CASES = [
 
 
 @pytest.fixture(params=CASES, ids=[c.label.replace(" ", "-") for c in CASES])
-def case(request, bench_device) -> Case:
-    case = request.param
-    if case.device == "cuda" and bench_device != "cuda":
-        pytest.skip("GPU case: the bench device is cpu (--device / MERT_FAST_BENCH_DEVICE)")
-    return case
+def case(request, device_gate) -> Case:
+    device_gate(request.param.device)
+    return request.param
 
 
 _cache: dict[tuple, object] = {}

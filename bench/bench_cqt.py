@@ -68,11 +68,9 @@ CASES = [Case("cpu", 4, 5.0), Case("cuda", 64, 5.0)]
 
 
 @pytest.fixture(params=CASES, ids=[c.device for c in CASES])
-def case(request, bench_device) -> Case:
-    case = request.param
-    if case.device == "cuda" and bench_device != "cuda":
-        pytest.skip("GPU case: the bench device is cpu (--device / MERT_FAST_BENCH_DEVICE)")
-    return case
+def case(request, device_gate) -> Case:
+    device_gate(request.param.device)
+    return request.param
 
 
 @contextlib.contextmanager

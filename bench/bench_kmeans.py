@@ -46,19 +46,14 @@ CASES = [Case("cpu", 20_000, 32, 64), Case("cuda", 1_000_000, 128, 1024)]
 
 
 @pytest.fixture(params=CASES, ids=[c.device for c in CASES])
-def case(request, bench_device) -> Case:
-    case = request.param
-    if case.device == "cuda" and bench_device != "cuda":
-        pytest.skip("GPU case: the bench device is cpu (--device / MERT_FAST_BENCH_DEVICE)")
-    return case
+def case(request, device_gate) -> Case:
+    device_gate(request.param.device)
+    return request.param
 
 
 @pytest.fixture(autouse=True)
-def _true_fp32():
-    old = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    yield
-    torch.backends.cuda.matmul.allow_tf32 = old
+def _true_fp32(true_fp32_matmul):
+    """Every torch peer in true fp32 (the cases are fp32)."""
 
 
 _cache: dict[tuple, object] = {}

@@ -65,11 +65,9 @@ def _models(case: Case):
 
 
 @pytest.fixture(params=CASES, ids=[c.label.replace(" ", "-") for c in CASES])
-def case(request, bench_device) -> Case:
-    case = request.param
-    if case.device == "cuda" and bench_device != "cuda":
-        pytest.skip("GPU case: the bench device is cpu")
-    return case
+def case(request, device_gate) -> Case:
+    device_gate(request.param.device)
+    return request.param
 
 
 def _run(benchmark, measure, case: Case, implementation: str, fn, out_dtype: torch.dtype) -> None:

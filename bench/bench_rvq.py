@@ -96,20 +96,14 @@ CASES = [Case(n, d, c) for n in ("encodec", "mel-rvq") for d, c in (("cpu", 4), 
 
 
 @pytest.fixture(params=CASES, ids=[f"{c.name}-{c.device}" for c in CASES])
-def case(request, bench_device) -> Case:
-    case = request.param
-    if case.device == "cuda" and bench_device != "cuda":
-        pytest.skip("GPU case: the bench device is cpu (--device / MERT_FAST_BENCH_DEVICE)")
-    return case
+def case(request, device_gate) -> Case:
+    device_gate(request.param.device)
+    return request.param
 
 
 @pytest.fixture(autouse=True)
-def _true_fp32():
-    """Every torch peer in true fp32 (the case is fp32): no TF32 matmuls, whatever the process default."""
-    old = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    yield
-    torch.backends.cuda.matmul.allow_tf32 = old
+def _true_fp32(true_fp32_matmul):
+    """Every torch peer in true fp32 (the cases are fp32)."""
 
 
 _cache: dict[tuple, object] = {}

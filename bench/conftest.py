@@ -154,6 +154,26 @@ def bench_device(pytestconfig) -> str:
     return requested_device(pytestconfig)
 
 
+@pytest.fixture
+def device_gate(bench_device):
+    """``device_gate(device)`` skips a GPU case when the bench device is the CPU (the CPU cases always run)."""
+
+    def gate(device: str) -> None:
+        if device == "cuda" and bench_device != "cuda":
+            pytest.skip("GPU case: the bench device is cpu (--device / MERT_FAST_BENCH_DEVICE)")
+
+    return gate
+
+
+@pytest.fixture
+def true_fp32_matmul():
+    """Matmuls in true fp32 for the duration (no TF32, whatever the process default): fp32 cases stay fp32."""
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32 = old
+
+
 def synchronized(fn: Callable[[], Any], device: str | torch.device) -> Callable[[], Any]:
     """``fn`` followed by ``torch.cuda.synchronize()`` on a CUDA device, so a timer sees the work, not the launch."""
     if torch.device(device).type != "cuda":
