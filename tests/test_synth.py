@@ -12,7 +12,7 @@ import pytest
 import soundfile as sf
 
 from mert_fast.cli import main
-from mert_fast.train import synth
+from mert_fast.train import midi, synth
 from mert_fast.train.synth import fluidsynth_available, make_corpus, synth_clip, write_midi
 
 SR = 24000
@@ -249,7 +249,7 @@ def test_write_midi(tmp_path):
 
 def test_fluidsynth_missing_is_a_clear_error_and_auto_falls_back(tmp_path, monkeypatch):
     monkeypatch.setenv("MERT_FAST_SOUNDFONT", str(tmp_path / "none.sf2"))
-    monkeypatch.setattr(synth, "SOUNDFONT_PATHS", ())
+    monkeypatch.setattr(midi, "SOUNDFONT_PATHS", ())
     assert not fluidsynth_available()
     with pytest.raises(ValueError, match="fluidsynth"):
         make_corpus(tmp_path / "f", n_clips=1, seconds=1.0, source="fluidsynth")

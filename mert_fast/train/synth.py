@@ -25,29 +25,18 @@ import logging
 import math
 import os
 import shutil
-import struct
-import subprocess
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-import soxr
+
+from mert_fast.train.midi import find_soundfont, fluidsynth_available, render_midi, write_midi
 
 __all__ = ["find_soundfont", "fluidsynth_available", "make_corpus", "synth_clip", "write_midi"]
 
 logger = logging.getLogger(__name__)
 
-#: Where Debian/Ubuntu/Fedora/Arch put a General MIDI soundfont (``MERT_FAST_SOUNDFONT`` is tried first).
-SOUNDFONT_PATHS = (
-    "/usr/share/sounds/sf2/FluidR3_GM.sf2",
-    "/usr/share/sounds/sf2/default-GM.sf2",
-    "/usr/share/soundfonts/FluidR3_GM.sf2",
-    "/usr/share/soundfonts/default.sf2",
-    "/usr/share/soundfonts/FluidR3_GM2-2.sf2",
-    "/usr/share/sounds/sf2/TimGM6mb.sf2",
-)
 _FORMATS = {"flac": ("FLAC", "PCM_16"), "wav": ("WAV", "PCM_16")}
 _SOURCES = ("auto", "numpy", "fluidsynth")
 
@@ -531,73 +520,6 @@ def synth_clip(index: int, seconds: float = 8.0, sample_rate: int = 24000, seed:
 # ------------------------------------------------------------------------------------------------ fluidsynth
 
 
-def find_soundfont() -> Path | None:
-    """A General MIDI ``.sf2`` soundfont: ``$MERT_FAST_SOUNDFONT`` if set, else the first of
-    :data:`SOUNDFONT_PATHS` that exists; ``None`` when there is none."""
-    env = os.environ.get("MERT_FAST_SOUNDFONT")
-    for candidate in ([env] if env else []) + list(SOUNDFONT_PATHS):
-        if Path(candidate).is_file():
-            return Path(candidate)
-    return None
-
-
-def fluidsynth_available() -> bool:
-    """Whether ``source="fluidsynth"`` can run: the ``fluidsynth`` program is on ``PATH`` and a soundfont exists."""
-    return shutil.which("fluidsynth") is not None and find_soundfont() is not None
-
-
-def _vlq(value: int) -> bytes:
-    """A MIDI variable-length quantity."""
-    out = [value & 0x7F]
-    value >>= 7
-    while value:
-        out.append(0x80 | (value & 0x7F))
-        value >>= 7
-    return bytes(reversed(out))
-
-
-def write_midi(
-    path: str | os.PathLike,
-    notes: Sequence[tuple[float, float, int, int, int]],
-    *,
-    tempo: float = 120.0,
-    programs: dict[int, int] | None = None,
-    volumes: dict[int, int] | None = None,
-) -> None:
-    """Write a format-0 Standard MIDI File.
-
-    Args:
-        path: output ``.mid`` path.
-        notes: ``(start_s, duration_s, channel 0-15, key 0-127, velocity 1-127)``; channel 9 is percussion.
-        tempo: beats per minute (only sets the tick rate: times are given in seconds).
-        programs: General MIDI program (0-127) per channel.
-        volumes: channel volume (controller 7, 0-127) per channel.
-    """
-    division = 480
-    ticks_per_s = tempo / 60.0 * division
-    timed: list[tuple[int, int, bytes]] = []  # (tick, order: note-offs first, message)
-    for channel, program in (programs or {}).items():
-        timed.append((0, 0, bytes([0xC0 | channel, program & 0x7F])))
-    for channel, volume in (volumes or {}).items():
-        timed.append((0, 0, bytes([0xB0 | channel, 7, volume & 0x7F])))
-    for start, duration, channel, key, velocity in notes:
-        on = max(0, round(start * ticks_per_s))
-        off = max(on + 1, round((start + duration) * ticks_per_s))
-        timed.append((on, 2, bytes([0x90 | channel, key & 0x7F, max(1, min(127, velocity))])))
-        timed.append((off, 1, bytes([0x80 | channel, key & 0x7F, 0])))
-    timed.sort(key=lambda e: (e[0], e[1]))
-    usec = round(60_000_000 / tempo)
-    track = bytearray(b"\x00\xff\x51\x03" + usec.to_bytes(3, "big"))
-    tick = 0
-    for t, _, message in timed:
-        track += _vlq(t - tick) + message
-        tick = t
-    track += b"\x00\xff\x2f\x00"
-    with open(path, "wb") as f:
-        f.write(b"MThd" + struct.pack(">IHHH", 6, 0, 1, division))
-        f.write(b"MTrk" + struct.pack(">I", len(track)) + bytes(track))
-
-
 # General MIDI programs per part, for the fluidsynth renderer.
 _GM_PROGRAMS = {
     "lead": (0, 11, 24, 56, 65, 73, 80, 81),  # piano, vibraphone, guitar, trumpet, sax, flute, square, saw leads
@@ -616,20 +538,7 @@ def _render_fluidsynth(rng: np.random.Generator, score: _Score, seconds: float, 
         if start < 0:  # the clip starts mid-note: keep the rest of it
             gate, start = gate + start, 0.0
         notes.append((start, gate, _CHANNELS[part], int(round(midi)), round(vel * 127)))
-    with tempfile.TemporaryDirectory(prefix="mert_fast_midi_") as tmp:
-        mid, wav = Path(tmp) / "clip.mid", Path(tmp) / "clip.wav"
-        write_midi(mid, notes, tempo=score.tempo, programs=programs, volumes=volumes)
-        cmd = ["fluidsynth", "-ni", "-q", "-g", "0.6", "-r", str(int(sr)), "-F", str(wav), str(soundfont), str(mid)]
-        try:
-            done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise RuntimeError(f"fluidsynth failed: {exc}") from exc
-        if done.returncode != 0 or not wav.is_file():
-            raise RuntimeError(f"fluidsynth failed (exit {done.returncode}): {done.stderr.strip()[-500:]}")
-        data, rate = sf.read(wav, dtype="float64", always_2d=True)
-    x = data.mean(axis=1)
-    if rate != sr:
-        x = soxr.resample(x, rate, sr, quality="HQ")
+    x = render_midi(notes, tempo=score.tempo, programs=programs, volumes=volumes, sample_rate=sr, soundfont=soundfont)
     total = round(seconds * sr)
     x = np.concatenate([x[:total], np.zeros(max(0, total - len(x)))])
     return _finish(rng, x, sr, score.gaps)
