@@ -22,7 +22,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--preset", default="tiny", choices=sorted(PRESETS), help="model preset and its training recipe")
     p.add_argument("--data", help="folder or manifest (.csv/.txt) of audio; default: a synthetic corpus")
     p.add_argument("--output-dir", help="where metrics, teacher, checkpoints and model go (default runs/PRESET)")
-    p.add_argument("--teacher", help="a fitted Mel-RVQ teacher directory (default: fit one in OUTPUT_DIR/teacher)")
+    p.add_argument(
+        "--teacher",
+        help="a fitted Mel-RVQ teacher directory, or encodec:DIR (a local transformers "
+        "EncodecModel, 24 kHz); default: fit a Mel-RVQ teacher in OUTPUT_DIR/teacher",
+    )
     p.add_argument("--max-steps", type=int, help="optimizer steps (default: the preset's recipe)")
     p.add_argument("--seed", type=int, help="seed of every random draw (default 0)")
     p.add_argument("--log-every", type=int, help="steps between metrics.jsonl lines")
@@ -32,6 +36,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup-steps", type=int, help="linear warmup steps")
     p.add_argument("--crop-seconds", type=float, help="crop length in seconds")
     p.add_argument("--num-workers", type=int, help="DataLoader workers per rank")
+    p.add_argument("--save-every", type=int, help="steps between checkpoints (0: at the end and on SIGTERM only)")
+    p.add_argument("--keep-last", type=int, help="checkpoints to keep (default 3)")
+    p.add_argument("--resume", nargs="?", const="latest", metavar="CHECKPOINT",
+                   help="resume from a checkpoint or run directory; alone: OUTPUT_DIR's newest; 'auto': resume if "
+                        "OUTPUT_DIR has a checkpoint, else start afresh")  # fmt: skip
+    p.add_argument("--val-data", help="folder or manifest of validation audio")
+    p.add_argument("--val-fraction", type=float, help="fraction of --data held out for validation (by file name)")
+    p.add_argument("--val-every", type=int, help="steps between validations")
+    p.add_argument("--profile", type=int, nargs="?", const=3, metavar="STEPS",
+                   help="trace STEPS steps (default 3, after 2 warm-up steps) with the torch profiler into "
+                        "OUTPUT_DIR/profile")  # fmt: skip
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), help="overrides the DeepSpeed config's choice")
     p.add_argument("--deepspeed_config", "--deepspeed-config", dest="deepspeed_config",
                    help="DeepSpeed JSON of engine settings (configs/ds_zero{1,2,3}.json; default ZeRO-2)")  # fmt: skip
@@ -47,11 +62,16 @@ def main(argv: list[str] | None = None) -> int:
         args.preset, data=args.data, output_dir=args.output_dir, teacher=args.teacher, max_steps=args.max_steps,
         seed=args.seed, log_every=args.log_every, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
         warmup_steps=args.warmup_steps, crop_seconds=args.crop_seconds, num_workers=args.num_workers,
-        precision=args.precision,
+        precision=args.precision, save_every=args.save_every, keep_last=args.keep_last, val_data=args.val_data,
+        val_fraction=args.val_fraction, val_every=args.val_every, profile_steps=args.profile,
     )  # fmt: skip
-    from mert_fast.train.trainer import train
+    from mert_fast.train.trainer import Interrupted, train
 
-    result = train(cfg, deepspeed_config=args.deepspeed_config)
+    try:
+        result = train(cfg, deepspeed_config=args.deepspeed_config, resume=args.resume)
+    except Interrupted as stop:
+        print(f"stopped: {stop}; continue with --resume", file=sys.stderr)
+        return 128 + stop.signum
     if result["paths"].get("plot"):
         last = result["last"]
         print(f"done: step {last.get('step')} loss {last.get('loss', float('nan')):.4f}")

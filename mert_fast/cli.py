@@ -256,6 +256,14 @@ def _cmd_fit_teacher(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from mert_fast.train.export import export_checkpoint
+
+    out = export_checkpoint(args.checkpoint, args.out_dir)
+    print(f"{out}: config.json + model.safetensors (loads with MERTModel.from_pretrained and transformers)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG, description="Fast kernels, models and training for MERT-style self-supervised music models."
@@ -372,6 +380,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed (default: %(default)s)")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     p.set_defaults(func=_cmd_fit_teacher)
+
+    p = commands.add_parser(
+        "export",
+        help="turn a train.py checkpoint (or a run directory's newest) into an HF model directory",
+        description="Consolidate the fp32 master weights of a DeepSpeed checkpoint written by train.py (ZeRO-1/2/3 "
+        "partitions of every rank; no GPU needed) and write the student as config.json + model.safetensors, the "
+        "layout transformers' HubertModel (Data2VecAudioModel for music2vec) and MERTModel.from_pretrained load.",
+    )
+    p.add_argument("checkpoint", metavar="CHECKPOINT_OR_RUN_DIR", help="a checkpoint, checkpoints/ or run directory")
+    p.add_argument("out_dir", metavar="OUT_DIR", help="output folder")
+    p.set_defaults(func=_cmd_export)
     return parser
 
 

@@ -69,3 +69,19 @@ def triton_backend(monkeypatch):
 def torch_backend(monkeypatch):
     monkeypatch.setenv("MERT_FAST_BACKEND", "torch")
     yield
+
+
+@pytest.fixture(scope="session")
+def pretrain_data(tmp_path_factory):
+    """A small synthetic corpus (24 clips of 5 s at 24 kHz) and a Mel-RVQ teacher (8 x 128 codes) fitted on it,
+    shared by the end-to-end pre-training tests: ``root / "corpus"``, ``root / "teacher"``."""
+    from mert_fast.model.teachers import fit_mel_rvq
+    from mert_fast.train.data import AudioCorpus
+    from mert_fast.train.synth import make_corpus
+
+    root = tmp_path_factory.mktemp("pretrain")
+    make_corpus(root / "corpus", n_clips=24, seconds=5.0, sample_rate=24000, seed=0)
+    corpus = AudioCorpus(root / "corpus", 24000, min_seconds=3.0)
+    teacher = fit_mel_rvq((corpus.load(i) for i in range(len(corpus))), 24000, codebook_size=128, steps=60, seed=0)
+    teacher.save(root / "teacher")
+    return root

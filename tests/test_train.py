@@ -1,64 +1,15 @@
-"""End-to-end pre-training on the CPU: DeepSpeed (gloo, 2 ranks, ZeRO-2 and ZeRO-3), torchrun and plain python."""
+"""End-to-end pre-training on the CPU: DeepSpeed (gloo, 2 ranks, ZeRO-2 and ZeRO-3), torchrun and plain python;
+validation, tensorboard, the profiler trace, and ``mert-fast export`` of the checkpoints."""
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
+from pretrain_utils import ROOT, deepspeed_cmd, metrics, run, train_args
 
-ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    env["DS_ACCELERATOR"] = "cpu"
-    env["OMP_NUM_THREADS"] = "1"
-    env.pop("TRITON_INTERPRET", None)
-    return env
-
-
-def _run(cmd: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
-    if proc.returncode != 0:
-        raise AssertionError(
-            f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
-        )
-    return proc
-
-
-@pytest.fixture(scope="module")
-def corpus_and_teacher(tmp_path_factory):
-    """A small synthetic corpus and a Mel-RVQ teacher fitted on it, shared by the runs below."""
-    from mert_fast.model.teachers import fit_mel_rvq
-    from mert_fast.train.data import AudioCorpus
-    from mert_fast.train.synth import make_corpus
-
-    root = tmp_path_factory.mktemp("pretrain")
-    make_corpus(root / "corpus", n_clips=24, seconds=5.0, sample_rate=24000, seed=0)
-    corpus = AudioCorpus(root / "corpus", 24000, min_seconds=3.0)
-    teacher = fit_mel_rvq((corpus.load(i) for i in range(len(corpus))), 24000, codebook_size=128, steps=60, seed=0)
-    teacher.save(root / "teacher")
-    return root
-
-
-def _args(root: Path, out: Path, steps: int) -> list[str]:
-    return [
-        "--preset", "tiny", "--data", str(root / "corpus"), "--teacher", str(root / "teacher"),
-        "--output-dir", str(out), "--max-steps", str(steps), "--log-every", "1", "--batch-size", "4",
-        "--crop-seconds", "3", "--warmup-steps", "5", "--num-workers", "1", "--seed", "0",
-    ]  # fmt: skip
-
-
-def _metrics(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
 
 
 def _assert_learns(rows: list[dict], steps: int) -> None:
@@ -71,33 +22,60 @@ def _assert_learns(rows: list[dict], steps: int) -> None:
     assert last <= 0.9 * first, f"loss did not fall by 10%: first-5 mean {first:.4f}, last-5 mean {last:.4f}"
 
 
+def _assert_export_matches(run_dir, export_dir) -> None:
+    """The export loads in MERTModel and transformers with no key left over and gives the trained model's features."""
+    from transformers import HubertModel
+
+    from mert_fast.model.mert import MERTModel
+
+    trained = MERTModel.from_pretrained(run_dir / "model")
+    exported = MERTModel.from_pretrained(export_dir)
+    hf, info = HubertModel.from_pretrained(export_dir, output_loading_info=True)
+    assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
+    audio = 0.1 * torch.randn(2, 24000 + 77)
+    with torch.no_grad():
+        want = trained(audio, output_hidden_states=True).hidden_states
+        got = exported(audio, output_hidden_states=True).hidden_states
+        theirs = hf.eval()(audio, output_hidden_states=True).hidden_states
+    for w, g, t in zip(want, got, theirs, strict=True):
+        scale = w.abs().max()
+        assert (g - w).abs().max() <= 1e-5 * scale and (t - w).abs().max() <= 1e-4 * scale
+
+
 @pytest.mark.parametrize("stage", [2, 3])
-def test_deepspeed_two_ranks_learns(corpus_and_teacher, tmp_path, stage):
-    deepspeed = shutil.which("deepspeed", path=os.path.dirname(sys.executable)) or shutil.which("deepspeed")
-    if deepspeed is None:
-        pytest.fail("the deepspeed launcher is not installed (pip install .[train])")
+def test_deepspeed_two_ranks_learns_and_exports(pretrain_data, tmp_path, stage):
     out = tmp_path / f"zero{stage}"
-    cmd = [deepspeed, "--num_gpus", "2", "--master_port", str(29600 + stage), str(ROOT / "train.py")]
-    cmd += _args(corpus_and_teacher, out, 40) + ["--deepspeed_config", str(ROOT / f"configs/ds_zero{stage}.json")]
-    _run(cmd, tmp_path)
-    _assert_learns(_metrics(out), 40)
+    config = str(ROOT / f"configs/ds_zero{stage}.json")
+    extra = ("--val-fraction", "0.1", "--val-every", "20", "--deepspeed_config", config)
+    cmd = deepspeed_cmd(29600 + stage) + train_args(pretrain_data, out, 40, *extra)
+    run(cmd, tmp_path)
+    _assert_learns(metrics(out), 40)
+    val = metrics(out, "val")
+    assert [r["step"] for r in val] == [20, 40]
+    assert all(0 <= r["acc_0"] <= 1 and r["loss"] > 0 and r["clips"] >= 2 for r in val)
     assert (out / "loss.png").is_file() and (out / "model" / "model.safetensors").is_file()
-    assert any((out / "checkpoints").iterdir())
+    assert any((out / "tensorboard").glob("events.out.tfevents.*"))
+    assert (out / "checkpoints" / "latest").read_text().strip() == "step00000040"
+    # ZeRO-3: the shards of both ranks are gathered; ZeRO-2: the fp32 partitions
+    run([sys.executable, "-m", "mert_fast.cli", "export", str(out), str(tmp_path / "export")], tmp_path)
+    _assert_export_matches(out, tmp_path / "export")
 
 
-def test_torchrun_two_ranks(corpus_and_teacher, tmp_path):
+def test_torchrun_two_ranks(pretrain_data, tmp_path):
     out = tmp_path / "torchrun"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29611",
-           str(ROOT / "train.py")] + _args(corpus_and_teacher, out, 6)  # fmt: skip
-    _run(cmd, tmp_path)
-    assert len(_metrics(out)) == 6
+           str(ROOT / "train.py")] + train_args(pretrain_data, out, 6)  # fmt: skip
+    run(cmd, tmp_path)
+    assert len(metrics(out)) == 6
 
 
-def test_plain_python_single_process(corpus_and_teacher, tmp_path):
+def test_plain_python_single_process_with_profile(pretrain_data, tmp_path):
     out = tmp_path / "plain"
-    proc = _run([sys.executable, str(ROOT / "train.py")] + _args(corpus_and_teacher, out, 4), tmp_path)
-    assert len(_metrics(out)) == 4
+    proc = run([sys.executable, str(ROOT / "train.py")] + train_args(pretrain_data, out, 5, "--profile", "2"), tmp_path)
+    assert len(metrics(out)) == 5
     assert "metrics" in proc.stdout and str(out / "model") in proc.stdout
+    traces = list((out / "profile").glob("*.pt.trace.json*"))
+    assert traces and traces[0].stat().st_size > 1000, traces
     from mert_fast.model.mert import MERTModel
 
     model = MERTModel.from_pretrained(out / "model")

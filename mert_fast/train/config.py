@@ -21,7 +21,8 @@ class TrainConfig:
     output_dir: str = "runs/mert-tiny"
     """Where metrics, the teacher, checkpoints and the exported model go."""
     teacher: str | None = None
-    """A fitted Mel-RVQ teacher directory; None reuses ``output_dir/teacher`` or fits one there first."""
+    """The acoustic teacher: a fitted Mel-RVQ directory, or ``encodec:DIR`` (a local transformers EncodecModel,
+    24 kHz, 8 codebooks at 6 kbps); None reuses ``output_dir/teacher`` or fits a Mel-RVQ teacher there first."""
     max_steps: int = 300
     """Optimizer steps to run."""
     seed: int = 0
@@ -74,6 +75,18 @@ class TrainConfig:
     """DataLoader workers per rank."""
     precision: str | None = None
     """``fp32``, ``bf16`` or ``fp16``; None takes the DeepSpeed config's choice."""
+    save_every: int = 1000
+    """Steps between checkpoints (0: only at the end and on SIGTERM/SIGINT)."""
+    keep_last: int = 3
+    """Checkpoints kept in ``output_dir/checkpoints`` (older ones are deleted)."""
+    val_data: str | None = None
+    """Folder or manifest of held-out audio; None holds out ``val_fraction`` of ``data`` instead."""
+    val_fraction: float = 0.0
+    """Fraction of the training files held out for validation when ``val_data`` is None (chosen by file name)."""
+    val_every: int = 1000
+    """Steps between validations (and one at the end) when there is validation data."""
+    profile_steps: int = 0
+    """Steps traced by the torch profiler (after 2 warm-up steps) into ``output_dir/profile``; 0: off."""
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
@@ -85,7 +98,8 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer; got {value!r}")
-        for name in ("warmup_steps", "teacher_fit_steps", "num_workers", "seed"):
+        for name in ("warmup_steps", "teacher_fit_steps", "num_workers", "seed", "save_every", "keep_last",
+                     "val_every", "profile_steps"):  # fmt: skip
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0; got {getattr(self, name)!r}")
         if not 0 < self.min_crop_seconds <= self.crop_seconds:
@@ -100,6 +114,10 @@ class TrainConfig:
             )
         if self.precision not in (None, "fp32", "bf16", "fp16"):
             raise ValueError(f"precision must be fp32, bf16 or fp16; got {self.precision!r}")
+        if not 0 <= self.val_fraction < 1:
+            raise ValueError(f"val_fraction must be in [0, 1); got {self.val_fraction}")
+        if self.keep_last < 1:
+            raise ValueError(f"keep_last must be >= 1; got {self.keep_last}")
         if self.clip_grad < 0 or self.feature_grad_mult < 0:
             raise ValueError("clip_grad and feature_grad_mult must be >= 0")
 
@@ -136,5 +154,8 @@ _RECIPES: dict[str, dict[str, Any]] = {
         teacher_fit_steps=60,
         log_every=10,
         clip_grad=10.0,
+        save_every=100,
+        val_fraction=0.1,
+        val_every=100,
     ),  # fmt: skip
 }

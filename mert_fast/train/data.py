@@ -21,6 +21,7 @@ import itertools
 import logging
 import math
 import os
+import signal
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -40,6 +41,7 @@ __all__ = [
     "BadFile",
     "Batch",
     "CropBatches",
+    "hold_out",
     "list_audio",
     "make_loader",
     "seed_for",
@@ -135,6 +137,24 @@ def list_audio(source: str | os.PathLike | Sequence[str | os.PathLike]) -> list[
     if not found:
         raise ValueError(f"no audio files found in {_describe(source)} (looked for {', '.join(AUDIO_EXTENSIONS)})")
     return sorted(found, key=os.fspath)
+
+
+def hold_out(files: Sequence[Path], fraction: float) -> tuple[list[Path], list[Path]]:
+    """Split ``files`` into ``(train, held_out)``: a file is held out when a hash of its name falls below
+    ``fraction``, so the split is the same on every machine and does not move when files are added or removed.
+    At least one file is held out when ``fraction > 0`` (the first by hash) and at least one is kept.
+    """
+    if not 0 <= fraction < 1:
+        raise ValueError(f"fraction must be in [0, 1); got {fraction!r}")
+    if fraction == 0:
+        return list(files), []
+    if len(files) < 2:
+        raise ValueError(f"a validation split needs at least 2 files; got {len(files)}")
+    keys = [int.from_bytes(hashlib.blake2b(p.name.encode(), digest_size=8).digest(), "big") / 2**64 for p in files]
+    held = {i for i, k in enumerate(keys) if k < fraction} or {min(range(len(files)), key=keys.__getitem__)}
+    if len(held) == len(files):
+        held.discard(max(held, key=keys.__getitem__))
+    return [p for i, p in enumerate(files) if i not in held], [p for i, p in enumerate(files) if i in held]
 
 
 def _describe(source: object) -> str:
@@ -368,6 +388,14 @@ def _no_convert(batch: Batch) -> Batch:
     return batch
 
 
+def _ignore_stop_signals(worker_id: int) -> None:
+    """Workers that leave SIGTERM/SIGINT to the training process, which checkpoints before it stops: a launcher
+    signals the whole process tree, and a worker killed first would make the main process fail mid-save. They
+    exit when the iteration is closed or the main process is gone, never on these signals."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class CropBatches(Dataset):
     """The deterministic batches of one rank: ``batches[step]`` is that step's :class:`Batch`.
 
@@ -391,6 +419,7 @@ class CropBatches(Dataset):
         max_steps: int | None = None,
         pin_memory: bool = False,
         prefetch_factor: int | None = None,
+        ignore_stop_signals: bool = False,
     ) -> None:
         if not isinstance(corpus, AudioCorpus):
             raise TypeError(f"corpus must be an AudioCorpus; got {type(corpus).__name__}")
@@ -419,6 +448,7 @@ class CropBatches(Dataset):
         self.crop_seconds, self.min_crop_seconds = float(crop_seconds), float(min_crop_seconds)
         self.num_workers, self.start_step, self.max_steps = num_workers, start_step, max_steps
         self.pin_memory, self.prefetch_factor = pin_memory, prefetch_factor
+        self.ignore_stop_signals = ignore_stop_signals
         self.crop_samples = round(self.crop_seconds * corpus.sample_rate)
         min_samples = math.ceil(self.min_crop_seconds * corpus.sample_rate)
         # clips shorter than the minimum crop never enter a batch, so a batch's shortest clip is >= the minimum
@@ -517,6 +547,7 @@ class CropBatches(Dataset):
             sampler=_StepSampler(self.start_step, self.max_steps),
             num_workers=self.num_workers,
             collate_fn=_no_convert,
+            worker_init_fn=_ignore_stop_signals if self.ignore_stop_signals else None,
             pin_memory=self.pin_memory,
             prefetch_factor=self.prefetch_factor if self.num_workers else None,
         )
@@ -540,6 +571,7 @@ def make_loader(
     max_steps: int | None = None,
     pin_memory: bool = False,
     prefetch_factor: int | None = None,
+    ignore_stop_signals: bool = False,
 ) -> CropBatches:
     """Deterministic, resumable, sharded batches of random crops of ``corpus``.
 
@@ -558,6 +590,9 @@ def make_loader(
     by the next eligible clip in corpus order (deterministically; it may then repeat a clip of the step), with
     one warning, and is added to ``corpus.bad_files``.
 
+    ``ignore_stop_signals``: the workers ignore SIGTERM and SIGINT (the trainer's checkpoint-on-signal needs them
+    alive); the caller must then close the iteration (``close()`` on the iterator) before the process exits.
+
     Raises:
         ValueError: a bad argument, or fewer usable clips than ``batch_size * world_size``.
     """
@@ -574,4 +609,5 @@ def make_loader(
         max_steps=max_steps,
         pin_memory=pin_memory,
         prefetch_factor=prefetch_factor,
+        ignore_stop_signals=ignore_stop_signals,
     )

@@ -1,4 +1,9 @@
-"""The pre-training loop: data -> teachers (clean clip, no grad) -> mixture and masks -> student -> DeepSpeed step."""
+"""The pre-training loop: data -> teachers (clean clip, no grad) -> mixture and masks -> student -> DeepSpeed step.
+
+Around it: checkpoints every ``save_every`` steps and on SIGTERM/SIGINT (:mod:`mert_fast.train.checkpoint`), exact
+resume, validation every ``val_every`` steps, ``metrics.jsonl`` + tensorboard, NVTX ranges and an optional torch
+profiler trace.
+"""
 
 from __future__ import annotations
 
@@ -6,26 +11,49 @@ import contextlib
 import json
 import logging
 import math
+import os
+import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from mert_fast.model.config import MERTConfig
 from mert_fast.model.mert import MERTModel
-from mert_fast.model.teachers import CQTTeacher, MelRVQTeacher, align_to_frames, fit_mel_rvq
+from mert_fast.model.teachers import CQTTeacher, MelRVQTeacher, fit_mel_rvq
+from mert_fast.train.checkpoint import (
+    check_resumable,
+    file_fingerprint,
+    find_checkpoint,
+    loss_scaler_state,
+    read_meta,
+    restore_rng,
+    rng_state,
+    save_checkpoint,
+)
 from mert_fast.train.config import TrainConfig
-from mert_fast.train.data import AudioCorpus, make_loader, seed_for
+from mert_fast.train.data import AudioCorpus, CropBatches, hold_out, list_audio, make_loader, seed_for
 from mert_fast.train.engine import DistributedInfo, build_engine, engine_config, init_distributed
-from mert_fast.train.masking import compute_mask, in_batch_mixture
 from mert_fast.train.objective import MERTPretrainer
+from mert_fast.train.step import cqt_bins, step_inputs
 
-__all__ = ["train"]
+__all__ = ["Interrupted", "train"]
 
 logger = logging.getLogger(__name__)
 
 #: Dense bf16 peak of known accelerators (FLOP/s), for MFU.
 _PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
+#: Sums over the micro-steps of a logging window (per rank, reduced when logged).
+_SUMS = ("loss", "ce", "cqt", "pen", "masked", "audio", "frames", "data_s", "teacher_s")
+
+
+class Interrupted(RuntimeError):
+    """The run stopped on SIGTERM/SIGINT after writing a checkpoint; ``signum`` says which signal."""
+
+    def __init__(self, signum: int, checkpoint: Path) -> None:
+        super().__init__(f"stopped by {signal.Signals(signum).name}; checkpoint {checkpoint}")
+        self.signum, self.checkpoint = signum, checkpoint
 
 
 def _barrier(dist: DistributedInfo) -> None:
@@ -33,8 +61,20 @@ def _barrier(dist: DistributedInfo) -> None:
         torch.distributed.barrier()
 
 
-def _corpus(cfg: TrainConfig, model_cfg: MERTConfig, out: Path, dist: DistributedInfo) -> AudioCorpus:
-    source = cfg.data
+def _nvtx(name: str):
+    """An NVTX range (seen by Nsight Systems) around a phase of the step; a no-op without the nvtx package."""
+    try:
+        import nvtx
+    except ImportError:
+        return contextlib.nullcontext()
+    return nvtx.annotate(name, domain="mert_fast")
+
+
+def _corpora(
+    cfg: TrainConfig, model_cfg: MERTConfig, out: Path, dist: DistributedInfo
+) -> tuple[AudioCorpus, AudioCorpus | None]:
+    """The training corpus and the validation one (``val_data``, a held-out fraction of ``data``, or None)."""
+    source: Any = cfg.data
     if source is None:
         source = out / "corpus"
         if dist.is_main and not (source / "manifest.csv").is_file():
@@ -46,36 +86,44 @@ def _corpus(cfg: TrainConfig, model_cfg: MERTConfig, out: Path, dist: Distribute
             )
         _barrier(dist)
         source = source / "manifest.csv"
+    val_source: Any = cfg.val_data
+    if val_source is None and cfg.val_fraction > 0:
+        source, val_source = hold_out(list_audio(source), cfg.val_fraction)
     corpus = AudioCorpus(source, model_cfg.sample_rate, min_seconds=cfg.min_crop_seconds)
+    val = AudioCorpus(val_source, model_cfg.sample_rate, min_seconds=cfg.min_crop_seconds) if val_source else None
     if dist.is_main and corpus.bad_files:
         logger.warning("%d unusable files skipped (see the log above)", len(corpus.bad_files))
-    return corpus
+    return corpus, val
 
 
-def _teacher(cfg: TrainConfig, corpus: AudioCorpus, out: Path, dist: DistributedInfo) -> MelRVQTeacher:
-    directory = Path(cfg.teacher) if cfg.teacher else out / "teacher"
-    if cfg.teacher is None and dist.is_main and not (directory / "teacher.json").is_file():
-        n = min(len(corpus), cfg.teacher_fit_clips)
-        logger.info("fitting the Mel-RVQ teacher on %d clips -> %s", n, directory)
-        clips = (corpus.load(i) for i in range(n))
-        teacher = fit_mel_rvq(
-            clips, corpus.sample_rate, n_q=cfg.teacher_codebooks, codebook_size=cfg.teacher_codebook_size,
-            steps=cfg.teacher_fit_steps, seed=cfg.seed, device=dist.device,
-        )  # fmt: skip
-        teacher.save(directory)
-    _barrier(dist)
-    teacher = MelRVQTeacher.load(directory, map_location=dist.device)
+def _teacher(cfg: TrainConfig, corpus: AudioCorpus, out: Path, dist: DistributedInfo) -> tuple[torch.nn.Module, Path]:
+    """The acoustic teacher on the device and the file that fingerprints it (checked again on resume)."""
+    spec = cfg.teacher
+    if spec is not None and spec.startswith("encodec:"):
+        from mert_fast.model.teachers.encodec import EncodecTeacher
+
+        directory = Path(spec.split(":", 1)[1])
+        teacher = EncodecTeacher.load(directory, map_location=dist.device)
+        weights = next(iter(sorted(directory.glob("*.safetensors")) or sorted(directory.glob("*.bin"))), None)
+        if weights is None:
+            raise FileNotFoundError(f"teacher: {directory} holds no EnCodec weights (*.safetensors or *.bin)")
+    else:
+        directory = Path(spec) if spec else out / "teacher"
+        if spec is None and dist.is_main and not (directory / "teacher.json").is_file():
+            n = min(len(corpus), cfg.teacher_fit_clips)
+            logger.info("fitting the Mel-RVQ teacher on %d clips -> %s", n, directory)
+            clips = (corpus.load(i) for i in range(n))
+            fitted = fit_mel_rvq(
+                clips, corpus.sample_rate, n_q=cfg.teacher_codebooks, codebook_size=cfg.teacher_codebook_size,
+                steps=cfg.teacher_fit_steps, seed=cfg.seed, device=dist.device,
+            )  # fmt: skip
+            fitted.save(directory)
+        _barrier(dist)
+        teacher = MelRVQTeacher.load(directory, map_location=dist.device)
+        weights = directory / "teacher.safetensors"
     if teacher.sample_rate != corpus.sample_rate:
-        raise ValueError(f"teacher: fitted at {teacher.sample_rate} Hz, the model runs at {corpus.sample_rate} Hz")
-    if (
-        teacher.settings["n_q"] != cfg.teacher_codebooks
-        or teacher.settings["codebook_size"] != cfg.teacher_codebook_size
-    ):
-        raise ValueError(
-            f"teacher: {directory} has {teacher.settings['n_q']} x {teacher.settings['codebook_size']} codes; the run "
-            f"expects {cfg.teacher_codebooks} x {cfg.teacher_codebook_size}"
-        )
-    return teacher
+        raise ValueError(f"teacher: {spec} runs at {teacher.sample_rate} Hz, the model at {corpus.sample_rate} Hz")
+    return teacher, weights
 
 
 def _reduce(values: list[float], dist: DistributedInfo) -> list[float]:
@@ -97,13 +145,17 @@ def _plot(metrics: Path, png: Path) -> None:
     import matplotlib.pyplot as plt
 
     rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-    if not rows:
+    train_rows = [r for r in rows if r.get("split", "train") == "train"]
+    val_rows = [r for r in rows if r.get("split") == "val"]
+    if not train_rows:
         return
     fig, ax = plt.subplots(figsize=(7, 4))
-    steps = [r["step"] for r in rows]
-    ax.plot(steps, [r["loss"] for r in rows], label="loss / masked frame")
-    ax.plot(steps, [r["ce"] for r in rows], label="acoustic CE / frame")
-    ax.plot(steps, [r["cqt_mse"] for r in rows], label="CQT MSE")
+    steps = [r["step"] for r in train_rows]
+    ax.plot(steps, [r["loss"] for r in train_rows], label="loss / masked frame")
+    ax.plot(steps, [r["ce"] for r in train_rows], label="acoustic CE / frame")
+    ax.plot(steps, [r["cqt_mse"] for r in train_rows], label="CQT MSE")
+    if val_rows:
+        ax.plot([r["step"] for r in val_rows], [r["loss"] for r in val_rows], "o--", label="validation loss")
     ax.set_xlabel("step")
     ax.set_yscale("log")
     ax.legend()
@@ -113,26 +165,156 @@ def _plot(metrics: Path, png: Path) -> None:
     plt.close(fig)
 
 
-def train(cfg: TrainConfig, deepspeed_config: str | None = None) -> dict:
-    """Run pre-training; returns the paths of what it wrote (rank 0) and the last logged metrics."""
+class _Metrics:
+    """``metrics.jsonl`` (rank 0) and tensorboard scalars (``output_dir/tensorboard``) of every logged metric."""
+
+    def __init__(self, out: Path, dist: DistributedInfo, resumed_step: int | None) -> None:
+        self.path = out / "metrics.jsonl"
+        self.writer = None
+        if not dist.is_main:
+            return
+        kept: list[str] = []
+        if resumed_step is not None and self.path.is_file():  # rows past the checkpoint are logged again
+            kept = [line for line in self.path.read_text().splitlines()
+                    if line.strip() and json.loads(line)["step"] <= resumed_step]  # fmt: skip
+        self.path.write_text("".join(line + "\n" for line in kept))
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # tensorboard is in the [train] extra; metrics.jsonl is always written
+            logger.warning("tensorboard is not installed: metrics go to metrics.jsonl only")
+        else:
+            self.writer = SummaryWriter(str(out / "tensorboard"), purge_step=resumed_step + 1 if resumed_step else None)
+
+    def log(self, row: dict[str, Any]) -> None:
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.writer is not None:
+            split = row.get("split", "train")
+            for key, value in row.items():
+                if key not in ("step", "split") and isinstance(value, (int, float)) and value is not None:
+                    self.writer.add_scalar(f"{split}/{key}", value, row["step"])
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+class _StopFlag:
+    """Set by SIGTERM/SIGINT; the ranks agree on it at a step boundary (an all-reduce), then checkpoint and stop."""
+
+    def __init__(self) -> None:
+        self.signum = 0
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopFlag:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        # a scheduler signals every process of a job and the launcher passes signals on, so one stop request can
+        # arrive as several signals; only a second SIGINT (Ctrl-C twice) gives up the checkpoint
+        if self.signum == signal.SIGINT and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        if self.signum:
+            return
+        logger.warning("%s: checkpointing at the end of this step, then stopping", signal.Signals(signum).name)
+        self.signum = signum
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def agreed(self, dist: DistributedInfo) -> int:
+        flag = torch.tensor([self.signum], dtype=torch.int64, device=dist.device)
+        if dist.world_size > 1:
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return int(flag.item())
+
+
+def _run_settings(cfg: TrainConfig, dist: DistributedInfo) -> dict[str, Any]:
+    return {**vars(cfg), "objective": "mert", "world_size": dist.world_size}
+
+
+@torch.no_grad()
+def _validate(engine, val: CropBatches, model_cfg, cfg, teachers, dtype, dist: DistributedInfo) -> dict[str, float]:
+    """Loss terms and per-codebook accuracy over the validation batches: clean clips, fixed crops and masks, no
+    dropout or LayerDrop. The batches are dealt round-robin to the ranks; every rank runs the same number of
+    forwards (ZeRO-3 gathers parameters collectively), a rank without a batch of its own repeats one at weight 0."""
+    acoustic, cqt_teacher = teachers
+    n_batches = val.steps_per_epoch
+    rounds = -(-n_batches // dist.world_size)
+    sums = torch.zeros(4 + acoustic.settings["n_q"], dtype=torch.float64)
+    engine.eval()
+    for r in range(rounds):
+        index = r * dist.world_size + dist.rank
+        weight = 1.0 if index < n_batches else 0.0
+        batch = val[index % n_batches]
+        inputs = step_inputs(
+            batch.audio.to(dist.device), model_cfg=model_cfg, cfg=cfg, acoustic_teacher=acoustic,
+            cqt_teacher=cqt_teacher, micro_step=index % n_batches, rank=0, dtype=dtype, mixture=False, stream="val",
+        )  # fmt: skip
+        result = engine(*inputs._replace(layer_keep=None))
+        n = result.n_masked
+        sums += weight * torch.tensor(
+            [float(result.loss), float(result.ce_sum), float(result.cqt_mse) * n, float(n)]
+            + result.correct.double().cpu().tolist(),
+            dtype=torch.float64,
+        )
+    engine.train()
+    loss, ce, cqt, masked, *correct = _reduce(sums.tolist(), dist)
+    masked = max(masked, 1.0)
+    return {
+        "loss": loss / masked,
+        "ce": ce / masked,
+        "cqt_mse": cqt / masked,
+        **{f"acc_{q}": c / masked for q, c in enumerate(correct)},
+        "clips": n_batches * val.batch_size,
+    }
+
+
+def train(
+    cfg: TrainConfig,
+    deepspeed_config: str | None = None,
+    *,
+    resume: str | os.PathLike | None = None,
+) -> dict:
+    """Run pre-training; returns the paths of what it wrote (rank 0) and the last logged metrics.
+
+    ``resume``: a checkpoint, a run directory or ``"latest"`` (``output_dir``'s newest checkpoint); ``"auto"``
+    resumes when ``output_dir`` has a checkpoint and starts afresh otherwise.
+
+    Raises:
+        Interrupted: SIGTERM or SIGINT arrived; a checkpoint of the last finished step was written first.
+        ValueError: the run's settings do not match the checkpoint it resumes (world size included).
+    """
     dist = init_distributed()
     out = Path(cfg.output_dir)
+    checkpoint = None
+    if resume is not None:
+        try:
+            checkpoint = find_checkpoint(out if str(resume) in ("latest", "auto") else resume)
+        except FileNotFoundError:
+            if str(resume) != "auto":
+                raise
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "train_config.json").write_text(json.dumps(vars(cfg), indent=2, default=list) + "\n")
     _barrier(dist)
     model_cfg = MERTConfig.from_name(cfg.preset)
-    corpus = _corpus(cfg, model_cfg, out, dist)
-    mel_teacher = _teacher(cfg, corpus, out, dist)
-    cqt_teacher = CQTTeacher(model_cfg.sample_rate, hop_length=model_cfg.hop_length, n_bins=_cqt_bins(model_cfg)).to(
-        dist.device
-    )
+    corpus, val_corpus = _corpora(cfg, model_cfg, out, dist)
+    acoustic, teacher_file = _teacher(cfg, corpus, out, dist)
+    n_q, codebook_size = acoustic.settings["n_q"], acoustic.settings["codebook_size"]
+    cqt_teacher = CQTTeacher(model_cfg.sample_rate, hop_length=model_cfg.hop_length, n_bins=cqt_bins(model_cfg))
+    cqt_teacher = cqt_teacher.to(dist.device)
+    teacher_sha = file_fingerprint(teacher_file)
 
     torch.manual_seed(cfg.seed)
     student = MERTModel(model_cfg)
     module = MERTPretrainer(
-        student, n_codebooks=cfg.teacher_codebooks, codebook_size=cfg.teacher_codebook_size,
-        cqt_bins=cqt_teacher.n_bins, feature_grad_mult=cfg.feature_grad_mult, loss_weights=cfg.loss_weights,
+        student, n_codebooks=n_q, codebook_size=codebook_size, cqt_bins=cqt_teacher.n_bins,
+        feature_grad_mult=cfg.feature_grad_mult, loss_weights=cfg.loss_weights,
     )  # fmt: skip
     n_params = sum(p.numel() for p in student.parameters())
     ds_config = engine_config(cfg, deepspeed_config, dist.world_size)
@@ -142,15 +324,51 @@ def train(cfg: TrainConfig, deepspeed_config: str | None = None) -> dict:
         if ds_config.get("bf16", {}).get("enabled")
         else (torch.float16 if ds_config.get("fp16", {}).get("enabled") else torch.float32)
     )
+    run = _run_settings(cfg, dist)
+    sums = dict.fromkeys(_SUMS, 0.0)
+    correct = torch.zeros(n_q, dtype=torch.float64)
+    start = 0
+    if checkpoint is not None:
+        meta = read_meta(checkpoint)
+        check_resumable(meta, run)
+        if meta["teacher_sha256"] != teacher_sha:
+            raise ValueError(
+                f"resume: the teacher ({teacher_file}) is not the one {checkpoint} was trained with (its SHA-256 "
+                "differs); resume with the original teacher"
+            )
+        path, _ = engine.load_checkpoint(str(checkpoint.parent), tag=checkpoint.name)
+        if path is None:
+            raise RuntimeError(f"resume: DeepSpeed could not load {checkpoint}")
+        if loss_scaler_state(engine.optimizer) != meta["loss_scaler"]:
+            raise RuntimeError(
+                f"resume: the loss scaler restored from {checkpoint} ({loss_scaler_state(engine.optimizer)}) is not "
+                f"the one saved ({meta['loss_scaler']})"
+            )
+        state = torch.load(checkpoint / f"trainer_rank{dist.rank}.pt", weights_only=False)
+        restore_rng(state["rng"])
+        sums, correct = state["sums"], state["correct"]
+        start = int(meta["step"])
+        if dist.is_main:
+            logger.info("resumed from %s at step %d", checkpoint, start)
+
+    def _save(step: int) -> Path:
+        meta = {"run": run, "model_config": model_cfg.to_hf_dict(), "teacher": str(cfg.teacher or out / "teacher"),
+                "teacher_sha256": teacher_sha, "dtype": str(dtype).removeprefix("torch."),
+                "loss_scaler": loss_scaler_state(engine.optimizer)}  # fmt: skip
+        rank_state = {"rng": rng_state(), "sums": sums, "correct": correct}
+        return save_checkpoint(engine, out / "checkpoints", step, meta=meta, rank_state=rank_state, rank=dist.rank,
+                               keep_last=cfg.keep_last, barrier=lambda: _barrier(dist))  # fmt: skip
 
     loader = make_loader(
         corpus, batch_size=cfg.batch_size, crop_seconds=cfg.crop_seconds, min_crop_seconds=cfg.min_crop_seconds,
         seed=cfg.seed, rank=dist.rank, world_size=dist.world_size, num_workers=cfg.num_workers,
-        max_steps=cfg.max_steps * cfg.grad_accum,
+        start_step=start * cfg.grad_accum, max_steps=cfg.max_steps * cfg.grad_accum, ignore_stop_signals=True,
     )  # fmt: skip
-    metrics_path = out / "metrics.jsonl"
-    if dist.is_main:
-        metrics_path.write_text("")
+    val = None
+    if val_corpus is not None:
+        val = CropBatches(val_corpus, batch_size=min(cfg.batch_size, len(val_corpus)), crop_seconds=cfg.crop_seconds,
+                          min_crop_seconds=cfg.min_crop_seconds, seed=cfg.seed)  # fmt: skip
+    metrics = _Metrics(out, dist, start if checkpoint is not None else None)
     peak = next(
         (v for k, v in _PEAK_FLOPS.items() if dist.device.type == "cuda" and k in torch.cuda.get_device_name()), None
     )
@@ -158,102 +376,123 @@ def train(cfg: TrainConfig, deepspeed_config: str | None = None) -> dict:
     if dist.is_main:
         from tqdm import tqdm
 
-        progress = tqdm(total=cfg.max_steps, desc="pre-training", unit="step")
-    window = dict(loss=0.0, ce=0.0, cqt=0.0, pen=0.0, masked=0.0, audio=0.0, frames=0.0, micro=0)
-    correct = torch.zeros(cfg.teacher_codebooks, dtype=torch.float64)
+        progress = tqdm(total=cfg.max_steps, initial=start, desc="pre-training", unit="step")
+    profiler = None
+    if cfg.profile_steps:
+        from torch.profiler import ProfilerActivity, profile, schedule, tensorboard_trace_handler
+
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dist.device.type == "cuda" else [])
+        profiler = profile(
+            activities=activities, schedule=schedule(wait=1, warmup=1, active=cfg.profile_steps, repeat=1),
+            on_trace_ready=tensorboard_trace_handler(str(out / "profile"), worker_name=f"rank{dist.rank}"),
+            record_shapes=True, with_stack=False,
+        )  # fmt: skip
+        profiler.start()
     last: dict = {}
     t0 = time.perf_counter()
     engine.train()
-    for batch in loader:
-        micro = batch.step
-        step = micro // cfg.grad_accum
-        torch.manual_seed(seed_for(cfg.seed, micro, dist.rank, purpose="dropout"))
-        audio = batch.audio.to(dist.device, non_blocking=True)
-        n_frames = model_cfg.num_frames(audio.shape[1])
-        with torch.no_grad():
-            codes = align_to_frames(
-                mel_teacher(audio), n_frames, repeat=round(model_cfg.frame_rate / mel_teacher.label_rate)
-            )
-            cqt = align_to_frames(cqt_teacher(audio), n_frames)
-        gen = torch.Generator().manual_seed(seed_for(cfg.seed, micro, dist.rank, purpose="mask"))
-        mask = compute_mask(audio.shape[0], n_frames, mask_prob=cfg.mask_prob, span=cfg.mask_length, generator=gen,
-                            device=dist.device)  # fmt: skip
-        mixed = in_batch_mixture(
-            audio, prob=cfg.mixture_prob, max_segments=cfg.mixture_max_segments, seconds=cfg.mixture_seconds,
-            sample_rate=model_cfg.sample_rate, generator=gen,
-        )  # fmt: skip
-        # LayerDrop is drawn once per step for all ranks: a layer skipped on one rank only would leave the ranks
-        # reducing different gradients
-        drop = torch.Generator().manual_seed(seed_for(cfg.seed, micro, 0, purpose="layerdrop"))
-        layer_keep = (torch.rand(model_cfg.num_hidden_layers, generator=drop) >= model_cfg.layerdrop).tolist()
-        result = engine(mixed.to(dtype), codes, cqt.to(dtype), mask, layer_keep)
-        engine.backward(result.loss)
-        engine.step()
-        window["loss"] += float(result.loss.detach())
-        window["ce"] += float(result.ce_sum)
-        window["cqt"] += float(result.cqt_mse) * result.n_masked
-        window["pen"] += float(result.features_pen) * result.n_masked
-        window["masked"] += result.n_masked
-        window["audio"] += audio.shape[0] * audio.shape[1] / model_cfg.sample_rate
-        window["frames"] += audio.shape[0] * n_frames
-        window["micro"] += 1
-        correct += result.correct.double().cpu()
-        if (micro + 1) % cfg.grad_accum:
-            continue
-        if progress is not None:
-            progress.update(1)
-        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.max_steps:
-            keys = ("loss", "ce", "cqt", "pen", "masked", "audio", "frames")
-            totals = dict(zip(keys, _reduce([window[k] for k in keys] + [0.0], dist)[:-1], strict=True))
-            acc = _reduce(correct.tolist(), dist)
-            elapsed = time.perf_counter() - t0
-            masked = max(totals["masked"], 1.0)
-            flops = _model_flops(model_cfg, n_params, int(totals["frames"])) / max(elapsed, 1e-9)
-            grad_norm = engine.get_global_grad_norm()
-            last = {
-                "step": step + 1,
-                "loss": totals["loss"] / masked,
-                "ce": totals["ce"] / masked,
-                "cqt_mse": totals["cqt"] / masked,
-                "features_pen": totals["pen"] / masked,
-                **{f"acc_{q}": acc[q] / masked for q in range(cfg.teacher_codebooks)},
-                "lr": scheduler.get_last_lr()[0],
-                "grad_norm": float(grad_norm) if grad_norm is not None else None,
-                "loss_scale": float(engine.optimizer.cur_scale) if hasattr(engine.optimizer, "cur_scale") else 1.0,
-                "audio_seconds_per_s": totals["audio"] / max(elapsed, 1e-9),
-                "tflops": flops / 1e12,
-                "mfu": flops / (peak * dist.world_size) if peak else None,
-                "peak_memory_mb": torch.cuda.max_memory_allocated() / 2**20 if dist.device.type == "cuda" else None,
-            }
-            if not all(math.isfinite(v) for v in (last["loss"], last["ce"], last["cqt_mse"])):
-                raise FloatingPointError(f"non-finite loss at step {step + 1}: {last}")
-            if dist.is_main:
-                with open(metrics_path, "a", encoding="utf-8") as f:
-                    f.write(json.dumps(last) + "\n")
-                progress.set_postfix(loss=f"{last['loss']:.3f}", acc=f"{last['acc_0']:.2f}")
-            window = dict.fromkeys(window, 0.0)
-            window["micro"] = 0
-            correct.zero_()
-            t0 = time.perf_counter()
+    batches = iter(loader)
+    step = start
+    with _StopFlag() as stop, contextlib.closing(batches):  # closing: the workers ignore signals, shut them down
+        while step < cfg.max_steps:
+            for _ in range(cfg.grad_accum):
+                tick = time.perf_counter()
+                with _nvtx("data"):
+                    batch = next(batches)
+                micro = batch.step
+                torch.manual_seed(seed_for(cfg.seed, micro, dist.rank, purpose="dropout"))
+                audio = batch.audio.to(dist.device, non_blocking=True)
+                tock = time.perf_counter()
+                with _nvtx("teachers"):
+                    inputs = step_inputs(
+                        audio, model_cfg=model_cfg, cfg=cfg, acoustic_teacher=acoustic, cqt_teacher=cqt_teacher,
+                        micro_step=micro, rank=dist.rank, dtype=dtype,
+                    )  # fmt: skip
+                sums["data_s"] += tock - tick
+                sums["teacher_s"] += time.perf_counter() - tock
+                with _nvtx("forward"):
+                    result = engine(*inputs)
+                with _nvtx("backward"):
+                    engine.backward(result.loss)
+                with _nvtx("optimizer"):
+                    engine.step()
+                n_frames = inputs.mask.shape[1]
+                sums["loss"] += float(result.loss.detach())
+                sums["ce"] += float(result.ce_sum)
+                sums["cqt"] += float(result.cqt_mse) * result.n_masked
+                sums["pen"] += float(result.features_pen) * result.n_masked
+                sums["masked"] += result.n_masked
+                sums["audio"] += audio.shape[0] * audio.shape[1] / model_cfg.sample_rate
+                sums["frames"] += audio.shape[0] * n_frames
+                correct += result.correct.double().cpu()
+            step += 1
+            if profiler is not None:
+                profiler.step()
+            if progress is not None:
+                progress.update(1)
+            if step % cfg.log_every == 0 or step == cfg.max_steps:
+                totals = dict(zip(_SUMS, _reduce([sums[k] for k in _SUMS], dist), strict=True))
+                acc = _reduce(correct.tolist(), dist)
+                elapsed = time.perf_counter() - t0
+                masked = max(totals["masked"], 1.0)
+                flops = _model_flops(model_cfg, n_params, int(totals["frames"])) / max(elapsed, 1e-9)
+                grad_norm = engine.get_global_grad_norm()
+                last = {
+                    "step": step,
+                    "split": "train",
+                    "loss": totals["loss"] / masked,
+                    "ce": totals["ce"] / masked,
+                    "cqt_mse": totals["cqt"] / masked,
+                    "features_pen": totals["pen"] / masked,
+                    **{f"acc_{q}": acc[q] / masked for q in range(n_q)},
+                    "lr": scheduler.get_last_lr()[0],
+                    "grad_norm": float(grad_norm) if grad_norm is not None else None,
+                    "loss_scale": float(engine.optimizer.cur_scale) if hasattr(engine.optimizer, "cur_scale") else 1.0,
+                    "audio_seconds_per_s": totals["audio"] / max(elapsed, 1e-9),
+                    "data_fraction": totals["data_s"] / max(elapsed * dist.world_size, 1e-9),
+                    "teacher_fraction": totals["teacher_s"] / max(elapsed * dist.world_size, 1e-9),
+                    "tflops": flops / 1e12,
+                    "mfu": flops / (peak * dist.world_size) if peak else None,
+                    "peak_memory_mb": torch.cuda.max_memory_allocated() / 2**20 if dist.device.type == "cuda" else None,
+                }
+                if not all(math.isfinite(v) for v in (last["loss"], last["ce"], last["cqt_mse"])):
+                    raise FloatingPointError(f"non-finite loss at step {step}: {last}")
+                if dist.is_main:
+                    metrics.log(last)
+                    progress.set_postfix(loss=f"{last['loss']:.3f}", acc=f"{last['acc_0']:.2f}")
+                sums = dict.fromkeys(_SUMS, 0.0)
+                correct = torch.zeros_like(correct)
+                t0 = time.perf_counter()
+            if val is not None and (step % cfg.val_every == 0 or step == cfg.max_steps):
+                with _nvtx("validation"):
+                    row = {"step": step, "split": "val", **_validate(engine, val, model_cfg, cfg,
+                                                                     (acoustic, cqt_teacher), dtype, dist)}  # fmt: skip
+                if dist.is_main:
+                    metrics.log(row)
+                t0 = time.perf_counter()
+            signum = stop.agreed(dist)
+            if signum:
+                saved = _save(step)
+                metrics.close()
+                if progress is not None:
+                    progress.close()
+                raise Interrupted(signum, saved)
+            if cfg.save_every and step % cfg.save_every == 0 and step < cfg.max_steps:
+                _save(step)
+                t0 = time.perf_counter()
+    if profiler is not None:
+        profiler.stop()
     if progress is not None:
         progress.close()
-    return _finish(engine, student, out, dist, metrics_path, last)
-
-
-def _cqt_bins(model_cfg: MERTConfig) -> int:
-    """336 bins (7 octaves from 32.7 Hz) at 24 kHz; fewer where the top would pass Nyquist (16 kHz presets)."""
-    bins = 336
-    while 32.7 * 2 ** ((bins - 1) / 48) > model_cfg.sample_rate / 2:
-        bins -= 48
-    return bins
+    metrics.close()
+    _save(step)
+    return _finish(engine, student, out, dist, metrics.path, last)
 
 
 def _finish(engine, student: MERTModel, out: Path, dist: DistributedInfo, metrics: Path, last: dict) -> dict:
-    """Save a DeepSpeed checkpoint and the student as an HF directory; plot the loss curve."""
+    """Write the student as an HF directory (the weights the engine computes with) and plot the loss curve."""
     import deepspeed
 
-    checkpoints = out / "checkpoints"
-    engine.save_checkpoint(str(checkpoints), tag=f"step{last.get('step', 0)}")
     stage = engine.zero_optimization_stage()
     params = list(student.parameters())
     context = deepspeed.zero.GatheredParameters(params, modifier_rank=None) if stage == 3 else contextlib.nullcontext()
@@ -262,7 +501,7 @@ def _finish(engine, student: MERTModel, out: Path, dist: DistributedInfo, metric
             export = MERTModel(student.config)
             export.load_state_dict({k: v.detach().float().cpu() for k, v in student.state_dict().items()})
             export.save_pretrained(out / "model")
-    paths = {"checkpoints": str(checkpoints), "model": str(out / "model"), "metrics": str(metrics)}
+    paths = {"checkpoints": str(out / "checkpoints"), "model": str(out / "model"), "metrics": str(metrics)}
     if dist.is_main:
         _plot(metrics, out / "loss.png")
         paths["plot"] = str(out / "loss.png")
