@@ -266,3 +266,24 @@ def test_cuda_matches_cpu(encodec, record_property):
     assert differing <= max(1, expected.shape[0] * expected.shape[1] // 1000)
     # the precision flags are restored after the call
     assert (torch.backends.cudnn.conv.fp32_precision, torch.backends.cudnn.rnn.fp32_precision) == flags
+
+
+@pytest.mark.slow
+def test_trains_with_the_encodec_teacher(encodec, pretrain_data, tmp_path):
+    """``train.py --teacher encodec:DIR``: 8 label streams of 1024 codes at 75 Hz (no repetition), fingerprinted in
+    the checkpoint; the heads take their size from the teacher, not from the preset's Mel-RVQ settings."""
+    import sys
+
+    from pretrain_utils import ROOT, metrics, run, train_args
+
+    out = tmp_path / "run"
+    args = train_args(pretrain_data, out, 3, "--teacher", f"encodec:{encodec[1]}", "--val-fraction", "0")
+    run([sys.executable, str(ROOT / "train.py"), *args], tmp_path)
+    rows = metrics(out)
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert sorted(k for k in rows[0] if k.startswith("acc_")) == [f"acc_{q}" for q in range(8)]
+    assert all(math.isfinite(r["loss"]) and r["loss"] > 0 for r in rows)
+    # cross-entropy over 1024 codes starts near log(1024) per codebook and frame
+    assert 0.5 * 8 * math.log(1024) < rows[0]["ce"] < 2 * 8 * math.log(1024)
+    meta = json.loads((out / "checkpoints" / "step00000003" / "mert_fast.json").read_text())
+    assert meta["teacher"].startswith("encodec:") and len(meta["teacher_sha256"]) == 64
