@@ -20,6 +20,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--preset", default="tiny", choices=sorted(PRESETS), help="model preset and its training recipe")
+    p.add_argument("--model-size", choices=("full", "tiny"),
+                   help="tiny: the preset's layout and recipe at the tiny preset's sizes (CPU smoke runs)")  # fmt: skip
+    p.add_argument("--objective", choices=("mert", "muq", "data2vec"),
+                   help="mert: codes (cosine heads) + CQT; muq: Mel-RVQ codes, linear heads; data2vec: EMA-teacher "
+                        "regression (music2vec). Default: the preset's")  # fmt: skip
     p.add_argument("--data", help="folder or manifest (.csv/.txt) of audio; default: a synthetic corpus")
     p.add_argument("--output-dir", help="where metrics, teacher, checkpoints and model go (default runs/PRESET)")
     p.add_argument(
@@ -59,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = TrainConfig.from_preset(
-        args.preset, data=args.data, output_dir=args.output_dir, teacher=args.teacher, max_steps=args.max_steps,
+        args.preset, model_size=args.model_size, objective=args.objective, data=args.data,
+        output_dir=args.output_dir, teacher=args.teacher, max_steps=args.max_steps,
         seed=args.seed, log_every=args.log_every, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
         warmup_steps=args.warmup_steps, crop_seconds=args.crop_seconds, num_workers=args.num_workers,
         precision=args.precision, save_every=args.save_every, keep_last=args.keep_last, val_data=args.val_data,

@@ -8,6 +8,8 @@ One function per subcommand (``_cmd_<name>``), registered in :func:`build_parser
     mert-fast extract INPUTS... --model DIR_OR_PRESET --out DIR   # features of a music collection
     mert-fast make-corpus OUT_DIR [--clips 64] [--seconds 8]   # synthetic music to pre-train on
     mert-fast fit-teacher --type mel-rvq AUDIO_DIR --out DIR   # the acoustic teacher train.py reuses
+    mert-fast fit-teacher --type kmeans AUDIO_DIR --out DIR --sample-rate 16000   # MERT-v0's k-means codes
+    mert-fast export CHECKPOINT_OR_RUN_DIR OUT_DIR   # a training checkpoint -> HF model directory
 """
 
 from __future__ import annotations
@@ -235,23 +237,50 @@ def _cmd_make_corpus(args: argparse.Namespace) -> int:
 
 
 def _cmd_fit_teacher(args: argparse.Namespace) -> int:
-    from mert_fast.model.teachers import fit_mel_rvq
     from mert_fast.train.data import AudioCorpus
 
+    kind = args.type
+    # options of the other teacher type are an error, not silently ignored
+    foreign = {
+        "kmeans": (("--codebooks", args.codebooks), ("--codebook-size", args.codebook_size), ("--steps", args.steps)),
+        "mel-rvq": (
+            ("--feature", args.feature), ("--clusters", args.clusters), ("--n-mels", args.n_mels),
+            ("--max-frames", args.max_frames),
+        ),
+    }[kind]  # fmt: skip
+    given = [name for name, value in foreign if value is not None]
+    if given:
+        raise ValueError(f"{', '.join(given)}: not an option of --type {kind}")
+    sample_rate = args.sample_rate or (16000 if kind == "kmeans" else MERT_SAMPLE_RATE)
     device = _device(args.device)
-    corpus = AudioCorpus(args.audio_dir, args.sample_rate, min_seconds=args.min_seconds)
+    corpus = AudioCorpus(args.audio_dir, sample_rate, min_seconds=args.min_seconds)
     n = min(len(corpus), args.max_clips)
+    clips = (corpus.load(i) for i in range(n))
+    if kind == "kmeans":
+        from mert_fast.model.teachers import fit_kmeans_teacher
+
+        options = dict(feature=args.feature, n_clusters=args.clusters, n_mels=args.n_mels, max_frames=args.max_frames)
+        options = {k: v for k, v in options.items() if v is not None}  # the rest: fit_kmeans_teacher's defaults
+        teacher = fit_kmeans_teacher(clips, sample_rate, seed=args.seed, device=device, **options)
+        teacher.save(args.out)
+        print(f"{args.out}: k-means teacher ({teacher.codebook_size} clusters of {teacher.feature} frames, "
+              f"{teacher.label_rate:g} Hz) fitted on {n} clips")  # fmt: skip
+        return 0
+    from mert_fast.model.teachers import fit_mel_rvq
+
+    codebooks = args.codebooks or 8
+    codebook_size = args.codebook_size or 1024
     teacher = fit_mel_rvq(
-        (corpus.load(i) for i in range(n)),
-        args.sample_rate,
-        n_q=args.codebooks,
-        codebook_size=args.codebook_size,
-        steps=args.steps,
+        clips,
+        sample_rate,
+        n_q=codebooks,
+        codebook_size=codebook_size,
+        steps=args.steps or 300,
         seed=args.seed,
         device=device,
     )
     teacher.save(args.out)
-    print(f"{args.out}: mel-rvq teacher ({args.codebooks} x {args.codebook_size} codes, {teacher.label_rate:g} Hz) "
+    print(f"{args.out}: mel-rvq teacher ({codebooks} x {codebook_size} codes, {teacher.label_rate:g} Hz) "
           f"fitted on {n} clips")  # fmt: skip
     return 0
 
@@ -363,18 +392,38 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser(
         "fit-teacher",
-        help="fit the acoustic teacher (Mel-RVQ tokens) on a folder of audio, for train.py --teacher",
-        description="Compute stacked log-mel frames (128 mels, 100 Hz, 4 stacked: 25 Hz) of the audio, then fit a "
-        "residual VQ with per-stage projections and cosine lookup (MuQ's Mel-RVQ). Writes teacher.json and "
-        "teacher.safetensors to --out.",
+        help="fit the acoustic teacher (Mel-RVQ tokens or k-means clusters) on a folder of audio, for train.py "
+        "--teacher",
+        description="--type mel-rvq (MuQ's Mel-RVQ): compute stacked log-mel frames (128 mels, 100 Hz, 4 stacked: "
+        "25 Hz) of the audio, then fit a residual VQ with per-stage projections and cosine lookup. --type kmeans "
+        "(MERT-v0 / HuBERT): compute MFCC (+ deltas) or log-mel frames at 50 Hz and cluster them by k-means. Writes "
+        "teacher.json and teacher.safetensors to --out.",
     )
     p.add_argument("audio_dir", metavar="AUDIO_DIR", help="folder (recursive) or .csv/.txt manifest of audio")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--type", choices=("mel-rvq",), default="mel-rvq", help="teacher type (default: %(default)s)")
-    p.add_argument("--sample-rate", type=_positive_int, default=MERT_SAMPLE_RATE, help="Hz (default: %(default)s)")
-    p.add_argument("--codebooks", type=_positive_int, default=8, help="RVQ stages (default: %(default)s)")
-    p.add_argument("--codebook-size", type=_positive_int, default=1024, help="codes per stage (default: %(default)s)")
-    p.add_argument("--steps", type=_positive_int, default=300, help="fitting steps (default: %(default)s)")
+    p.add_argument(
+        "--type", choices=("mel-rvq", "kmeans"), default="mel-rvq", help="teacher type (default: %(default)s)"
+    )
+    p.add_argument(
+        "--sample-rate",
+        type=_positive_int,
+        default=None,
+        help=f"Hz (default: {MERT_SAMPLE_RATE} for mel-rvq, 16000 for kmeans)",
+    )
+    p.add_argument("--codebooks", type=_positive_int, default=None, help="mel-rvq: RVQ stages (default: 8)")
+    p.add_argument("--codebook-size", type=_positive_int, default=None, help="mel-rvq: codes per stage (default: 1024)")
+    p.add_argument("--steps", type=_positive_int, default=None, help="mel-rvq: fitting steps (default: 300)")
+    p.add_argument(
+        "--feature", choices=("mfcc", "logmel"), default=None, help="kmeans: frame features (default: mfcc, 39 dims)"
+    )
+    p.add_argument("--clusters", type=_positive_int, default=None, help="kmeans: number of clusters (default: 100)")
+    p.add_argument(
+        "--n-mels", type=_positive_int, default=None, help="kmeans: mel filters (default: 23 for mfcc, 80 for logmel)"
+    )
+    p.add_argument(
+        "--max-frames", type=_positive_int, default=None, help="kmeans: cluster at most this many frames (default: "
+        "500000, a seeded sample)",
+    )  # fmt: skip
     p.add_argument("--max-clips", type=_positive_int, default=256, help="fit on at most this many clips")
     p.add_argument("--min-seconds", type=_positive_float, default=1.0, help="skip shorter clips (default: 1 s)")
     p.add_argument("--seed", type=int, default=0, help="seed (default: %(default)s)")

@@ -160,6 +160,14 @@ class MERTConfig:
             raise ValueError(f"preset must be one of {', '.join(sorted(PRESETS))}; got {name!r}")
         return dataclasses.replace(PRESETS[name], **overrides)
 
+    def shrunk(self) -> MERTConfig:
+        """This configuration with the ``tiny`` preset's sizes (layers, widths, heads, conv channels): the same
+        sample rate, layout and frame rate at CPU-test scale (``train.py --model-size tiny``)."""
+        tiny = PRESETS["tiny"]
+        sizes = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "conv_dim",
+                 "num_conv_pos_embeddings", "num_conv_pos_embedding_groups", "attention_dropout")  # fmt: skip
+        return dataclasses.replace(self, **{k: getattr(tiny, k) for k in sizes}, conv_pos_layers=2)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in dataclasses.fields(self)

@@ -115,11 +115,13 @@ def save_checkpoint(
     rank: int,
     keep_last: int,
     barrier,
+    shared_files: dict[str, Any] | None = None,
 ) -> Path:
     """Save the engine and this rank's trainer state as ``directory/step{step}``; every rank must call it.
 
     ``meta`` (written by rank 0 into ``mert_fast.json``) describes the run; ``rank_state`` is this rank's
-    (RNG states, unlogged sums). Returns the finished checkpoint's path.
+    (RNG states, unlogged sums); ``shared_files`` maps file names to objects that are the same on every rank (an
+    EMA teacher), saved once by rank 0. Returns the finished checkpoint's path.
     """
     directory = Path(directory)
     tag = tag_for(step)
@@ -133,6 +135,8 @@ def save_checkpoint(
     barrier()
     final = directory / tag
     if rank == 0:
+        for name, obj in (shared_files or {}).items():
+            torch.save(obj, directory / tmp_tag / name)
         meta = {"format": CHECKPOINT_FORMAT, "step": step, **meta}
         (directory / tmp_tag / "mert_fast.json").write_text(json.dumps(meta, indent=2) + "\n")
         if final.exists():  # saved again at the same step (e.g. a signal right after a periodic save)

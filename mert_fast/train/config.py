@@ -5,9 +5,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from mert_fast.model.config import PRESETS
+from mert_fast.model.config import PRESETS, MERTConfig
 
-__all__ = ["TrainConfig"]
+__all__ = ["TrainConfig", "model_config"]
 
 
 @dataclasses.dataclass
@@ -16,6 +16,9 @@ class TrainConfig:
 
     preset: str = "tiny"
     """Model preset (``mert-v1-95m``, ``mert-v1-330m``, ``mert-v0``, ``music2vec-v1``, ``tiny``)."""
+    model_size: str = "full"
+    """``full``: the preset's model; ``tiny``: the preset's layout, sample rate and recipe with the ``tiny`` preset's
+    sizes (CPU smoke runs and tests of every objective)."""
     data: str | None = None
     """Folder or manifest of audio; None trains on a synthetic corpus generated in ``output_dir/corpus``."""
     output_dir: str = "runs/mert-tiny"
@@ -61,6 +64,19 @@ class TrainConfig:
     """Segment length range (330M: 0.5-1.5 s)."""
     loss_weights: tuple[float, float] = (10.0, 1.0)
     """Weights of the conv-feature L2 penalty and the CQT MSE (both times the masked-frame count)."""
+    objective: str = "mert"
+    """``mert`` (codes through cosine heads + CQT regression), ``muq`` (Mel-RVQ codes through linear heads, no CQT)
+    or ``data2vec`` (music2vec: regress the EMA teacher's averaged top layers)."""
+    teacher_type: str = "mel-rvq"
+    """The acoustic teacher fitted when ``teacher`` is None: ``mel-rvq`` or ``kmeans`` (MERT-v0)."""
+    kmeans_feature: str = "mfcc"
+    """Features of a fitted k-means teacher: ``mfcc`` or ``logmel``."""
+    ema_decay: tuple[float, float] = (0.999, 0.9999)
+    """data2vec: the EMA decay, annealed linearly from the first to the second value..."""
+    ema_anneal_steps: int = 30000
+    """... over this many optimizer steps."""
+    ema_top_k: int = 8
+    """data2vec: the targets average the top K layers (all of them when the model has fewer)."""
     teacher_codebooks: int = 8
     """Mel-RVQ stages (label streams)."""
     teacher_codebook_size: int = 1024
@@ -94,12 +110,12 @@ class TrainConfig:
         self.mixture_seconds = tuple(float(v) for v in self.mixture_seconds)
         self.loss_weights = tuple(float(v) for v in self.loss_weights)
         for name in ("max_steps", "log_every", "batch_size", "grad_accum", "mask_length", "teacher_codebooks",
-                     "teacher_codebook_size", "synthetic_clips", "teacher_fit_clips"):  # fmt: skip
+                     "ema_top_k", "teacher_codebook_size", "synthetic_clips", "teacher_fit_clips"):  # fmt: skip
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer; got {value!r}")
         for name in ("warmup_steps", "teacher_fit_steps", "num_workers", "seed", "save_every", "keep_last",
-                     "val_every", "profile_steps"):  # fmt: skip
+                     "val_every", "profile_steps", "ema_anneal_steps"):  # fmt: skip
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0; got {getattr(self, name)!r}")
         if not 0 < self.min_crop_seconds <= self.crop_seconds:
@@ -112,6 +128,17 @@ class TrainConfig:
             raise ValueError(
                 f"mixture_seconds must be an increasing pair of positive lengths; got {self.mixture_seconds}"
             )
+        if self.model_size not in ("full", "tiny"):
+            raise ValueError(f"model_size must be full or tiny; got {self.model_size!r}")
+        if self.objective not in ("mert", "muq", "data2vec"):
+            raise ValueError(f"objective must be mert, muq or data2vec; got {self.objective!r}")
+        if self.teacher_type not in ("mel-rvq", "kmeans"):
+            raise ValueError(f"teacher_type must be mel-rvq or kmeans; got {self.teacher_type!r}")
+        if self.kmeans_feature not in ("mfcc", "logmel"):
+            raise ValueError(f"kmeans_feature must be mfcc or logmel; got {self.kmeans_feature!r}")
+        self.ema_decay = tuple(float(v) for v in self.ema_decay)
+        if not 0 <= self.ema_decay[0] <= self.ema_decay[1] < 1:
+            raise ValueError(f"ema_decay must be an increasing pair in [0, 1); got {self.ema_decay}")
         if self.precision not in (None, "fp32", "bf16", "fp16"):
             raise ValueError(f"precision must be fp32, bf16 or fp16; got {self.precision!r}")
         if not 0 <= self.val_fraction < 1:
@@ -141,8 +168,28 @@ _RECIPES: dict[str, dict[str, Any]] = {
         crop_seconds=5.12,
         mixture_seconds=(0.5, 1.5),
     ),  # fmt: skip
-    "mert-v0": dict(lr=5e-4, warmup_steps=32000, decay_steps=400000, max_steps=400000),
-    "music2vec-v1": dict(lr=5e-4, warmup_steps=32000, decay_steps=400000, max_steps=400000),
+    # HuBERT-style first iteration: k-means codes of MFCCs at 50 Hz (16 kHz audio), one label stream
+    "mert-v0": dict(
+        lr=5e-4,
+        warmup_steps=32000,
+        decay_steps=400000,
+        max_steps=400000,
+        teacher_type="kmeans",
+        teacher_codebooks=1,
+        teacher_codebook_size=100,
+    ),  # fmt: skip
+    # data2vec audio base: mask 0.65 of span 10, EMA 0.999 -> 0.9999 over 30k steps, top 8 layers, no mixture
+    "music2vec-v1": dict(
+        lr=5e-4,
+        warmup_steps=32000,
+        decay_steps=400000,
+        max_steps=400000,
+        objective="data2vec",
+        mask_prob=0.65,
+        mask_length=10,
+        mixture_prob=0.0,
+        feature_grad_mult=1.0,
+    ),  # fmt: skip
     # CPU demo: a small corpus, a small teacher, minutes on 2 cores
     "tiny": dict(
         lr=2e-3,
@@ -159,3 +206,9 @@ _RECIPES: dict[str, dict[str, Any]] = {
         val_every=100,
     ),  # fmt: skip
 }
+
+
+def model_config(cfg: TrainConfig) -> MERTConfig:
+    """The student's configuration: the preset's, shrunk to the tiny sizes when ``model_size`` is ``tiny``."""
+    model_cfg = MERTConfig.from_name(cfg.preset)
+    return model_cfg.shrunk() if cfg.model_size == "tiny" else model_cfg

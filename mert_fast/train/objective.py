@@ -11,6 +11,10 @@ For the masked frames of the student's output ``h`` ``(S, H)``:
 ``loss = CE_sum + w_features * penalty * S + w_cqt * MSE * S`` (MERT's loss weights [10, 1], extra terms scaled by
 the number of masked frames as fairseq's HuBERT criterion does). ``feature_grad_mult`` scales the gradient
 reaching the conv feature encoder.
+
+``head="linear"`` (MuQ's objective on the MERT student): one ``Linear(H, K)`` classifier per codebook on ``h``
+itself (plain dot products plus a bias, ``codebook_cross_entropy(normalize=False)``); ``cqt_bins=None`` drops the
+CQT head and its term (MuQ predicts the Mel-RVQ tokens only).
 """
 
 from __future__ import annotations
@@ -59,19 +63,32 @@ class MERTPretrainer(nn.Module):
         *,
         n_codebooks: int,
         codebook_size: int,
-        cqt_bins: int,
+        cqt_bins: int | None,
         final_dim: int = 64,
         temperature: float = 0.1,
         feature_grad_mult: float = 0.1,
         loss_weights: tuple[float, float] = (10.0, 1.0),
+        head: str = "cosine",
     ) -> None:
         super().__init__()
+        if head not in ("cosine", "linear"):
+            raise ValueError(f"head must be 'cosine' (MERT/HuBERT) or 'linear' (MuQ); got {head!r}")
         self.model = model
         hidden = model.config.hidden_size
-        self.n_codebooks, self.final_dim = n_codebooks, final_dim
-        self.final_proj = nn.Linear(hidden, final_dim * n_codebooks)
-        self.label_embs_concat = nn.Parameter(torch.empty(n_codebooks, codebook_size, final_dim).uniform_())
-        self.cqt_head = nn.Linear(hidden, cqt_bins)
+        self.head = head
+        self.n_codebooks = n_codebooks
+        if head == "cosine":
+            self.final_dim = final_dim
+            self.final_proj = nn.Linear(hidden, final_dim * n_codebooks)
+            self.label_embs_concat = nn.Parameter(torch.empty(n_codebooks, codebook_size, final_dim).uniform_())
+            self.label_bias = None
+        else:  # one Linear(H, K) per codebook on the hidden state itself: weights (Q, K, H) and biases (Q, K)
+            self.final_dim = hidden
+            self.final_proj = None
+            self.label_embs_concat = nn.Parameter(torch.randn(n_codebooks, codebook_size, hidden) * hidden**-0.5)
+            self.label_bias = nn.Parameter(torch.zeros(n_codebooks, codebook_size))
+            temperature = 1.0
+        self.cqt_head = nn.Linear(hidden, cqt_bins) if cqt_bins else None
         self.temperature = temperature
         self.feature_grad_mult = feature_grad_mult
         self.loss_weights = loss_weights
@@ -93,18 +110,21 @@ class MERTPretrainer(nn.Module):
         self,
         audio: torch.Tensor,
         codes: torch.Tensor,
-        cqt: torch.Tensor,
+        cqt: torch.Tensor | None,
         mask: torch.Tensor,
         layer_keep: list[bool] | None = None,
     ) -> PretrainOutput:
-        """audio ``(B, L)`` (the mixed clip); codes ``(B, T, Q)`` int64, cqt ``(B, T, n_bins)`` and mask ``(B, T)``
-        bool, all aligned to the student's ``T`` frames; ``layer_keep``: the step's LayerDrop draw (same on all ranks).
-        """
+        """audio ``(B, L)`` (the mixed clip); codes ``(B, T, Q)`` int64, cqt ``(B, T, n_bins)`` (None without a CQT
+        head) and mask ``(B, T)`` bool, all aligned to the student's ``T`` frames; ``layer_keep``: the step's
+        LayerDrop draw (same on all ranks)."""
         feats, _ = self.model.extract_features(audio)
-        if feats.shape[1] != mask.shape[1] or codes.shape[:2] != mask.shape or cqt.shape[:2] != mask.shape:
+        if (self.cqt_head is None) != (cqt is None):
+            raise ValueError("cqt: give CQT targets exactly when the module has a CQT head (cqt_bins)")
+        cqt_shape = mask.shape if cqt is None else cqt.shape[:2]
+        if feats.shape[1] != mask.shape[1] or codes.shape[:2] != mask.shape or cqt_shape != mask.shape:
             raise ValueError(
                 f"frames: student {feats.shape[1]}, mask {tuple(mask.shape)}, codes {tuple(codes.shape)}, "
-                f"cqt {tuple(cqt.shape)} must agree"
+                f"cqt {tuple(cqt_shape)} must agree"
             )
         if self.feature_grad_mult != 1.0:  # before the penalty, as fairseq: every gradient into the encoder is scaled
             feats = _GradMultiply.apply(feats, self.feature_grad_mult)
@@ -114,18 +134,25 @@ class MERTPretrainer(nn.Module):
         hidden, _ = self.model.encoder(x, None, False, layer_keep)
         h = hidden[mask]
         n_masked = h.shape[0]
-        proj = self.final_proj(h).view(n_masked, self.n_codebooks, self.final_dim)
+        if self.final_proj is not None:
+            proj = self.final_proj(h).view(n_masked, self.n_codebooks, self.final_dim)
+        else:
+            proj = h[:, None, :].expand(n_masked, self.n_codebooks, self.final_dim)
         ce_sum, correct = codebook_cross_entropy(
             proj,
-            # a copy: the loss saves it for backward, and under ZeRO-3 the parameter itself is released after forward
+            # copies: the loss saves them for backward, and under ZeRO-3 the parameters are released after forward
             self.label_embs_concat.to(proj.dtype, copy=True),
             codes[mask],
+            bias=None if self.label_bias is None else self.label_bias.to(proj.dtype, copy=True),
             temperature=self.temperature,
-            normalize=True,
+            normalize=self.head == "cosine",
             reduction="sum",
             return_accuracy=True,
         )
-        cqt_mse = F.mse_loss(self.cqt_head(h).float(), cqt[mask].float())
+        if self.cqt_head is not None:
+            cqt_mse = F.mse_loss(self.cqt_head(h).float(), cqt[mask].float())
+        else:
+            cqt_mse = torch.zeros((), device=h.device)
         w_feat, w_cqt = self.loss_weights
         loss = ce_sum + (w_feat * features_pen + w_cqt * cqt_mse) * n_masked
         return PretrainOutput(

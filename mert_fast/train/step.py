@@ -23,11 +23,11 @@ __all__ = ["StepInputs", "cqt_bins", "step_inputs"]
 class StepInputs(NamedTuple):
     """The arguments of :class:`~mert_fast.train.objective.MERTPretrainer`: ``audio`` ``(B, L)`` in the compute
     dtype (the mixed clip); ``codes`` ``(B, T, Q)`` int64; ``cqt`` ``(B, T, n_bins)``; ``mask`` ``(B, T)`` bool;
-    ``layer_keep`` one bool per layer (the same on every rank)."""
+    ``layer_keep`` one bool per layer (the same on every rank). ``codes``/``cqt`` are None without that teacher."""
 
     audio: torch.Tensor
-    codes: torch.Tensor
-    cqt: torch.Tensor
+    codes: torch.Tensor | None
+    cqt: torch.Tensor | None
     mask: torch.Tensor
     layer_keep: list[bool]
 
@@ -46,8 +46,8 @@ def step_inputs(
     *,
     model_cfg: MERTConfig,
     cfg: TrainConfig,
-    acoustic_teacher: nn.Module,
-    cqt_teacher: nn.Module,
+    acoustic_teacher: nn.Module | None,
+    cqt_teacher: nn.Module | None,
     micro_step: int,
     rank: int,
     dtype: torch.dtype = torch.float32,
@@ -62,9 +62,12 @@ def step_inputs(
     evaluation of a given batch).
     """
     n_frames = model_cfg.num_frames(audio.shape[1])
-    repeat = round(model_cfg.frame_rate / acoustic_teacher.label_rate)
-    codes = align_to_frames(acoustic_teacher(audio), n_frames, repeat=repeat)
-    cqt = align_to_frames(cqt_teacher(audio), n_frames)
+    codes = cqt = None
+    if acoustic_teacher is not None:
+        repeat = round(model_cfg.frame_rate / acoustic_teacher.label_rate)
+        codes = align_to_frames(acoustic_teacher(audio), n_frames, repeat=repeat)
+    if cqt_teacher is not None:
+        cqt = align_to_frames(cqt_teacher(audio), n_frames).to(dtype)
     gen = torch.Generator().manual_seed(seed_for(cfg.seed, micro_step, rank, purpose=stream + "mask"))
     mask = compute_mask(audio.shape[0], n_frames, mask_prob=cfg.mask_prob, span=cfg.mask_length, generator=gen,
                         device=audio.device)  # fmt: skip
@@ -77,4 +80,4 @@ def step_inputs(
     # reducing different gradients
     drop = torch.Generator().manual_seed(seed_for(cfg.seed, micro_step, 0, purpose="layerdrop"))
     layer_keep = (torch.rand(model_cfg.num_hidden_layers, generator=drop) >= model_cfg.layerdrop).tolist()
-    return StepInputs(audio.to(dtype), codes, cqt.to(dtype), mask, layer_keep)
+    return StepInputs(audio.to(dtype), codes, cqt, mask, layer_keep)

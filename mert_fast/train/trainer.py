@@ -21,7 +21,7 @@ import torch
 
 from mert_fast.model.config import MERTConfig
 from mert_fast.model.mert import MERTModel
-from mert_fast.model.teachers import CQTTeacher, MelRVQTeacher, fit_mel_rvq
+from mert_fast.model.teachers import CQTTeacher, MelRVQTeacher, fit_kmeans_teacher, fit_mel_rvq, load_teacher
 from mert_fast.train.checkpoint import (
     check_resumable,
     file_fingerprint,
@@ -32,11 +32,11 @@ from mert_fast.train.checkpoint import (
     rng_state,
     save_checkpoint,
 )
-from mert_fast.train.config import TrainConfig
+from mert_fast.train.config import TrainConfig, model_config
 from mert_fast.train.data import AudioCorpus, CropBatches, hold_out, list_audio, make_loader, seed_for
 from mert_fast.train.engine import DistributedInfo, build_engine, engine_config, init_distributed
-from mert_fast.train.objective import MERTPretrainer
-from mert_fast.train.step import cqt_bins, step_inputs
+from mert_fast.train.objectives import CodebookObjective, Data2VecObjective, Objective
+from mert_fast.train.step import cqt_bins
 
 __all__ = ["Interrupted", "train"]
 
@@ -44,8 +44,6 @@ logger = logging.getLogger(__name__)
 
 #: Dense bf16 peak of known accelerators (FLOP/s), for MFU.
 _PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
-#: Sums over the micro-steps of a logging window (per rank, reduced when logged).
-_SUMS = ("loss", "ce", "cqt", "pen", "masked", "audio", "frames", "data_s", "teacher_s")
 
 
 class Interrupted(RuntimeError):
@@ -96,6 +94,23 @@ def _corpora(
     return corpus, val
 
 
+def _fit_teacher(cfg: TrainConfig, corpus: AudioCorpus, directory: Path, dist: DistributedInfo) -> None:
+    n = min(len(corpus), cfg.teacher_fit_clips)
+    logger.info("fitting the %s teacher on %d clips -> %s", cfg.teacher_type, n, directory)
+    clips = (corpus.load(i) for i in range(n))
+    if cfg.teacher_type == "kmeans":
+        fitted = fit_kmeans_teacher(
+            clips, corpus.sample_rate, feature=cfg.kmeans_feature, n_clusters=cfg.teacher_codebook_size,
+            seed=cfg.seed, device=dist.device,
+        )  # fmt: skip
+    else:
+        fitted = fit_mel_rvq(
+            clips, corpus.sample_rate, n_q=cfg.teacher_codebooks, codebook_size=cfg.teacher_codebook_size,
+            steps=cfg.teacher_fit_steps, seed=cfg.seed, device=dist.device,
+        )  # fmt: skip
+    fitted.save(directory)
+
+
 def _teacher(cfg: TrainConfig, corpus: AudioCorpus, out: Path, dist: DistributedInfo) -> tuple[torch.nn.Module, Path]:
     """The acoustic teacher on the device and the file that fingerprints it (checked again on resume)."""
     spec = cfg.teacher
@@ -110,20 +125,29 @@ def _teacher(cfg: TrainConfig, corpus: AudioCorpus, out: Path, dist: Distributed
     else:
         directory = Path(spec) if spec else out / "teacher"
         if spec is None and dist.is_main and not (directory / "teacher.json").is_file():
-            n = min(len(corpus), cfg.teacher_fit_clips)
-            logger.info("fitting the Mel-RVQ teacher on %d clips -> %s", n, directory)
-            clips = (corpus.load(i) for i in range(n))
-            fitted = fit_mel_rvq(
-                clips, corpus.sample_rate, n_q=cfg.teacher_codebooks, codebook_size=cfg.teacher_codebook_size,
-                steps=cfg.teacher_fit_steps, seed=cfg.seed, device=dist.device,
-            )  # fmt: skip
-            fitted.save(directory)
+            _fit_teacher(cfg, corpus, directory, dist)
         _barrier(dist)
-        teacher = MelRVQTeacher.load(directory, map_location=dist.device)
+        teacher = load_teacher(directory, map_location=dist.device)
         weights = directory / "teacher.safetensors"
     if teacher.sample_rate != corpus.sample_rate:
         raise ValueError(f"teacher: {spec} runs at {teacher.sample_rate} Hz, the model at {corpus.sample_rate} Hz")
+    if cfg.objective == "muq" and not isinstance(teacher, MelRVQTeacher):
+        raise ValueError(f"teacher: the muq objective predicts Mel-RVQ tokens; {spec} is a {type(teacher).__name__}")
     return teacher, weights
+
+
+def _objective(
+    cfg: TrainConfig, model_cfg: MERTConfig, student: MERTModel, corpus, out, dist
+) -> tuple[Objective, Path | None]:
+    """The run's objective and the teacher file its targets depend on (None for data2vec: its teacher is the EMA)."""
+    if cfg.objective == "data2vec":
+        return Data2VecObjective(cfg, model_cfg, student, dist.device), None
+    acoustic, teacher_file = _teacher(cfg, corpus, out, dist)
+    cqt_teacher = None
+    if cfg.objective == "mert":
+        n_bins = cqt_bins(model_cfg)
+        cqt_teacher = CQTTeacher(model_cfg.sample_rate, hop_length=model_cfg.hop_length, n_bins=n_bins).to(dist.device)
+    return CodebookObjective(cfg.objective, cfg, model_cfg, student, acoustic, cqt_teacher), teacher_file
 
 
 def _reduce(values: list[float], dist: DistributedInfo) -> list[float]:
@@ -151,9 +175,11 @@ def _plot(metrics: Path, png: Path) -> None:
         return
     fig, ax = plt.subplots(figsize=(7, 4))
     steps = [r["step"] for r in train_rows]
-    ax.plot(steps, [r["loss"] for r in train_rows], label="loss / masked frame")
-    ax.plot(steps, [r["ce"] for r in train_rows], label="acoustic CE / frame")
-    ax.plot(steps, [r["cqt_mse"] for r in train_rows], label="CQT MSE")
+    labels = {"loss": "loss / masked frame", "ce": "acoustic CE / frame", "cqt_mse": "CQT MSE",
+              "target_var": "target std (EMA teacher)"}  # fmt: skip
+    for key, label in labels.items():
+        if key in train_rows[0] and (key != "cqt_mse" or any(r[key] for r in train_rows)):
+            ax.plot(steps, [r[key] for r in train_rows], label=label)
     if val_rows:
         ax.plot([r["step"] for r in val_rows], [r["loss"] for r in val_rows], "o--", label="validation loss")
     ax.set_xlabel("step")
@@ -233,45 +259,33 @@ class _StopFlag:
         return int(flag.item())
 
 
-def _run_settings(cfg: TrainConfig, dist: DistributedInfo) -> dict[str, Any]:
-    return {**vars(cfg), "objective": "mert", "world_size": dist.world_size}
+def _sum_into(total: dict[str, float], part: dict[str, float]) -> None:
+    for key, value in part.items():
+        total[key] = total.get(key, 0.0) + value
+
+
+def _reduce_sums(sums: dict[str, float], dist: DistributedInfo) -> dict[str, float]:
+    keys = sorted(sums)
+    return dict(zip(keys, _reduce([sums[k] for k in keys], dist), strict=True))
 
 
 @torch.no_grad()
-def _validate(engine, val: CropBatches, model_cfg, cfg, teachers, dtype, dist: DistributedInfo) -> dict[str, float]:
-    """Loss terms and per-codebook accuracy over the validation batches: clean clips, fixed crops and masks, no
-    dropout or LayerDrop. The batches are dealt round-robin to the ranks; every rank runs the same number of
-    forwards (ZeRO-3 gathers parameters collectively), a rank without a batch of its own repeats one at weight 0."""
-    acoustic, cqt_teacher = teachers
+def _validate(engine, val: CropBatches, objective: Objective, dtype, dist: DistributedInfo) -> dict[str, float]:
+    """The objective's metrics over the validation batches: clean clips, fixed crops and masks, no dropout or
+    LayerDrop. The batches are dealt round-robin to the ranks; every rank runs the same number of forwards (ZeRO-3
+    gathers parameters collectively), a rank without a batch of its own repeats one and does not count it."""
     n_batches = val.steps_per_epoch
     rounds = -(-n_batches // dist.world_size)
-    sums = torch.zeros(4 + acoustic.settings["n_q"], dtype=torch.float64)
+    sums: dict[str, float] = {}
     engine.eval()
     for r in range(rounds):
         index = r * dist.world_size + dist.rank
-        weight = 1.0 if index < n_batches else 0.0
         batch = val[index % n_batches]
-        inputs = step_inputs(
-            batch.audio.to(dist.device), model_cfg=model_cfg, cfg=cfg, acoustic_teacher=acoustic,
-            cqt_teacher=cqt_teacher, micro_step=index % n_batches, rank=0, dtype=dtype, mixture=False, stream="val",
-        )  # fmt: skip
-        result = engine(*inputs._replace(layer_keep=None))
-        n = result.n_masked
-        sums += weight * torch.tensor(
-            [float(result.loss), float(result.ce_sum), float(result.cqt_mse) * n, float(n)]
-            + result.correct.double().cpu().tolist(),
-            dtype=torch.float64,
-        )
+        result = engine(*objective.inputs(batch.audio.to(dist.device), index % n_batches, 0, dtype, validation=True))
+        part = objective.sums(result)
+        _sum_into(sums, {k: v * (index < n_batches) for k, v in part.items()})
     engine.train()
-    loss, ce, cqt, masked, *correct = _reduce(sums.tolist(), dist)
-    masked = max(masked, 1.0)
-    return {
-        "loss": loss / masked,
-        "ce": ce / masked,
-        "cqt_mse": cqt / masked,
-        **{f"acc_{q}": c / masked for q, c in enumerate(correct)},
-        "clips": n_batches * val.batch_size,
-    }
+    return {**objective.metrics(_reduce_sums(sums, dist)), "clips": n_batches * val.batch_size}
 
 
 def train(
@@ -302,31 +316,22 @@ def train(
         out.mkdir(parents=True, exist_ok=True)
         (out / "train_config.json").write_text(json.dumps(vars(cfg), indent=2, default=list) + "\n")
     _barrier(dist)
-    model_cfg = MERTConfig.from_name(cfg.preset)
+    model_cfg = model_config(cfg)
     corpus, val_corpus = _corpora(cfg, model_cfg, out, dist)
-    acoustic, teacher_file = _teacher(cfg, corpus, out, dist)
-    n_q, codebook_size = acoustic.settings["n_q"], acoustic.settings["codebook_size"]
-    cqt_teacher = CQTTeacher(model_cfg.sample_rate, hop_length=model_cfg.hop_length, n_bins=cqt_bins(model_cfg))
-    cqt_teacher = cqt_teacher.to(dist.device)
-    teacher_sha = file_fingerprint(teacher_file)
-
     torch.manual_seed(cfg.seed)
     student = MERTModel(model_cfg)
-    module = MERTPretrainer(
-        student, n_codebooks=n_q, codebook_size=codebook_size, cqt_bins=cqt_teacher.n_bins,
-        feature_grad_mult=cfg.feature_grad_mult, loss_weights=cfg.loss_weights,
-    )  # fmt: skip
+    objective, teacher_file = _objective(cfg, model_cfg, student, corpus, out, dist)
+    teacher_sha = file_fingerprint(teacher_file) if teacher_file is not None else None
     n_params = sum(p.numel() for p in student.parameters())
     ds_config = engine_config(cfg, deepspeed_config, dist.world_size)
-    engine, _, scheduler = build_engine(module, cfg, ds_config)
+    engine, _, scheduler = build_engine(objective.module, cfg, ds_config)
     dtype = (
         torch.bfloat16
         if ds_config.get("bf16", {}).get("enabled")
         else (torch.float16 if ds_config.get("fp16", {}).get("enabled") else torch.float32)
     )
-    run = _run_settings(cfg, dist)
-    sums = dict.fromkeys(_SUMS, 0.0)
-    correct = torch.zeros(n_q, dtype=torch.float64)
+    run = {**vars(cfg), "world_size": dist.world_size}
+    sums: dict[str, float] = {}
     start = 0
     if checkpoint is not None:
         meta = read_meta(checkpoint)
@@ -344,20 +349,27 @@ def train(
                 f"resume: the loss scaler restored from {checkpoint} ({loss_scaler_state(engine.optimizer)}) is not "
                 f"the one saved ({meta['loss_scaler']})"
             )
+        objective_file = checkpoint / "objective.pt"
+        objective.load_state_dict(torch.load(objective_file, weights_only=False) if objective_file.is_file() else None)
         state = torch.load(checkpoint / f"trainer_rank{dist.rank}.pt", weights_only=False)
         restore_rng(state["rng"])
-        sums, correct = state["sums"], state["correct"]
+        sums = state["sums"]
         start = int(meta["step"])
         if dist.is_main:
             logger.info("resumed from %s at step %d", checkpoint, start)
 
     def _save(step: int) -> Path:
-        meta = {"run": run, "model_config": model_cfg.to_hf_dict(), "teacher": str(cfg.teacher or out / "teacher"),
-                "teacher_sha256": teacher_sha, "dtype": str(dtype).removeprefix("torch."),
-                "loss_scaler": loss_scaler_state(engine.optimizer)}  # fmt: skip
-        rank_state = {"rng": rng_state(), "sums": sums, "correct": correct}
-        return save_checkpoint(engine, out / "checkpoints", step, meta=meta, rank_state=rank_state, rank=dist.rank,
-                               keep_last=cfg.keep_last, barrier=lambda: _barrier(dist))  # fmt: skip
+        teacher = str(cfg.teacher or out / "teacher") if teacher_sha else "ema"
+        meta = {
+            "run": run, "model_config": model_cfg.to_hf_dict(), "teacher": teacher, "teacher_sha256": teacher_sha,
+            "dtype": str(dtype).removeprefix("torch."), "loss_scaler": loss_scaler_state(engine.optimizer),
+        }  # fmt: skip
+        extra = objective.state_dict()
+        return save_checkpoint(
+            engine, out / "checkpoints", step, meta=meta, rank_state={"rng": rng_state(), "sums": sums},
+            rank=dist.rank, keep_last=cfg.keep_last, barrier=lambda: _barrier(dist),
+            shared_files={"objective.pt": extra} if extra is not None else None,
+        )  # fmt: skip
 
     loader = make_loader(
         corpus, batch_size=cfg.batch_size, crop_seconds=cfg.crop_seconds, min_crop_seconds=cfg.min_crop_seconds,
@@ -404,47 +416,34 @@ def train(
                 audio = batch.audio.to(dist.device, non_blocking=True)
                 tock = time.perf_counter()
                 with _nvtx("teachers"):
-                    inputs = step_inputs(
-                        audio, model_cfg=model_cfg, cfg=cfg, acoustic_teacher=acoustic, cqt_teacher=cqt_teacher,
-                        micro_step=micro, rank=dist.rank, dtype=dtype,
-                    )  # fmt: skip
-                sums["data_s"] += tock - tick
-                sums["teacher_s"] += time.perf_counter() - tock
+                    inputs = objective.inputs(audio, micro, dist.rank, dtype, validation=False)
+                timing = {"data_s": tock - tick, "teacher_s": time.perf_counter() - tock}
                 with _nvtx("forward"):
                     result = engine(*inputs)
                 with _nvtx("backward"):
                     engine.backward(result.loss)
                 with _nvtx("optimizer"):
                     engine.step()
-                n_frames = inputs.mask.shape[1]
-                sums["loss"] += float(result.loss.detach())
-                sums["ce"] += float(result.ce_sum)
-                sums["cqt"] += float(result.cqt_mse) * result.n_masked
-                sums["pen"] += float(result.features_pen) * result.n_masked
-                sums["masked"] += result.n_masked
-                sums["audio"] += audio.shape[0] * audio.shape[1] / model_cfg.sample_rate
-                sums["frames"] += audio.shape[0] * n_frames
-                correct += result.correct.double().cpu()
+                n_frames = inputs[-2].shape[1]  # the mask (B, T)
+                _sum_into(sums, objective.sums(result))
+                _sum_into(sums, {**timing, "audio": audio.shape[0] * audio.shape[1] / model_cfg.sample_rate,
+                                 "frames": audio.shape[0] * n_frames})  # fmt: skip
             step += 1
+            with _nvtx("teacher update"):
+                objective.after_step(engine, step)
             if profiler is not None:
                 profiler.step()
             if progress is not None:
                 progress.update(1)
             if step % cfg.log_every == 0 or step == cfg.max_steps:
-                totals = dict(zip(_SUMS, _reduce([sums[k] for k in _SUMS], dist), strict=True))
-                acc = _reduce(correct.tolist(), dist)
+                totals = _reduce_sums(sums, dist)
                 elapsed = time.perf_counter() - t0
-                masked = max(totals["masked"], 1.0)
                 flops = _model_flops(model_cfg, n_params, int(totals["frames"])) / max(elapsed, 1e-9)
                 grad_norm = engine.get_global_grad_norm()
                 last = {
                     "step": step,
                     "split": "train",
-                    "loss": totals["loss"] / masked,
-                    "ce": totals["ce"] / masked,
-                    "cqt_mse": totals["cqt"] / masked,
-                    "features_pen": totals["pen"] / masked,
-                    **{f"acc_{q}": acc[q] / masked for q in range(n_q)},
+                    **objective.metrics(totals),
                     "lr": scheduler.get_last_lr()[0],
                     "grad_norm": float(grad_norm) if grad_norm is not None else None,
                     "loss_scale": float(engine.optimizer.cur_scale) if hasattr(engine.optimizer, "cur_scale") else 1.0,
@@ -455,18 +454,16 @@ def train(
                     "mfu": flops / (peak * dist.world_size) if peak else None,
                     "peak_memory_mb": torch.cuda.max_memory_allocated() / 2**20 if dist.device.type == "cuda" else None,
                 }
-                if not all(math.isfinite(v) for v in (last["loss"], last["ce"], last["cqt_mse"])):
+                if not math.isfinite(last["loss"]):
                     raise FloatingPointError(f"non-finite loss at step {step}: {last}")
                 if dist.is_main:
                     metrics.log(last)
-                    progress.set_postfix(loss=f"{last['loss']:.3f}", acc=f"{last['acc_0']:.2f}")
-                sums = dict.fromkeys(_SUMS, 0.0)
-                correct = torch.zeros_like(correct)
+                    progress.set_postfix(loss=f"{last['loss']:.3f}")
+                sums = {}
                 t0 = time.perf_counter()
             if val is not None and (step % cfg.val_every == 0 or step == cfg.max_steps):
                 with _nvtx("validation"):
-                    row = {"step": step, "split": "val", **_validate(engine, val, model_cfg, cfg,
-                                                                     (acoustic, cqt_teacher), dtype, dist)}  # fmt: skip
+                    row = {"step": step, "split": "val", **_validate(engine, val, objective, dtype, dist)}
                 if dist.is_main:
                     metrics.log(row)
                 t0 = time.perf_counter()

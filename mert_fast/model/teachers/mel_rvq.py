@@ -104,16 +104,7 @@ class MelRVQTeacher(nn.Module):
     # ------------------------------------------------------------------------------------------ files
 
     def save(self, directory: str | os.PathLike) -> None:
-        from safetensors.torch import save_file
-
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        tmp = directory / "teacher.safetensors.tmp"
-        save_file(state, str(tmp))
-        os.replace(tmp, directory / "teacher.safetensors")
-        meta = {"format": TEACHER_FORMAT, "type": "mel-rvq", **self.settings}
-        (directory / "teacher.json").write_text(json.dumps(meta, indent=2) + "\n")
+        save_teacher(self, directory, {"format": TEACHER_FORMAT, "type": "mel-rvq", **self.settings})
 
     @classmethod
     def load(cls, directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> MelRVQTeacher:
@@ -130,6 +121,22 @@ class MelRVQTeacher(nn.Module):
         teacher = cls(int(meta["sample_rate"]), **settings)
         teacher.load_state_dict(load_file(str(directory / "teacher.safetensors"), device=str(map_location)))
         return teacher.eval()
+
+
+def save_teacher(teacher: nn.Module, directory: str | os.PathLike, meta: dict) -> None:
+    """Write ``teacher.safetensors`` (the module's state) then ``teacher.json`` (``meta``) into ``directory``, each
+    by an atomic rename, so a reader never sees a half-written teacher."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in teacher.state_dict().items()}
+    tmp = directory / "teacher.safetensors.tmp"
+    save_file(state, str(tmp))
+    os.replace(tmp, directory / "teacher.safetensors")
+    tmp = directory / "teacher.json.tmp"
+    tmp.write_text(json.dumps(meta, indent=2) + "\n")
+    os.replace(tmp, directory / "teacher.json")
 
 
 def fit_mel_rvq(
