@@ -158,7 +158,8 @@ def _reduce(values: list[float], dist: DistributedInfo) -> list[float]:
 
 
 def _model_flops(model_cfg: MERTConfig, n_params: int, frames: int) -> float:
-    """Training FLOPs of one step: 6 x parameters x frames + attention (fwd 4 T^2 H per layer, x3 with backward)."""
+    """Training FLOPs of one clip of ``frames`` frames: 6 x parameters x frames + attention (forward 4 T^2 H per
+    layer, x3 with backward)."""
     return 6.0 * n_params * frames + 12.0 * model_cfg.num_hidden_layers * model_cfg.hidden_size * frames * frames
 
 
@@ -427,7 +428,7 @@ def train(
                 n_frames = inputs[-2].shape[1]  # the mask (B, T)
                 _sum_into(sums, objective.sums(result))
                 _sum_into(sums, {**timing, "audio": audio.shape[0] * audio.shape[1] / model_cfg.sample_rate,
-                                 "frames": audio.shape[0] * n_frames})  # fmt: skip
+                                 "flops": audio.shape[0] * _model_flops(model_cfg, n_params, n_frames)})  # fmt: skip
             step += 1
             with _nvtx("teacher update"):
                 objective.after_step(engine, step)
@@ -438,7 +439,7 @@ def train(
             if step % cfg.log_every == 0 or step == cfg.max_steps:
                 totals = _reduce_sums(sums, dist)
                 elapsed = time.perf_counter() - t0
-                flops = _model_flops(model_cfg, n_params, int(totals["frames"])) / max(elapsed, 1e-9)
+                flops = totals["flops"] / max(elapsed, 1e-9)
                 grad_norm = engine.get_global_grad_norm()
                 last = {
                     "step": step,
