@@ -137,17 +137,22 @@ def _teacher(cfg: TrainConfig, corpus: AudioCorpus, out: Path, dist: Distributed
 
 
 def _objective(
-    cfg: TrainConfig, model_cfg: MERTConfig, student: MERTModel, corpus, out, dist
-) -> tuple[Objective, Path | None]:
-    """The run's objective and the teacher file its targets depend on (None for data2vec: its teacher is the EMA)."""
-    if cfg.objective == "data2vec":
-        return Data2VecObjective(cfg, model_cfg, student, dist.device), None
-    acoustic, teacher_file = _teacher(cfg, corpus, out, dist)
-    cqt_teacher = None
+    cfg: TrainConfig, model_cfg: MERTConfig, corpus: AudioCorpus, out: Path, dist: DistributedInfo
+) -> tuple[Objective, MERTModel, Path | None]:
+    """The run's objective, its student, and the teacher file its targets depend on (None for data2vec, whose
+    teacher is the EMA). Teachers come first (fitting one draws random numbers); the student and the heads are then
+    initialised from ``cfg.seed`` alone, the same whether the teacher was fitted or loaded."""
+    acoustic = teacher_file = cqt_teacher = None
+    if cfg.objective != "data2vec":
+        acoustic, teacher_file = _teacher(cfg, corpus, out, dist)
     if cfg.objective == "mert":
         n_bins = cqt_bins(model_cfg)
         cqt_teacher = CQTTeacher(model_cfg.sample_rate, hop_length=model_cfg.hop_length, n_bins=n_bins).to(dist.device)
-    return CodebookObjective(cfg.objective, cfg, model_cfg, student, acoustic, cqt_teacher), teacher_file
+    torch.manual_seed(cfg.seed)
+    student = MERTModel(model_cfg)
+    if cfg.objective == "data2vec":
+        return Data2VecObjective(cfg, model_cfg, student, dist.device), student, None
+    return CodebookObjective(cfg.objective, cfg, model_cfg, student, acoustic, cqt_teacher), student, teacher_file
 
 
 def _reduce(values: list[float], dist: DistributedInfo) -> list[float]:
@@ -319,9 +324,7 @@ def train(
     _barrier(dist)
     model_cfg = model_config(cfg)
     corpus, val_corpus = _corpora(cfg, model_cfg, out, dist)
-    torch.manual_seed(cfg.seed)
-    student = MERTModel(model_cfg)
-    objective, teacher_file = _objective(cfg, model_cfg, student, corpus, out, dist)
+    objective, student, teacher_file = _objective(cfg, model_cfg, corpus, out, dist)
     teacher_sha = file_fingerprint(teacher_file) if teacher_file is not None else None
     n_params = sum(p.numel() for p in student.parameters())
     ds_config = engine_config(cfg, deepspeed_config, dist.world_size)
