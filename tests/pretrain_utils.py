@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -55,3 +56,53 @@ def train_args(data: Path, out: Path, steps: int, *extra: str) -> list[str]:
 def metrics(out: Path, split: str = "train") -> list[dict]:
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
     return [r for r in rows if r.get("split", "train") == split]
+
+
+def assert_learns(rows: list[dict], steps: int) -> None:
+    """Every step logged once with finite values; the mean loss of the last 5 steps >= 10% below the first 5's."""
+    assert [r["step"] for r in rows] == list(range(1, steps + 1))
+    for r in rows:
+        for key in ("loss", "grad_norm", "lr"):
+            assert r[key] is not None and math.isfinite(r[key]), (key, r)
+    first = sum(r["loss"] for r in rows[:5]) / 5
+    last = sum(r["loss"] for r in rows[-5:]) / 5
+    assert last <= 0.9 * first, f"loss did not fall by 10%: first-5 mean {first:.4f}, last-5 mean {last:.4f}"
+
+
+def assert_rows_match(rows: list[dict], reference: list[dict], rtol: float = 1e-5) -> None:
+    """Each row equals the reference row of its step in every field but the wall-time ones, within ``rtol``."""
+    ref = {r["step"]: r for r in reference}
+    for row in rows:
+        want = ref[row["step"]]
+        assert set(row) == set(want), (row["step"], set(row) ^ set(want))
+        for key, value in row.items():
+            if key in TIMING_KEYS or key == "split":
+                continue
+            if value is None or want[key] is None:
+                assert value == want[key], (row["step"], key)
+                continue
+            assert abs(value - want[key]) <= rtol * max(abs(want[key]), 1e-12), (row["step"], key, value, want[key])
+
+
+def assert_export_matches(run_dir: Path, tmp_path: Path, hf_class: str = "HubertModel") -> None:
+    """``mert-fast export RUN_DIR`` loads in transformers' ``hf_class`` with no key missing, unexpected or misshapen,
+    and gives the features of the run's trained model (``RUN_DIR/model``) in MERTModel and in transformers."""
+    import torch
+    import transformers
+
+    from mert_fast.model.mert import MERTModel
+
+    export = tmp_path / "export"
+    run([sys.executable, "-m", "mert_fast.cli", "export", str(run_dir), str(export)], tmp_path)
+    hf, info = getattr(transformers, hf_class).from_pretrained(export, output_loading_info=True)
+    assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
+    trained = MERTModel.from_pretrained(run_dir / "model")
+    exported = MERTModel.from_pretrained(export)
+    audio = 0.1 * torch.randn(2, trained.config.sample_rate + 77)
+    with torch.no_grad():
+        want = trained(audio, output_hidden_states=True).hidden_states
+        got = exported(audio, output_hidden_states=True).hidden_states
+        theirs = hf.eval()(audio, output_hidden_states=True).hidden_states
+    for w, g, t in zip(want, got, theirs, strict=True):
+        scale = w.abs().max()
+        assert (g - w).abs().max() <= 1e-5 * scale and (t - w).abs().max() <= 1e-4 * scale

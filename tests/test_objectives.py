@@ -9,39 +9,20 @@ import json
 import sys
 
 import pytest
-import torch
-from pretrain_utils import ROOT, TIMING_KEYS, deepspeed_cmd, metrics, run, train_args
+from pretrain_utils import (
+    ROOT,
+    assert_export_matches,
+    assert_learns,
+    assert_rows_match,
+    deepspeed_cmd,
+    metrics,
+    run,
+    train_args,
+)
 
 pytestmark = pytest.mark.slow
 
 STEPS = 40
-
-
-def _assert_learns(rows: list[dict]) -> None:
-    assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
-    first = sum(r["loss"] for r in rows[:5]) / 5
-    last = sum(r["loss"] for r in rows[-5:]) / 5
-    assert last <= 0.9 * first, f"loss did not fall by 10%: first-5 mean {first:.4f}, last-5 mean {last:.4f}"
-
-
-def _assert_exports(run_dir, tmp_path, hf_class: str) -> None:
-    """``mert-fast export`` of the run loads in ``hf_class`` with no key left over and gives the trained features."""
-    import transformers
-
-    from mert_fast.model.mert import MERTModel
-
-    export = tmp_path / "export"
-    run([sys.executable, "-m", "mert_fast.cli", "export", str(run_dir), str(export)], tmp_path)
-    hf, info = getattr(transformers, hf_class).from_pretrained(export, output_loading_info=True)
-    assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
-    trained = MERTModel.from_pretrained(run_dir / "model")
-    audio = 0.1 * torch.randn(1, trained.config.sample_rate + 123)
-    with torch.no_grad():
-        want = trained(audio).last_hidden_state
-        got = MERTModel.from_pretrained(export)(audio).last_hidden_state
-        theirs = hf.eval()(audio).last_hidden_state
-    assert (got - want).abs().max() <= 1e-5 * want.abs().max()
-    assert (theirs - want).abs().max() <= 1e-4 * want.abs().max()
 
 
 def test_music2vec_data2vec_zero3_learns_resumes_and_exports(pretrain_data, tmp_path):
@@ -51,22 +32,17 @@ def test_music2vec_data2vec_zero3_learns_resumes_and_exports(pretrain_data, tmp_
     out = tmp_path / "music2vec"
     run(deepspeed_cmd(29650) + train_args(pretrain_data, out, STEPS, *extra), tmp_path)
     rows = metrics(out)
-    _assert_learns(rows)
+    assert_learns(rows, STEPS)
     assert all(r["target_var"] > 0 and 0.999 <= r["ema_decay"] < 0.9999 for r in rows)
     # the EMA teacher is checkpointed with the student: resumed at step 20, steps 21-40 are the same
     resumed = tmp_path / "resumed"
     run(deepspeed_cmd(29651) + train_args(pretrain_data, resumed, STEPS, *extra, "--resume",
                                           str(out / "checkpoints" / "step00000020")), tmp_path)  # fmt: skip
-    reference = {r["step"]: r for r in rows}
     again = metrics(resumed)
     assert [r["step"] for r in again] == list(range(21, STEPS + 1))
-    for row in again:
-        for key, value in row.items():
-            if key not in TIMING_KEYS and key != "split" and value is not None:
-                want = reference[row["step"]][key]
-                assert abs(value - want) <= 1e-5 * max(abs(want), 1e-12), (row["step"], key, value, want)
+    assert_rows_match(again, rows)
     assert json.loads((out / "model" / "config.json").read_text())["model_type"] == "data2vec-audio"
-    _assert_exports(out, tmp_path, "Data2VecAudioModel")
+    assert_export_matches(out, tmp_path, "Data2VecAudioModel")
 
 
 def test_mert_v0_kmeans_targets_learn_and_export(pretrain_data, tmp_path):
@@ -78,9 +54,9 @@ def test_mert_v0_kmeans_targets_learn_and_export(pretrain_data, tmp_path):
              str(teacher))  # fmt: skip
     run(deepspeed_cmd(29660) + train_args(pretrain_data, out, STEPS, *extra), tmp_path)
     rows = metrics(out)
-    _assert_learns(rows)
+    assert_learns(rows, STEPS)
     assert "acc_0" in rows[0] and "acc_1" not in rows[0]  # one label stream
-    _assert_exports(out, tmp_path, "HubertModel")
+    assert_export_matches(out, tmp_path, "HubertModel")
 
 
 def test_muq_linear_heads_learn_and_export(pretrain_data, tmp_path):
@@ -88,6 +64,6 @@ def test_muq_linear_heads_learn_and_export(pretrain_data, tmp_path):
     extra = ("--objective", "muq", "--val-fraction", "0")
     run(deepspeed_cmd(29670) + train_args(pretrain_data, out, STEPS, *extra), tmp_path)
     rows = metrics(out)
-    _assert_learns(rows)
+    assert_learns(rows, STEPS)
     assert all(r["cqt_mse"] == 0 for r in rows)  # no CQT term
-    _assert_exports(out, tmp_path, "HubertModel")
+    assert_export_matches(out, tmp_path, "HubertModel")

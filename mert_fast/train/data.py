@@ -397,11 +397,29 @@ def _ignore_stop_signals(worker_id: int) -> None:
 
 
 class CropBatches(Dataset):
-    """The deterministic batches of one rank: ``batches[step]`` is that step's :class:`Batch`.
+    """Deterministic, resumable, sharded batches of random crops of ``corpus`` (``make_loader`` is another name for
+    it): ``batches[step]`` is that step's :class:`Batch` of this rank.
 
-    Iterate over it (through a DataLoader with ``num_workers`` workers) with ``iter(batches)``; build it with
-    :func:`make_loader`. Step ``s`` is a pure function of ``(corpus files, seed, s, rank, world_size,
-    batch_size, crop lengths)``.
+    Iterating yields one :class:`Batch` per step from ``start_step`` up to ``max_steps`` (exclusive; ``None``:
+    endless), decoded by ``num_workers`` DataLoader workers (0: in this process). Each batch holds
+    ``batch_size`` crops of ``crop_seconds`` (MERT: 5 s; 330M: 5.12 s), all cut to the length of the batch's
+    shortest clip when that is shorter: ``audio`` is float32 ``(batch_size, L)`` with
+    ``min_crop_seconds * sample_rate <= L <= crop_seconds * sample_rate`` (clips shorter than
+    ``min_crop_seconds`` are never used). No padding.
+
+    Determinism: step ``s`` of rank ``r`` takes its clips from the permutation of epoch ``s // steps_per_epoch``
+    (keyed on ``(seed, epoch)``), positions ``[(k * world_size + r) * batch_size, ...)``, ``k = s %
+    steps_per_epoch``; crop ``j`` starts at an offset drawn from ``seed_for(seed, s, r, j, "crop")``. So the ranks
+    of a step read disjoint clips, and a run restarted with ``start_step=s`` sees exactly the batches an
+    uninterrupted run saw from step ``s`` on, with any ``num_workers``. A file that fails to decode is replaced
+    by the next eligible clip in corpus order (deterministically; it may then repeat a clip of the step), with
+    one warning, and is added to ``corpus.bad_files``.
+
+    ``ignore_stop_signals``: the workers ignore SIGTERM and SIGINT (the trainer's checkpoint-on-signal needs them
+    alive); the caller must then close the iteration (``close()`` on the iterator) before the process exits.
+
+    Raises:
+        ValueError: a bad argument, or fewer usable clips than ``batch_size * world_size``.
     """
 
     def __init__(
@@ -557,57 +575,5 @@ class CropBatches(Dataset):
             yield batch
 
 
-def make_loader(
-    corpus: AudioCorpus,
-    *,
-    batch_size: int,
-    crop_seconds: float = 5.0,
-    min_crop_seconds: float = 3.0,
-    seed: int = 0,
-    rank: int = 0,
-    world_size: int = 1,
-    num_workers: int = 0,
-    start_step: int = 0,
-    max_steps: int | None = None,
-    pin_memory: bool = False,
-    prefetch_factor: int | None = None,
-    ignore_stop_signals: bool = False,
-) -> CropBatches:
-    """Deterministic, resumable, sharded batches of random crops of ``corpus``.
-
-    Iterating yields one :class:`Batch` per step from ``start_step`` up to ``max_steps`` (exclusive; ``None``:
-    endless), decoded by ``num_workers`` DataLoader workers (0: in this process). Each batch holds
-    ``batch_size`` crops of ``crop_seconds`` (MERT: 5 s; 330M: 5.12 s), all cut to the length of the batch's
-    shortest clip when that is shorter: ``audio`` is float32 ``(batch_size, L)`` with
-    ``min_crop_seconds * sample_rate <= L <= crop_seconds * sample_rate`` (clips shorter than
-    ``min_crop_seconds`` are never used). No padding.
-
-    Determinism: step ``s`` of rank ``r`` takes its clips from the permutation of epoch ``s // steps_per_epoch``
-    (keyed on ``(seed, epoch)``), positions ``[(k * world_size + r) * batch_size, ...)``, ``k = s %
-    steps_per_epoch``; crop ``j`` starts at an offset drawn from ``seed_for(seed, s, r, j, "crop")``. So the ranks
-    of a step read disjoint clips, and a run restarted with ``start_step=s`` sees exactly the batches an
-    uninterrupted run saw from step ``s`` on, with any ``num_workers``. A file that fails to decode is replaced
-    by the next eligible clip in corpus order (deterministically; it may then repeat a clip of the step), with
-    one warning, and is added to ``corpus.bad_files``.
-
-    ``ignore_stop_signals``: the workers ignore SIGTERM and SIGINT (the trainer's checkpoint-on-signal needs them
-    alive); the caller must then close the iteration (``close()`` on the iterator) before the process exits.
-
-    Raises:
-        ValueError: a bad argument, or fewer usable clips than ``batch_size * world_size``.
-    """
-    return CropBatches(
-        corpus,
-        batch_size=batch_size,
-        crop_seconds=crop_seconds,
-        min_crop_seconds=min_crop_seconds,
-        seed=seed,
-        rank=rank,
-        world_size=world_size,
-        num_workers=num_workers,
-        start_step=start_step,
-        max_steps=max_steps,
-        pin_memory=pin_memory,
-        prefetch_factor=prefetch_factor,
-        ignore_stop_signals=ignore_stop_signals,
-    )
+#: Deterministic, resumable, sharded batches of random crops: :class:`CropBatches` under its usual name.
+make_loader = CropBatches

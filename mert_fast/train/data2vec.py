@@ -76,7 +76,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mert_fast.model.mert import MERTModel
-from mert_fast.train.objective import MERTPretrainer, _GradMultiply
+from mert_fast.train.objective import MERTPretrainer, masked_student
 
 __all__ = ["Data2VecHead", "Data2VecOutput", "Data2VecPretrainer", "EMATeacher", "RegressionLoss"]
 
@@ -401,11 +401,7 @@ class Data2VecPretrainer(nn.Module):
                 f"frames: student {tuple(feats.shape[:2])}, mask {tuple(mask.shape)} and targets "
                 f"{tuple(targets.shape)} must agree (targets (B, T, {hidden_size}))"
             )
-        if self.feature_grad_mult != 1.0:
-            feats = _GradMultiply.apply(feats, self.feature_grad_mult)
-        x = self.model.feature_projection(feats)
-        x = torch.where(mask[..., None], self.model.masked_spec_embed.to(x.dtype), x)
-        hidden, _ = self.model.encoder(x, None, False, layer_keep)
+        _, hidden = masked_student(self.model, feats, mask, layer_keep, self.feature_grad_mult)
         result = self.head(hidden[mask], targets[mask])
         return Data2VecOutput(
             loss=result.loss_sum,

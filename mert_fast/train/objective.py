@@ -28,7 +28,7 @@ from torch import nn
 from mert_fast.model.mert import MERTModel
 from mert_fast.ops import codebook_cross_entropy
 
-__all__ = ["MERTPretrainer", "PretrainOutput"]
+__all__ = ["MERTPretrainer", "PretrainOutput", "masked_student"]
 
 
 class _GradMultiply(torch.autograd.Function):
@@ -40,6 +40,21 @@ class _GradMultiply(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         return grad * ctx.scale, None
+
+
+def masked_student(
+    model: MERTModel, feats: torch.Tensor, mask: torch.Tensor, layer_keep: list[bool] | None, feature_grad_mult: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The student on masked input, from its conv features ``feats`` ``(B, T, C)``: the gradient into the conv
+    encoder scaled by ``feature_grad_mult``, the projection, masked frames (``mask`` ``(B, T)``) replaced by the
+    learned ``masked_spec_embed``, the encoder with the step's LayerDrop draw. Returns ``(feats, hidden)``: the
+    (gradient-scaled) features and the encoder's output ``(B, T, H)``. Every objective's forward runs this."""
+    if feature_grad_mult != 1.0:  # before any loss on the features, as fairseq: every gradient into them is scaled
+        feats = _GradMultiply.apply(feats, feature_grad_mult)
+    x = model.feature_projection(feats)
+    x = torch.where(mask[..., None], model.masked_spec_embed.to(x.dtype), x)
+    hidden, _ = model.encoder(x, None, False, layer_keep)
+    return feats, hidden
 
 
 class PretrainOutput(NamedTuple):
@@ -126,12 +141,8 @@ class MERTPretrainer(nn.Module):
                 f"frames: student {feats.shape[1]}, mask {tuple(mask.shape)}, codes {tuple(codes.shape)}, "
                 f"cqt {tuple(cqt_shape)} must agree"
             )
-        if self.feature_grad_mult != 1.0:  # before the penalty, as fairseq: every gradient into the encoder is scaled
-            feats = _GradMultiply.apply(feats, self.feature_grad_mult)
+        feats, hidden = masked_student(self.model, feats, mask, layer_keep, self.feature_grad_mult)
         features_pen = feats.float().pow(2).mean()
-        x = self.model.feature_projection(feats)
-        x = torch.where(mask[..., None], self.model.masked_spec_embed.to(x.dtype), x)
-        hidden, _ = self.model.encoder(x, None, False, layer_keep)
         h = hidden[mask]
         n_masked = h.shape[0]
         if self.final_proj is not None:
