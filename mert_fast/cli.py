@@ -10,6 +10,8 @@ One function per subcommand (``_cmd_<name>``), registered in :func:`build_parser
     mert-fast fit-teacher --type mel-rvq AUDIO_DIR --out DIR   # the acoustic teacher train.py reuses
     mert-fast fit-teacher --type kmeans AUDIO_DIR --out DIR --sample-rate 16000   # MERT-v0's k-means codes
     mert-fast export CHECKPOINT_OR_RUN_DIR OUT_DIR   # a training checkpoint -> HF model directory
+    mert-fast make-probe-data OUT_DIR                # labelled notes and chords for probing (no downloads)
+    mert-fast probe MANIFEST.csv --features MODEL_DIR --out DIR   # MARBLE-style probes of frozen features
 """
 
 from __future__ import annotations
@@ -68,6 +70,25 @@ def _layers(text: str) -> str | list[int]:
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected all, mean or indices such as 0,6,12; got {text!r}") from None
     return values
+
+
+def _seeds(text: str) -> list[int]:
+    """``--seeds``: comma-separated integers such as ``0,1,2``."""
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers such as 0,1,2; got {text!r}") from None
+
+
+def _probe_layers(text: str) -> str | list[int]:
+    """``probe --layers``: ``all`` (each state and the weighted sum), ``weighted`` or indices such as ``0,6,12``."""
+    text = text.strip().lower()
+    if text in ("all", "weighted"):
+        return text
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected all, weighted or indices such as 0,6,12; got {text!r}") from None
 
 
 def _device(name: str) -> torch.device:
@@ -293,6 +314,53 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_make_probe_data(args: argparse.Namespace) -> int:
+    from mert_fast.probe.data import make_probe_data
+
+    manifests = make_probe_data(
+        args.out_dir,
+        seed=args.seed,
+        sample_rate=args.sample_rate,
+        seconds=args.seconds,
+        notes_per_cell=args.notes_per_cell,
+        chords_per_cell=args.chords_per_cell,
+        source=args.source,
+        format=args.format,
+    )
+    print(f"{args.out_dir}: probe tasks " + ", ".join(f"{name} ({path.name})" for name, path in manifests.items()))
+    return 0
+
+
+def _cmd_probe(args: argparse.Namespace) -> int:
+    from mert_fast.probe.probe import ProbeConfig, run_probe
+
+    cfg = ProbeConfig(
+        hidden=args.hidden, dropout=args.dropout, lr=args.lr, batch_size=args.batch_size, max_epochs=args.max_epochs,
+        patience=args.patience,
+    )  # fmt: skip
+    device = _device(args.device)
+    layers = None if args.layers in ("all", "weighted") else args.layers
+    if args.layers == "weighted":
+        layers = []
+    result = run_probe(
+        args.manifest, args.features, args.out, cache=args.cache, task_type=args.task_type, layers=layers,
+        weighted=args.layers in ("all", "weighted"), seeds=args.seeds, cfg=cfg, device=device,
+        sample_rate=args.sample_rate,
+    )  # fmt: skip
+    metric = result["primary_metric"]
+    summary = result["summary"]
+    rows = [(f"layer {k}", v) for k, v in summary["layers"].items()]
+    if summary["weighted_sum"] is not None:
+        rows.append(("weighted sum", summary["weighted_sum"]))
+    print(f"{result['manifest']}: {result['task_type']}, {result['counts']}; test {metric}, mean ± std over "
+          f"{len(result['seeds'])} seed(s):")  # fmt: skip
+    for name, entry in rows:
+        score = entry.get("test", entry["valid"])[metric]
+        print(f"  {name:>14}: {score['mean']:.4f} ± {score['std']:.4f}")
+    print(f"{args.out}: scores.json, layers.png")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG, description="Fast kernels, models and training for MERT-style self-supervised music models."
@@ -440,6 +508,76 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", metavar="CHECKPOINT_OR_RUN_DIR", help="a checkpoint, checkpoints/ or run directory")
     p.add_argument("out_dir", metavar="OUT_DIR", help="output folder")
     p.set_defaults(func=_cmd_export)
+
+    p = commands.add_parser(
+        "make-probe-data",
+        help="write a small labelled set of notes and chords (pitch class, instrument family, chord quality) for "
+        "mert-fast probe",
+        description="Render single notes (12 pitch classes x 9 instrument families) and chords (6 qualities x 12 "
+        "roots) into OUT_DIR/audio, with fixed train/valid/test splits and one manifest per task: pitch_class.csv, "
+        "instrument.csv, chord_quality.csv (multi-class), chord_notes.csv (multi-label) and pitch.csv (regression). "
+        "Uses fluidsynth with a General MIDI soundfont when both are installed (--source auto), else the built-in "
+        "numpy synthesizer.",
+    )
+    p.add_argument("out_dir", metavar="OUT_DIR", help="output folder (created)")
+    p.add_argument("--seed", type=int, default=0, help="data seed (default: %(default)s; it fixes the splits)")
+    p.add_argument("--sample-rate", type=_positive_int, default=MERT_SAMPLE_RATE, help="Hz (default: %(default)s)")
+    p.add_argument("--seconds", type=_positive_float, default=2.0, help="seconds per clip (default: %(default)s)")
+    p.add_argument(
+        "--notes-per-cell", type=_positive_int, default=10, help="notes per pitch class and family (default: 10)"
+    )
+    p.add_argument(
+        "--chords-per-cell", type=_positive_int, default=10, help="chords per quality and root (default: 10)"
+    )
+    p.add_argument("--format", choices=("flac", "wav"), default="flac", help="file format (default: %(default)s)")
+    p.add_argument("--source", choices=("auto", "numpy", "fluidsynth"), default="auto", help="renderer (default: auto)")
+    p.set_defaults(func=_cmd_make_probe_data)
+
+    p = commands.add_parser(
+        "probe",
+        help="MARBLE-style probes of frozen features: per-layer and weighted-sum scores for a labelled manifest",
+        description="Read MANIFEST (CSV: path,label[,split]; label with ';' for multi-label, a number for regression), "
+        "average each clip's features over time (extracting them with the model into --cache, or reading a "
+        "mert-fast extract folder, or computing cqt/mfcc), then train one MLP probe (512 hidden, dropout 0.2, Adam "
+        "1e-3, batch 64, early stopping on valid) per hidden state and one on their learned weighted sum. Writes "
+        "--out/scores.json (accuracy, ROC-AUC, average precision or R^2 per layer, mean and std over --seeds) and "
+        "--out/layers.png.",
+    )
+    p.add_argument("manifest", metavar="MANIFEST", help="CSV with columns path,label[,split]")
+    p.add_argument(
+        "--features",
+        required=True,
+        help="a model directory (HF layout), a preset name (random weights), a mert-fast extract output folder, "
+        "cqt or mfcc",
+    )
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--cache", default=None, help="feature cache folder (default: OUT/features)")
+    p.add_argument(
+        "--task-type",
+        choices=("auto", "multiclass", "multilabel", "regression"),
+        default="auto",
+        help="default: from the labels (';' multi-label, many distinct numbers regression, else multi-class)",
+    )
+    p.add_argument(
+        "--layers",
+        type=_probe_layers,
+        default="all",
+        help="all (each hidden state and the weighted sum; default), weighted, or indices such as 0,6,12",
+    )
+    p.add_argument("--seeds", type=_seeds, default=[0], help="probe seeds, e.g. 0,1,2 (default: 0)")
+    p.add_argument("--hidden", type=_positive_int, default=512, help="MLP hidden units (default: %(default)s)")
+    p.add_argument("--dropout", type=float, default=0.2, help="dropout (default: %(default)s)")
+    p.add_argument("--lr", type=_positive_float, default=1e-3, help="Adam learning rate (default: %(default)s)")
+    p.add_argument("--batch-size", type=_positive_int, default=64, help="probe batch (default: %(default)s)")
+    p.add_argument("--max-epochs", type=_positive_int, default=200, help="epoch limit (default: %(default)s)")
+    p.add_argument(
+        "--patience", type=_positive_int, default=20, help="epochs without a better valid score (default: 20)"
+    )
+    p.add_argument(
+        "--sample-rate", type=_positive_int, default=MERT_SAMPLE_RATE, help="Hz for cqt/mfcc (default: %(default)s)"
+    )
+    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    p.set_defaults(func=_cmd_probe)
     return parser
 
 

@@ -133,7 +133,7 @@ def _write_array(path: Path, array: np.ndarray, fmt: str) -> None:
 #: Sidecar fields that must equal the run's for a file to be skipped on a re-run.
 _RESUME_KEYS = (
     "model", "model_sha256", "layers", "pool", "format", "dtype", "compute_dtype", "window_s", "hop_s",
-    "sample_rate", "source_bytes", "source_mtime_ns",
+    "sample_rate", "source", "source_bytes", "source_mtime_ns",
 )  # fmt: skip
 
 
@@ -303,7 +303,7 @@ def run_extraction(
             except (OSError, RuntimeError, sf.SoundFileError) as exc:
                 finish(source, "failed", " ".join(f"cannot decode: {exc}".split()))
                 continue
-            settings = {**common, "source_bytes": st.st_size, "source_mtime_ns": st.st_mtime_ns}
+            settings = {**common, "source": str(source), "source_bytes": st.st_size, "source_mtime_ns": st.st_mtime_ns}
             item = _Item(i, source, output, sidecar, settings, float(info.frames) / max(info.samplerate, 1))
             if _done(output, sidecar, settings):
                 finish(item, "skipped", "output and sidecar match this run's settings", item.duration_s)
@@ -433,7 +433,6 @@ def _run_batch(
                 item.sidecar,
                 {
                     **item.settings,
-                    "source": str(item.source),
                     "output": item.output.name,
                     "shape": list(array.shape),
                     "num_samples": int(wave.shape[-1]),

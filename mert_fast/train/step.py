@@ -13,6 +13,7 @@ from torch import nn
 
 from mert_fast.model.config import MERTConfig
 from mert_fast.model.teachers import align_to_frames
+from mert_fast.model.teachers.cqt import mert_cqt_bins
 from mert_fast.train.config import TrainConfig
 from mert_fast.train.data import seed_for
 from mert_fast.train.masking import compute_mask, in_batch_mixture
@@ -33,11 +34,8 @@ class StepInputs(NamedTuple):
 
 
 def cqt_bins(model_cfg: MERTConfig) -> int:
-    """336 bins (7 octaves from 32.7 Hz) at 24 kHz; fewer where the top would pass Nyquist (16 kHz presets)."""
-    bins = 336
-    while 32.7 * 2 ** ((bins - 1) / 48) > model_cfg.sample_rate / 2:
-        bins -= 48
-    return bins
+    """The CQT teacher's bins at the student's sample rate (:func:`mert_cqt_bins`)."""
+    return mert_cqt_bins(model_cfg.sample_rate)
 
 
 @torch.no_grad()

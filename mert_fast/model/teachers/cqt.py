@@ -8,6 +8,15 @@ from torch import nn
 from mert_fast.ops.cqt import CQT
 
 
+def mert_cqt_bins(sample_rate: float) -> int:
+    """336 bins (7 octaves from 32.7 Hz, 48 per octave) at 24 kHz; whole octaves fewer where the top bin would
+    pass Nyquist (16 kHz presets)."""
+    bins = 336
+    while 32.7 * 2 ** ((bins - 1) / 48) > sample_rate / 2:
+        bins -= 48
+    return bins
+
+
 class CQTTeacher(nn.Module):
     """Linear-magnitude CQT targets, frames first: audio ``(B, L)`` -> ``(B, L // hop + 1, n_bins)`` float32.
 

@@ -1,0 +1,180 @@
+"""Does pre-training learn? The probe report of README: the ``tiny`` preset after README's main command
+(``python train.py``, 300 steps on the synthetic corpus) against the same model at its random initialisation
+and against raw CQT and MFCC features, on the ``mert-fast make-probe-data`` set, over three seeds.
+
+For each seed ``s``: ``python train.py --seed s`` (the main command with another seed) gives the pre-trained
+model; ``torch.manual_seed(s); MERTModel(config)`` is exactly the student that run started from (the trainer
+initialises it the same way). Every feature source is probed with MARBLE's protocol (``mert-fast probe``: every
+hidden state and the learned weighted sum; probe seed ``s``); the reported score is the test score of the probe
+with the best valid score among those (the weighted sum's own test scores are kept in the JSON too). CQT and MFCC
+features do not depend on the seed; only their probes do.
+
+    python bench/probe_report.py --work /tmp/probe_report            # about 20-30 min on 2 CPU cores
+    python bench/probe_report.py --work /tmp/probe_report --table    # print the table of a finished run
+
+Writes ``WORK/report.json`` and ``WORK/report.md`` (the README table); ``--out FILE`` copies the JSON (the
+committed ``bench/results/cpu/probe_report.json``). Finished steps are reused when the script is run again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from mert_fast.model.mert import MERTModel  # noqa: E402
+from mert_fast.probe.data import make_probe_data  # noqa: E402
+from mert_fast.probe.probe import run_probe  # noqa: E402
+
+logger = logging.getLogger("probe_report")
+
+#: The three tasks of the target (multi-class, accuracy); ``--tasks`` adds chord_notes (multi-label) or pitch.
+TASKS = ("pitch_class", "instrument", "chord_quality")
+TARGET_TASKS = TASKS
+SOURCES = ("pretrained", "random", "cqt", "mfcc")
+TARGET_POINTS = 5.0
+
+
+def _pretrain(work: Path, seed: int) -> Path:
+    run = work / f"pretrain_s{seed}"
+    if not (run / "model" / "config.json").is_file():
+        cmd = [sys.executable, str(ROOT / "train.py"), "--output-dir", str(run), "--seed", str(seed)]
+        logger.info("pre-training: %s", " ".join(cmd))
+        subprocess.run(cmd, check=True, cwd=ROOT)
+    return run / "model"
+
+
+def _random_init(work: Path, seed: int, pretrained: Path) -> Path:
+    out = work / f"random_s{seed}"
+    if not (out / "config.json").is_file():
+        config = MERTModel.from_pretrained(pretrained).config
+        torch.manual_seed(seed)
+        MERTModel(config).save_pretrained(out)
+    return out
+
+
+def _score(result: dict, metric: str) -> tuple[float, str]:
+    """Test score of the probe with the best valid score among every hidden state and the weighted sum (model
+    selection on valid, as MARBLE picks a layer), and which probe that was."""
+    summary = result["summary"]
+    candidates = {f"layer {k}": v for k, v in summary["layers"].items()}
+    if summary["weighted_sum"] is not None:
+        candidates["weighted sum"] = summary["weighted_sum"]
+    name = max(candidates, key=lambda k: candidates[k]["valid"][metric]["mean"])
+    return candidates[name]["test"][metric]["mean"], name
+
+
+def _mean_std(values: list[float]) -> dict[str, float]:
+    return {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0}
+
+
+def run(work: Path, seeds: list[int], tasks: tuple[str, ...] = TASKS) -> dict:
+    data = work / "data"
+    if not (data / "probe_data.json").is_file():
+        make_probe_data(data)
+    manifests = {t: data / f"{t}.csv" for t in tasks}
+    rows: dict[str, dict[str, list[float]]] = {t: {s: [] for s in SOURCES} for t in tasks}
+    best_layer: dict[str, dict[str, list]] = {t: {s: [] for s in SOURCES} for t in tasks}
+    weighted_sum: dict[str, dict[str, list[float]]] = {t: {s: [] for s in SOURCES[:2]} for t in tasks}
+    metrics: dict[str, str] = {}
+    timings: dict[str, float] = {}
+    for seed in seeds:
+        t0 = time.perf_counter()
+        pretrained = _pretrain(work, seed)
+        timings[f"pretrain_s{seed}"] = time.perf_counter() - t0
+        sources = {"pretrained": str(pretrained), "random": str(_random_init(work, seed, pretrained))}
+        sources |= {"cqt": "cqt", "mfcc": "mfcc"}
+        for task, manifest in manifests.items():
+            for name, source in sources.items():
+                tag = name if name in ("cqt", "mfcc") else f"{name}_s{seed}"
+                t0 = time.perf_counter()
+                result = run_probe(
+                    manifest, source, work / "probe" / task / f"{name}_s{seed}", cache=work / "cache" / tag,
+                    seeds=[seed],
+                )  # fmt: skip
+                timings[f"{task}/{name}_s{seed}"] = time.perf_counter() - t0
+                metrics[task] = result["primary_metric"]
+                score, chosen = _score(result, result["primary_metric"])
+                rows[task][name].append(score)
+                best_layer[task][name].append(chosen)
+                weighted = result["summary"]["weighted_sum"]
+                if weighted is not None:
+                    weighted_sum[task][name].append(weighted["test"][result["primary_metric"]]["mean"])
+                logger.info("%s %s seed %d: %.4f", task, name, seed, rows[task][name][-1])
+    report = {"seeds": seeds, "metrics": metrics, "scores": rows, "chosen_probe": best_layer,
+              "weighted_sum_scores": weighted_sum, "seconds": timings}  # fmt: skip
+    report["summary"] = {
+        t: {
+            s: {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0} for s, v in r.items()
+        }
+        for t, r in rows.items()
+    }
+    gains = {t: 100 * (report["summary"][t]["pretrained"]["mean"] - report["summary"][t]["random"]["mean"])
+             for t in TARGET_TASKS if t in tasks}  # fmt: skip
+    report["gain_points"] = gains
+    report["target_met"] = sum(g >= TARGET_POINTS for g in gains.values()) >= 2
+    return report
+
+
+def table(report: dict) -> str:
+    """The README table: mean ± std over seeds of the weighted-sum probe's test score."""
+    scale = {"accuracy": 100.0, "roc_auc": 100.0, "r2": 1.0}
+    head = "| task (test metric) | pre-trained tiny | random init | pre-trained − random | CQT | MFCC |"
+    lines = [head, "|---|---|---|---|---|---|"]
+    for task, row in report["summary"].items():
+        metric = report["metrics"][task]
+        k = scale.get(metric, 1.0)
+
+        def fmt(m: float, s: float, k: float = k) -> str:
+            return f"{m * k:.1f} ± {s * k:.1f}" if k == 100.0 else f"{m:.3f} ± {s:.3f}"
+
+        diff = np.asarray(report["scores"][task]["pretrained"]) - np.asarray(report["scores"][task]["random"])
+        delta = f"{diff.mean() * k:+.1f}" if k == 100.0 else f"{diff.mean():+.3f}"
+        unit = " (%)" if k == 100.0 else ""
+        cells = [fmt(row[s]["mean"], row[s]["std"]) for s in SOURCES]
+        lines.append(f"| {task} ({metric}{unit}) | {cells[0]} | {cells[1]} | {delta} | {cells[2]} | {cells[3]} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--work", type=Path, required=True, help="working folder (reused when run again)")
+    parser.add_argument("--seeds", default="0,1,2", help="seeds (default: 0,1,2)")
+    parser.add_argument("--tasks", default=",".join(TASKS), help="comma-separated (default: %(default)s)")
+    parser.add_argument("--out", type=Path, default=None, help="also write the report JSON here")
+    parser.add_argument("--table", action="store_true", help="only print the table of WORK/report.json")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.table:
+        print(table(json.loads((args.work / "report.json").read_text())))
+        return 0
+    args.work.mkdir(parents=True, exist_ok=True)
+    report = run(args.work, [int(s) for s in args.seeds.split(",")], tuple(args.tasks.split(",")))
+    report["torch_threads"] = torch.get_num_threads()
+    report["cpu_count"] = os.cpu_count()
+    text = json.dumps(report, indent=2) + "\n"
+    (args.work / "report.json").write_text(text)
+    (args.work / "report.md").write_text(table(report) + "\n")
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+    print(table(report))
+    print(
+        f"gain of pre-training over random init (points): {report['gain_points']}; target met: {report['target_met']}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,444 @@
+"""A small labelled probe set of single notes and chords, synthesized on the spot (no downloads).
+
+Two clip sets, each clip a mono file of ``seconds`` at ``sample_rate``:
+
+- ``audio/notes/note_NNNNN.<format>``: one note. Every (pitch class x instrument family) cell gets
+  ``notes_per_cell`` clips: 12 pitch classes (``C``, ``C#``, ..., ``B``) x 9 families with NSynth's names
+  (:data:`FAMILIES`). The octave is random inside the family's playing range (:data:`FAMILY_RANGES`: every pitch
+  class occurs in at least two octaves of every family, so pitch class has to be recognised across octaves), as
+  are velocity, note length (0.8-1.6 s, then the release), onset (0-0.2 s), a light reverb and the peak level
+  (0.5-0.9). Every clip is its own instrument instance: timbre parameters are drawn from the family's ranges.
+- ``audio/chords/chord_NNNNN.<format>``: a chord struck at once (guitars strum over a few ms). Every (quality x
+  root) cell gets ``chords_per_cell`` clips: 6 qualities (:data:`QUALITIES`) x 12 roots, in root position or an
+  inversion, closed, open or with the bass doubled (up to ~1.5 octaves), played by a random polyphonic family
+  (:data:`CHORD_FAMILIES`).
+
+Clip ``i`` of a set belongs to cell ``i % n_cells`` and depends only on ``(seed, set, i)``: more clips per cell
+add clips without changing the existing ones, and two runs give identical files.
+
+Five manifests, CSV ``path,label,split`` with paths relative to ``out_dir``:
+
+========================  ======  ===========  ==================================================
+file                      clips   task         label
+========================  ======  ===========  ==================================================
+``pitch_class.csv``       notes   multi-class  pitch-class name, e.g. ``C#``
+``instrument.csv``        notes   multi-class  family, e.g. ``flute``
+``pitch.csv``             notes   regression   the MIDI note number, e.g. ``61``
+``chord_quality.csv``     chords  multi-class  quality, e.g. ``minor``
+``chord_notes.csv``       chords  multi-label  the pitch classes present, from C upward, e.g. ``C;E;G``
+========================  ======  ===========  ==================================================
+
+Splits are fixed and stratified: inside every cell, 60/20/20 % of the clips (10 give 6/2/2; at least one each for
+valid and test from 3 clips on, smaller cells are train only) go to ``train``/``valid``/``test``, which ones chosen
+by the seed; a clip has the same split in every manifest of its set. ``probe_data.json`` records the seed, sample
+rate, length, the source (the numpy synthesizer, or fluidsynth and its soundfont), the counts per task and split,
+the label lists and every clip's generation parameters.
+
+Sources: ``"numpy"`` renders with the synthesizer of :mod:`mert_fast.train.synth` and one timbre model per family;
+``"fluidsynth"`` renders the same notes through a General MIDI soundfont with a random program of the family's
+GM range (:data:`GM_PROGRAMS`); ``"auto"`` picks fluidsynth when it and a soundfont are installed.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from mert_fast.train.midi import find_soundfont, fluidsynth_available, render_midi
+from mert_fast.train.synth import _FORMATS, _envelope, _finish, _noise_band, _render_note, _reverb, _Timbre
+from mert_fast.train.synth import _check_args as check_corpus_args
+
+__all__ = [
+    "CHORD_FAMILIES",
+    "CHORD_INTERVALS",
+    "FAMILIES",
+    "FAMILY_RANGES",
+    "GM_PROGRAMS",
+    "PITCH_CLASSES",
+    "QUALITIES",
+    "make_probe_data",
+]
+
+logger = logging.getLogger(__name__)
+
+PITCH_CLASSES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
+FAMILIES = ("bass", "brass", "flute", "guitar", "keyboard", "mallet", "organ", "reed", "string")
+#: The families that play chords.
+CHORD_FAMILIES = ("keyboard", "organ", "guitar", "string", "mallet", "brass", "reed")
+#: Semitones above the root.
+CHORD_INTERVALS = {
+    "major": (0, 4, 7),
+    "minor": (0, 3, 7),
+    "diminished": (0, 3, 6),
+    "augmented": (0, 4, 8),
+    "sus4": (0, 5, 7),
+    "dominant7": (0, 4, 7, 10),
+}
+QUALITIES = tuple(CHORD_INTERVALS)
+#: Lowest and highest MIDI note of a single note, per family (inclusive; at least 2 octaves + a fifth wide).
+FAMILY_RANGES = {
+    "bass": (28, 55),
+    "brass": (52, 82),
+    "flute": (60, 96),
+    "guitar": (40, 76),
+    "keyboard": (36, 96),
+    "mallet": (48, 89),
+    "organ": (36, 84),
+    "reed": (50, 84),
+    "string": (40, 88),
+}
+#: First and last General MIDI program (0-based) of each family.
+GM_PROGRAMS = {
+    "keyboard": (0, 7),
+    "mallet": (8, 15),
+    "organ": (16, 23),
+    "guitar": (24, 31),
+    "bass": (32, 39),
+    "string": (40, 51),
+    "brass": (56, 63),
+    "reed": (64, 71),
+    "flute": (72, 79),
+}
+_CHORD_LOW = {"keyboard": 48, "organ": 48, "guitar": 40, "string": 48, "mallet": 53, "brass": 48, "reed": 50}
+_SET_IDS = {"notes": 0, "chords": 1}  # clip i of a set is seeded by (seed, set id, i); its splits by (seed, 100 + id)
+_N_CELLS = {"notes": len(PITCH_CLASSES) * len(FAMILIES), "chords": len(QUALITIES) * len(PITCH_CLASSES)}
+_SOURCES = ("auto", "numpy", "fluidsynth")
+_SPLIT_NAMES = ("train", "valid", "test")
+
+
+def _pc_names(midis: list[int]) -> str:
+    return ";".join(PITCH_CLASSES[p] for p in sorted({m % 12 for m in midis}))
+
+
+# name -> (clip set, task type, label of a clip record)
+_TASKS: dict[str, tuple[str, str, Callable[[dict], str]]] = {
+    "pitch_class": ("notes", "multiclass", lambda c: PITCH_CLASSES[c["midi"][0] % 12]),
+    "instrument": ("notes", "multiclass", lambda c: c["family"]),
+    "chord_quality": ("chords", "multiclass", lambda c: c["quality"]),
+    "chord_notes": ("chords", "multilabel", lambda c: _pc_names(c["midi"])),
+    "pitch": ("notes", "regression", lambda c: str(c["midi"][0])),
+}
+_LABELS = {
+    "pitch_class": PITCH_CLASSES,
+    "instrument": FAMILIES,
+    "chord_quality": QUALITIES,
+    "chord_notes": PITCH_CLASSES,
+}
+
+# ------------------------------------------------------------------------------------------------ timbres
+
+_H = np.arange(1, 17, dtype=np.float64)
+
+
+def _harmonic(
+    amps: np.ndarray,
+    rng: np.random.Generator,
+    attack: tuple,
+    decay: tuple,
+    sustain: tuple,
+    release: tuple,
+    vib_cents: tuple = (0.0, 0.0),
+    vib_rate: tuple = (4.5, 6.5),
+    tilt: tuple = (0.0, 0.0),
+) -> _Timbre:
+    """A harmonic timbre with envelope and vibrato parameters drawn uniformly from the given ``(low, high)``."""
+    amps = np.asarray(amps, dtype=np.float64)
+    amps = amps / np.abs(amps).sum() * 1.5  # the level convention of mert_fast.train.synth
+    draw = [float(rng.uniform(*r)) for r in (tilt, attack, decay, sustain, release, vib_cents, vib_rate)]
+    return _Timbre(np.arange(1.0, len(amps) + 1), amps, True, *draw)
+
+
+def _keyboard(rng: np.random.Generator) -> _Timbre:
+    amps = _H ** -rng.uniform(1.0, 1.5) * rng.uniform(0.6, 1.0, len(_H))  # hammered: bright, uneven partials
+    return _harmonic(amps, rng, (0.002, 0.008), (0.5, 1.5), (0.0, 0.0), (0.1, 0.3), tilt=(1.0, 4.0))
+
+
+def _organ(rng: np.random.Generator) -> _Timbre:
+    amps = np.zeros(8)
+    for k in (0, 1, 2, 3, 5, 7):  # drawbars 8', 4', 2 2/3', 2', 1 1/3', 1' (harmonics 1, 2, 3, 4, 6, 8)
+        amps[k] = rng.uniform(0.0, 0.8) if k else 1.0
+    leslie = (4.0, 12.0) if rng.random() < 0.4 else (0.0, 0.0)
+    return _harmonic(amps, rng, (0.004, 0.015), (1.0, 1.0), (1.0, 1.0), (0.03, 0.1), leslie, (5.5, 7.0))
+
+
+def _guitar(rng: np.random.Generator) -> _Timbre:
+    where = rng.uniform(0.08, 0.3)  # plucking point: a comb over the partials
+    amps = _H ** -rng.uniform(0.8, 1.2) * (np.abs(np.sin(np.pi * _H * where)) + 0.05)
+    return _harmonic(amps, rng, (0.002, 0.005), (0.6, 1.5), (0.0, 0.0), (0.05, 0.15), tilt=(3.0, 8.0))
+
+
+def _bass(rng: np.random.Generator) -> _Timbre:
+    if rng.random() < 0.5:  # plucked electric / upright
+        amps = _H[:10] ** -rng.uniform(1.0, 1.5)
+        return _harmonic(amps, rng, (0.003, 0.01), (0.8, 2.0), (0.0, 0.0), (0.05, 0.15), tilt=(2.0, 6.0))
+    amps = np.array([1.0, rng.uniform(0.1, 0.4), rng.uniform(0.0, 0.15), rng.uniform(0.0, 0.05)])  # sine-ish synth
+    return _harmonic(amps, rng, (0.005, 0.02), (0.2, 0.6), (0.6, 0.9), (0.05, 0.15))
+
+
+def _string(rng: np.random.Generator) -> _Timbre:
+    amps = _H ** -rng.uniform(0.9, 1.3)  # bowed: saw-like
+    return _harmonic(amps, rng, (0.08, 0.25), (0.3, 0.8), (0.75, 0.95), (0.15, 0.4), (10.0, 25.0), (5.0, 6.5))
+
+
+def _brass(rng: np.random.Generator) -> _Timbre:
+    amps = _H[:12] ** -rng.uniform(0.5, 0.9)  # saw-like and bright
+    return _harmonic(amps, rng, (0.03, 0.08), (0.1, 0.3), (0.7, 0.9), (0.05, 0.15), (0.0, 10.0))
+
+
+def _reed(rng: np.random.Generator) -> _Timbre:
+    if rng.random() < 0.5:  # clarinet: odd harmonics dominate
+        amps = np.where(_H % 2 == 1, 1.0, rng.uniform(0.02, 0.1)) / _H
+    else:  # saxophone: a full spectrum
+        amps = _H[:14] ** -rng.uniform(0.7, 1.0)
+    return _harmonic(amps, rng, (0.02, 0.06), (0.2, 0.5), (0.75, 0.95), (0.05, 0.15), (0.0, 15.0))
+
+
+def _flute(rng: np.random.Generator) -> _Timbre:
+    amps = np.array([1.0, rng.uniform(0.05, 0.3), rng.uniform(0.02, 0.12), rng.uniform(0.0, 0.05)])
+    return _harmonic(amps, rng, (0.05, 0.12), (0.3, 0.3), (0.8, 0.95), (0.08, 0.2), (10.0, 25.0), (4.5, 5.5))
+
+
+def _mallet(rng: np.random.Generator) -> _Timbre:
+    """A struck bar: marimba (partials 1, 3.93, 9.54) or vibraphone-like (1, 2.76, 5.4), upper partials dying first."""
+    if rng.random() < 0.5:
+        ratios, decay, partial_decay, release = np.array([1.0, 3.93, 9.54]), rng.uniform(0.15, 0.5), 1.0, 0.05
+    else:
+        ratios, decay, partial_decay, release = np.array([1.0, 2.76, 5.4]), rng.uniform(0.6, 1.5), 0.8, 0.3
+    amps = np.array([1.0, rng.uniform(0.1, 0.5), rng.uniform(0.05, 0.15)])
+    amps = amps / amps.sum() * 1.5
+    return _Timbre(ratios, amps, False, 0.0, 0.002, float(decay), 0.0, release, 0.0, 0.0, partial_decay)
+
+
+_TIMBRES = {
+    "bass": _bass,
+    "brass": _brass,
+    "flute": _flute,
+    "guitar": _guitar,
+    "keyboard": _keyboard,
+    "mallet": _mallet,
+    "organ": _organ,
+    "reed": _reed,
+    "string": _string,
+}
+
+# ------------------------------------------------------------------------------------------------ clips
+
+
+def _note_params(rng: np.random.Generator, i: int, seconds: float) -> dict:
+    cell = i % _N_CELLS["notes"]
+    pc, family = cell // len(FAMILIES), FAMILIES[cell % len(FAMILIES)]
+    low, high = FAMILY_RANGES[family]
+    midi = int(rng.choice([m for m in range(low, high + 1) if m % 12 == pc]))
+    onset = float(rng.uniform(0.0, 0.2))
+    gate = min(float(rng.uniform(0.8, 1.6)), max(0.1, seconds - onset - 0.15))  # short clips: still a release
+    velocity = int(rng.integers(50, 121))
+    program = int(rng.integers(GM_PROGRAMS[family][0], GM_PROGRAMS[family][1] + 1))
+    return {
+        "family": family,
+        "pitch_class": PITCH_CLASSES[pc],
+        "midi": [midi],
+        "velocity": [velocity],
+        "onsets": [round(onset, 4)],
+        "gate": round(gate, 4),
+        "program": program,
+    }
+
+
+def _chord_params(rng: np.random.Generator, i: int, seconds: float) -> dict:
+    cell = i % _N_CELLS["chords"]
+    quality, root = QUALITIES[cell // len(PITCH_CLASSES)], cell % len(PITCH_CLASSES)
+    family = CHORD_FAMILIES[int(rng.integers(len(CHORD_FAMILIES)))]
+    intervals = CHORD_INTERVALS[quality]
+    inversion = int(rng.integers(len(intervals)))
+    tones = sorted(iv + 12 * (k < inversion) for k, iv in enumerate(intervals))
+    voicing = ("closed", "open", "doubled")[int(rng.integers(3))]
+    if voicing == "open":  # the second-lowest tone an octave up
+        tones = sorted([tones[0], tones[1] + 12, *tones[2:]])
+    elif voicing == "doubled":  # the bass note doubled an octave up
+        tones = sorted([*tones, tones[0] + 12])
+    offsets = [t - tones[0] for t in tones]
+    base = _CHORD_LOW[family]
+    lowest = base + (root + tones[0] - base) % 12
+    if rng.random() < 0.5 and lowest + 12 + offsets[-1] <= 96:
+        lowest += 12
+    onset = float(rng.uniform(0.0, 0.2))
+    strum = float(rng.uniform(0.005, 0.03)) if family == "guitar" else 0.0
+    gate = min(float(rng.uniform(0.8, 1.6)), max(0.1, seconds - onset - strum * len(offsets) - 0.15))
+    level = int(rng.integers(50, 116))
+    velocity = [int(np.clip(level + rng.integers(-8, 9), 1, 127)) for _ in offsets]
+    program = int(rng.integers(GM_PROGRAMS[family][0], GM_PROGRAMS[family][1] + 1))
+    return {
+        "family": family,
+        "quality": quality,
+        "root": PITCH_CLASSES[root],
+        "inversion": inversion,
+        "voicing": voicing,
+        "midi": [lowest + o for o in offsets],
+        "velocity": velocity,
+        "onsets": [round(onset + k * strum, 4) for k in range(len(offsets))],
+        "gate": round(gate, 4),
+        "program": program,
+    }
+
+
+def _render_numpy(rng: np.random.Generator, p: dict, seconds: float, sr: int) -> np.ndarray:
+    tim = _TIMBRES[p["family"]](rng)
+    mix = np.zeros(round(seconds * sr))
+    for midi, vel, onset in zip(p["midi"], p["velocity"], p["onsets"], strict=True):
+        x = _render_note(midi, p["gate"], vel / 127, tim, sr)
+        if p["family"] == "flute":  # breath noise following the note's envelope
+            env = _envelope(len(x), max(1, round(p["gate"] * sr)), sr, tim)
+            noise = _noise_band(rng, len(x), sr, min(1500.0, 0.2 * sr), min(6000.0, 0.45 * sr))
+            x = x + rng.uniform(0.02, 0.05) * (vel / 127) * env * noise
+        start = round(onset * sr)
+        n = min(len(x), len(mix) - start)
+        mix[start : start + n] += x[:n]
+    return _finish(rng, _reverb(rng, mix, sr), sr, [])
+
+
+def _render_fluidsynth(rng: np.random.Generator, p: dict, seconds: float, sr: int, soundfont: Path) -> np.ndarray:
+    notes = [
+        (onset, p["gate"], 0, midi, vel) for midi, vel, onset in zip(p["midi"], p["velocity"], p["onsets"], strict=True)
+    ]
+    x = render_midi(
+        notes, tempo=120.0, programs={0: p["program"]}, volumes={0: 100}, sample_rate=sr, soundfont=soundfont
+    )
+    total = round(seconds * sr)
+    x = np.concatenate([np.asarray(x, dtype=np.float64)[:total], np.zeros(max(0, total - len(x)))])
+    return _finish(rng, _reverb(rng, x, sr), sr, [])
+
+
+def _splits(seed: int, set_id: int, n_cells: int, per_cell: int) -> list[str]:
+    """Split of every clip: within each cell, a seeded choice of 60/20/20 % of its clips."""
+    n_eval = max(1, round(0.2 * per_cell)) if per_cell >= 3 else 0
+    names = ["valid"] * n_eval + ["test"] * n_eval + ["train"] * (per_cell - 2 * n_eval)
+    out = [""] * (n_cells * per_cell)
+    for cell in range(n_cells):
+        order = np.random.default_rng(np.random.SeedSequence([seed, 100 + set_id, cell])).permutation(per_cell)
+        for replicate, k in enumerate(order):
+            out[replicate * n_cells + cell] = names[k]
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ the probe set
+
+
+def _check_args(
+    seed: int, sample_rate: int, seconds: float, notes_per_cell: int, chords_per_cell: int, source: str, fmt: str
+) -> None:
+    for name, value in (("notes_per_cell", notes_per_cell), ("chords_per_cell", chords_per_cell)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer; got {value!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be an integer >= 0; got {seed!r}")
+    check_corpus_args(1, seconds, sample_rate, fmt, source)  # sample rate, seconds, format and source as a corpus
+    if seconds < 0.5:
+        raise ValueError(f"seconds must be >= 0.5 (a note and its release); got {seconds!r}")
+
+
+def make_probe_data(
+    out_dir: str | os.PathLike,
+    *,
+    seed: int = 0,
+    sample_rate: int = 24000,
+    seconds: float = 2.0,
+    notes_per_cell: int = 10,
+    chords_per_cell: int = 10,
+    source: str = "auto",
+    format: str = "flac",  # noqa: A002  (mirrors make_corpus and the CLI's --format)
+) -> dict[str, Path]:
+    """Write the labelled probe set of notes and chords (see the module docstring) into ``out_dir``.
+
+    Args:
+        out_dir: folder to write into (created; files of the same names are overwritten).
+        seed: clip ``i`` of a set depends on ``(seed, set, i)`` only; the splits on ``seed`` and the cell sizes.
+        sample_rate: Hz, an integer >= 8000 (24000 for MERT-v1, 16000 for MERT-v0 / music2vec).
+        seconds: length of every clip, >= 0.5.
+        notes_per_cell: note clips per (pitch class x family) cell: ``108 * notes_per_cell`` clips.
+        chords_per_cell: chord clips per (quality x root) cell: ``72 * chords_per_cell`` clips.
+        source: ``"numpy"`` (built-in synthesizer), ``"fluidsynth"`` (General MIDI soundfont; needs the
+            ``fluidsynth`` program and a soundfont) or ``"auto"`` (fluidsynth when available, numpy otherwise).
+        format: ``"flac"`` or ``"wav"`` (16-bit PCM, mono).
+
+    Returns:
+        The manifests by task name: ``pitch_class``, ``instrument``, ``chord_quality``, ``chord_notes`` and
+        ``pitch``, each ``out_dir/<task>.csv`` with ``path,label,split`` rows (paths relative to ``out_dir``).
+
+    Raises:
+        ValueError: a bad argument (named in the message), or ``source="fluidsynth"`` without fluidsynth or a
+            soundfont.
+        RuntimeError: fluidsynth ran but failed.
+    """
+    _check_args(seed, sample_rate, seconds, notes_per_cell, chords_per_cell, source, format)
+    use_fluidsynth = fluidsynth_available() if source != "numpy" else False
+    soundfont = find_soundfont() if use_fluidsynth else None
+    if source == "fluidsynth" and not use_fluidsynth:
+        raise ValueError(
+            "source='fluidsynth' needs the fluidsynth program on PATH and a General MIDI soundfont "
+            f"(found program: {shutil.which('fluidsynth') is not None}, soundfont: {find_soundfont()}); install "
+            "e.g. Debian's fluidsynth and fluid-soundfont-gm, set MERT_FAST_SOUNDFONT, or use source='numpy'"
+        )
+    if min(notes_per_cell, chords_per_cell) < 3:
+        logger.warning("cells of fewer than 3 clips go to train only: no valid or test clips for them")
+    out = Path(out_dir)
+    container, subtype = _FORMATS[format]
+    sizes = {"notes": notes_per_cell, "chords": chords_per_cell}
+    make_params = {"notes": _note_params, "chords": _chord_params}
+    rendered_by = f"fluidsynth with {soundfont}" if use_fluidsynth else "the numpy synthesizer"
+    logger.info("writing the probe set (%.2f s clips at %d Hz, %s) to %s", seconds, sample_rate, rendered_by, out)
+    clips: dict[str, list[dict]] = {}
+    for set_name, set_id in _SET_IDS.items():
+        n_cells = _N_CELLS[set_name]
+        splits = _splits(seed, set_id, n_cells, sizes[set_name])
+        (out / "audio" / set_name).mkdir(parents=True, exist_ok=True)
+        clips[set_name] = []
+        for i in range(n_cells * sizes[set_name]):
+            rng = np.random.default_rng(np.random.SeedSequence([seed, set_id, i]))
+            params = make_params[set_name](rng, i, float(seconds))
+            if use_fluidsynth:
+                audio = _render_fluidsynth(rng, params, seconds, sample_rate, soundfont)
+            else:
+                audio = _render_numpy(rng, params, seconds, sample_rate)
+                del params["program"]
+            rel = f"audio/{set_name}/{set_name[:-1]}_{i:05d}.{format}"
+            sf.write(out / rel, audio, sample_rate, format=container, subtype=subtype)
+            clips[set_name].append({"path": rel, "split": splits[i], **params})
+        logger.info("%s: %d clips written", set_name, len(clips[set_name]))
+
+    manifests, counts, tasks = {}, {}, {}
+    for task, (set_name, kind, label) in _TASKS.items():
+        manifests[task] = out / f"{task}.csv"
+        with open(manifests[task], "w", encoding="utf-8", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["path", "label", "split"])
+            writer.writerows([c["path"], label(c), c["split"]] for c in clips[set_name])
+        counts[task] = {s: sum(c["split"] == s for c in clips[set_name]) for s in _SPLIT_NAMES}
+        tasks[task] = {
+            "manifest": manifests[task].name,
+            "clips": set_name,
+            "type": kind,
+            "labels": list(_LABELS[task]) if task in _LABELS else None,
+        }
+    meta = {
+        "seed": seed,
+        "sample_rate": sample_rate,
+        "seconds": seconds,
+        "format": format,
+        "source": "fluidsynth" if use_fluidsynth else "numpy",
+        "soundfont": str(soundfont) if soundfont else None,
+        "notes_per_cell": notes_per_cell,
+        "chords_per_cell": chords_per_cell,
+        "tasks": tasks,
+        "counts": counts,
+        "clips": clips,
+    }
+    (out / "probe_data.json").write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
+    return manifests
