@@ -161,6 +161,10 @@ def main() -> int:
         return 0
     args.work.mkdir(parents=True, exist_ok=True)
     report = run(args.work, [int(s) for s in args.seeds.split(",")], tuple(args.tasks.split(",")))
+    git = ["git", "-C", str(ROOT)]
+    report["commit"] = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    report["dirty"] = bool(subprocess.run([*git, "status", "--porcelain", "--", "mert_fast", "train.py", "bench"],
+                                          capture_output=True, text=True).stdout.strip())  # fmt: skip
     report["torch_threads"] = torch.get_num_threads()
     report["cpu_count"] = os.cpu_count()
     text = json.dumps(report, indent=2) + "\n"
