@@ -14,7 +14,7 @@ import os
 import shutil
 import warnings
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 
 def _flag(name: str) -> bool:
@@ -82,13 +82,8 @@ setup(
     long_description=open("README.md", encoding="utf-8").read() if os.path.exists("README.md") else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=[
-        "mert_fast",
-        "mert_fast.ops",
-        "mert_fast.model",
-        "mert_fast.train",
-        "mert_fast.kernels",
-    ],
+    # every package under mert_fast/ (sub-packages such as model.teachers included), plus the kernels
+    packages=[*find_packages(include=["mert_fast", "mert_fast.*"]), "mert_fast.kernels"],
     # The Triton kernels live in the top-level kernels/ folder and install as mert_fast.kernels; nothing
     # named `kernels` lands in site-packages.
     package_dir={"mert_fast.kernels": "kernels"},

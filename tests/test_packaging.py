@@ -60,6 +60,11 @@ def test_wheel_holds_kernels_inside_the_package(wheel):
     assert not [n for n in names if n.startswith("kernels/")], "a top-level kernels/ package would shadow others"
     top = {n.split("/", 1)[0] for n in names}
     assert top == {"mert_fast", wheel.name.split("-py")[0] + ".dist-info"}, top
+    # every module of the source tree is in the wheel (sub-packages such as model.teachers and probe included)
+    root = Path(__file__).resolve().parents[1]
+    modules = {p.relative_to(root).as_posix() for p in (root / "mert_fast").rglob("*.py")}
+    missing = sorted(modules - set(names))
+    assert not missing, f"modules left out of the wheel: {missing}"
 
 
 @pytest.mark.slow
