@@ -75,10 +75,6 @@ def _score(result: dict, metric: str) -> tuple[float, str]:
     return candidates[name]["test"][metric]["mean"], name
 
 
-def _mean_std(values: list[float]) -> dict[str, float]:
-    return {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0}
-
-
 def run(work: Path, seeds: list[int], tasks: tuple[str, ...] = TASKS) -> dict:
     data = work / "data"
     if not (data / "probe_data.json").is_file():

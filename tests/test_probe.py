@@ -90,7 +90,7 @@ def test_manifest_types_and_splits(tmp_path):
         if p.name in ("7.wav", "3.wav", "11.wav"):
             assert first[tmp_path / p.name] == s
     assert 20 < task.counts()["train"] < 40  # about 80%
-    # forced type: integer labels as regression
+    # a forced type overrides the labels: single classes read as one tag each
     task = read_probe_manifest(tmp_path / "m.csv", task_type="multilabel")
     assert task.targets.shape == (30, 3)
 

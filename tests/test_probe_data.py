@@ -15,6 +15,7 @@ import soundfile as sf
 
 from mert_fast.probe import data, make_probe_data
 from mert_fast.probe.data import CHORD_FAMILIES, CHORD_INTERVALS, FAMILIES, FAMILY_RANGES, PITCH_CLASSES, QUALITIES
+from mert_fast.train import midi
 
 SR, SECONDS, PER_CELL = 16000, 1.0, 3
 TASKS = {"pitch_class": "notes", "instrument": "notes", "pitch": "notes", "chord_quality": "chords",
@@ -186,7 +187,7 @@ def test_deterministic_and_clip_i_independent_of_cell_size(probe, tmp_path, monk
     out, _, meta = probe
     kwargs = {"sample_rate": SR, "seconds": SECONDS, "notes_per_cell": 1, "chords_per_cell": 1}
     make_probe_data(tmp_path / "a", source="numpy", **kwargs)
-    monkeypatch.setattr(data, "fluidsynth_available", lambda: False)
+    monkeypatch.setattr(midi, "fluidsynth_available", lambda: False)
     make_probe_data(tmp_path / "b", source="auto", **kwargs)  # auto falls back to numpy: the same files
     files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
     assert len(files) == 108 + 72 + 5 + 1
@@ -283,7 +284,7 @@ def test_bad_arguments_are_named(tmp_path, kwargs, name):
 
 
 def test_fluidsynth_requested_but_missing_says_what_to_install(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "fluidsynth_available", lambda: False)
+    monkeypatch.setattr(midi, "fluidsynth_available", lambda: False)
     with pytest.raises(ValueError, match="fluidsynth.*install"):
         make_probe_data(tmp_path, source="fluidsynth")
 
@@ -297,8 +298,8 @@ def test_fluidsynth_path_with_a_stand_in_renderer(tmp_path, monkeypatch):
         t = np.arange(round(sample_rate * (0.3 + 0.5 * (len(calls) % 2)))) / sample_rate  # shorter / longer
         return 0.2 * np.sin(2 * np.pi * _midi_hz(notes[0][3]) * t)
 
-    monkeypatch.setattr(data, "fluidsynth_available", lambda: True)
-    monkeypatch.setattr(data, "find_soundfont", lambda: soundfont)
+    monkeypatch.setattr(midi, "fluidsynth_available", lambda: True)
+    monkeypatch.setattr(midi, "find_soundfont", lambda: soundfont)
     monkeypatch.setattr(data, "render_midi", fake_render)
     make_probe_data(tmp_path / "out", sample_rate=SR, seconds=0.6, notes_per_cell=1, chords_per_cell=1,
                     source="fluidsynth", format="wav")  # fmt: skip

@@ -45,14 +45,13 @@ import csv
 import json
 import logging
 import os
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 
-from mert_fast.train.midi import find_soundfont, fluidsynth_available, render_midi
+from mert_fast.train.midi import fluidsynth_soundfont, render_midi
 from mert_fast.train.synth import _FORMATS, _envelope, _finish, _noise_band, _render_note, _reverb, _Timbre
 from mert_fast.train.synth import _check_args as check_corpus_args
 
@@ -378,14 +377,8 @@ def make_probe_data(
         RuntimeError: fluidsynth ran but failed.
     """
     _check_args(seed, sample_rate, seconds, notes_per_cell, chords_per_cell, source, format)
-    use_fluidsynth = fluidsynth_available() if source != "numpy" else False
-    soundfont = find_soundfont() if use_fluidsynth else None
-    if source == "fluidsynth" and not use_fluidsynth:
-        raise ValueError(
-            "source='fluidsynth' needs the fluidsynth program on PATH and a General MIDI soundfont "
-            f"(found program: {shutil.which('fluidsynth') is not None}, soundfont: {find_soundfont()}); install "
-            "e.g. Debian's fluidsynth and fluid-soundfont-gm, set MERT_FAST_SOUNDFONT, or use source='numpy'"
-        )
+    soundfont = fluidsynth_soundfont(source)
+    use_fluidsynth = soundfont is not None
     if min(notes_per_cell, chords_per_cell) < 3:
         logger.warning("cells of fewer than 3 clips go to train only: no valid or test clips for them")
     out = Path(out_dir)

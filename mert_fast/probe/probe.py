@@ -19,7 +19,6 @@ cross-entropy / macro ROC-AUC; regression mean squared error / R². Equal scores
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -36,7 +35,7 @@ from torch import nn
 from mert_fast.probe.manifest import SPLITS, ProbeTask
 from mert_fast.probe.metrics import scores
 
-__all__ = ["PRIMARY_METRIC", "ProbeConfig", "plot_layers", "run_probe", "summarize", "train_probes"]
+__all__ = ["PRIMARY_METRIC", "ProbeConfig", "mean_std", "plot_layers", "run_probe", "summarize", "train_probes"]
 
 logger = logging.getLogger(__name__)
 
@@ -248,7 +247,8 @@ def train_probes(
     return report
 
 
-def _mean_std(values: list[float]) -> dict[str, float]:
+def mean_std(values: Sequence[float]) -> dict[str, float]:
+    """``{mean, std (sample; 0 for one value), n}`` of ``values``."""
     a = np.asarray(values, dtype=np.float64)
     return {"mean": float(a.mean()), "std": float(a.std(ddof=1)) if len(a) > 1 else 0.0, "n": len(a)}
 
@@ -264,7 +264,7 @@ def summarize(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
         for split in ("valid", "test"):
             if entries[0][split] is None:
                 continue
-            out[split] = {m: _mean_std([e[split][m] for e in entries]) for m in entries[0][split]}
+            out[split] = {m: mean_std([e[split][m] for e in entries]) for m in entries[0][split]}
         return out
 
     layers = {
@@ -308,14 +308,6 @@ def plot_layers(result: dict[str, Any], out: str | os.PathLike) -> None:
     fig.savefig(out, format="png")
 
 
-def write_json(path: str | os.PathLike, data: dict[str, Any]) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def run_probe(
     manifest: str | os.PathLike,
     features: str,
@@ -350,6 +342,7 @@ def run_probe(
         The ``scores.json`` content: task, features, protocol, per-seed runs and the summary over seeds (mean
         and standard deviation of every score per layer and for the weighted sum, and the best layer by valid).
     """
+    from mert_fast.model.extract_run import _write_json
     from mert_fast.probe.features import load_features
     from mert_fast.probe.manifest import read_probe_manifest
 
@@ -379,6 +372,6 @@ def run_probe(
         "summary": summary,
         "runs": runs,
     }
-    write_json(out / "scores.json", result)
+    _write_json(out / "scores.json", result)  # atomic, as extraction's sidecars
     plot_layers(result, out / "layers.png")
     return result

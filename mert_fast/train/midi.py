@@ -19,7 +19,14 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-__all__ = ["SOUNDFONT_PATHS", "find_soundfont", "fluidsynth_available", "render_midi", "write_midi"]
+__all__ = [
+    "SOUNDFONT_PATHS",
+    "find_soundfont",
+    "fluidsynth_available",
+    "fluidsynth_soundfont",
+    "render_midi",
+    "write_midi",
+]
 
 #: Where Debian/Ubuntu/Fedora/Arch put a General MIDI soundfont (``MERT_FAST_SOUNDFONT`` is tried first).
 SOUNDFONT_PATHS = (
@@ -45,6 +52,24 @@ def find_soundfont() -> Path | None:
 def fluidsynth_available() -> bool:
     """Whether ``source="fluidsynth"`` can run: the ``fluidsynth`` program is on ``PATH`` and a soundfont exists."""
     return shutil.which("fluidsynth") is not None and find_soundfont() is not None
+
+
+def fluidsynth_soundfont(source: str) -> Path | None:
+    """The soundfont to render with for a renderer choice (``"auto"``, ``"numpy"`` or ``"fluidsynth"``), or None for
+    the numpy synthesizer: ``"auto"`` uses fluidsynth when :func:`fluidsynth_available`.
+
+    Raises:
+        ValueError: ``source="fluidsynth"`` without the program or a soundfont (saying what to install).
+    """
+    if source == "numpy" or (source == "auto" and not fluidsynth_available()):
+        return None
+    if not fluidsynth_available():
+        raise ValueError(
+            "source='fluidsynth' needs the fluidsynth program on PATH and a General MIDI soundfont "
+            f"(found program: {shutil.which('fluidsynth') is not None}, soundfont: {find_soundfont()}); "
+            "install e.g. Debian's fluidsynth and fluid-soundfont-gm, set MERT_FAST_SOUNDFONT, or use source='numpy'"
+        )
+    return find_soundfont()
 
 
 def _vlq(value: int) -> bytes:

@@ -24,14 +24,13 @@ import dataclasses
 import logging
 import math
 import os
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 
-from mert_fast.train.midi import find_soundfont, fluidsynth_available, render_midi, write_midi
+from mert_fast.train.midi import find_soundfont, fluidsynth_available, fluidsynth_soundfont, render_midi, write_midi
 
 __all__ = ["find_soundfont", "fluidsynth_available", "make_corpus", "synth_clip", "write_midi"]
 
@@ -597,14 +596,8 @@ def make_corpus(
         RuntimeError: fluidsynth ran but failed.
     """
     _check_args(n_clips, seconds, sample_rate, format, source)
-    soundfont = find_soundfont()
-    if source == "fluidsynth" and not fluidsynth_available():
-        raise ValueError(
-            "source='fluidsynth' needs the fluidsynth program on PATH and a General MIDI soundfont "
-            f"(found program: {shutil.which('fluidsynth') is not None}, soundfont: {soundfont}); "
-            "install e.g. Debian's fluidsynth and fluid-soundfont-gm, set MERT_FAST_SOUNDFONT, or use source='numpy'"
-        )
-    use_fluidsynth = source == "fluidsynth" or (source == "auto" and fluidsynth_available())
+    soundfont = fluidsynth_soundfont(source)
+    use_fluidsynth = soundfont is not None
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     container, subtype = _FORMATS[format]
