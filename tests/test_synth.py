@@ -12,7 +12,7 @@ import pytest
 import soundfile as sf
 
 from mert_fast.cli import main
-from mert_fast.train import midi, synth
+from mert_fast.train import midi, sounds, synth
 from mert_fast.train.synth import fluidsynth_available, make_corpus, synth_clip, write_midi
 
 SR = 24000
@@ -135,16 +135,16 @@ def test_compositions_vary():
 def test_harmonic_note_matches_direct_sum_of_partials(kind, midi):
     """The float32 Chebyshev recursion equals a float64 sum of sines (band-limited below 0.45 x the rate)."""
     rng = np.random.default_rng(int(midi) * 7 + len(kind))
-    tim = synth._timbre(kind, rng, "bass")
+    tim = sounds._timbre(kind, rng, "bass")
     tim.vib_cents = 0.0
-    x = synth._render_note(midi, 0.4, 0.8, tim, SR)
+    x = sounds._render_note(midi, 0.4, 0.8, tim, SR)
     t = np.arange(len(x)) / SR
     f0 = 440.0 * 2 ** ((midi - 69) / 12)
     ref = np.zeros(len(x))
     for h, a in enumerate(tim.amps, start=1):
         if h * f0 < 0.45 * SR:
             ref += a * np.exp(-t * tim.tilt * (h - 1)) * np.sin(2 * np.pi * h * f0 * t)
-    ref *= 0.8 * synth._envelope(len(x), round(0.4 * SR), SR, tim)
+    ref *= 0.8 * sounds._envelope(len(x), round(0.4 * SR), SR, tim)
     assert np.abs(x - ref).max() <= 1e-4 * np.abs(ref).max()
     spec = np.abs(np.fft.rfft(x))
     f = np.fft.rfftfreq(len(x), 1 / SR)
@@ -153,26 +153,26 @@ def test_harmonic_note_matches_direct_sum_of_partials(kind, midi):
 
 def test_vibrato_and_bell_pitch():
     rng = np.random.default_rng(5)
-    tim = synth._timbre("sine", rng, "lead")
+    tim = sounds._timbre("sine", rng, "lead")
     tim.vib_cents, tim.sustain, tim.amps = 25.0, 1.0, np.array([1.0])
-    x = synth._render_note(69.0, 1.0, 1.0, tim, SR)
+    x = sounds._render_note(69.0, 1.0, 1.0, tim, SR)
     # instantaneous frequency from zero crossings: centred on 440 Hz and swinging by about +-25 cents
     up = np.flatnonzero((x[:-1] < 0) & (x[1:] >= 0))[20:-20]
     up = up + x[up] / (x[up] - x[up + 1])  # sub-sample crossing by linear interpolation
     freq = SR / np.diff(up)
     assert abs(np.median(freq) - 440.0) < 2.0
     assert 1.005 < freq.max() / 440.0 < 1.03 and 0.97 < freq.min() / 440.0 < 0.995
-    bell = synth._timbre("bell", rng, "lead")
-    y = synth._render_note(69.0, 0.5, 1.0, bell, SR)
+    bell = sounds._timbre("bell", rng, "lead")
+    y = sounds._render_note(69.0, 0.5, 1.0, bell, SR)
     spec = np.abs(np.fft.rfft(y * np.hanning(len(y))))
     f = np.fft.rfftfreq(len(y), 1 / SR)
     peak = f[np.argmax(spec)]
     ratios = peak / 440.0
-    assert np.min(np.abs(synth._timbre("bell", rng, "lead").ratios - ratios)) < 0.01  # an inharmonic partial
+    assert np.min(np.abs(sounds._timbre("bell", rng, "lead").ratios - ratios)) < 0.01  # an inharmonic partial
 
 
 def test_drum_kit_spectra():
-    kit = synth._drum_kit(np.random.default_rng(2), SR)
+    kit = sounds._drum_kit(np.random.default_rng(2), SR)
     assert _band_energy(kit[synth.KICK], SR, 20, 250) > 0.8  # a low, pitched thump
     assert _band_energy(kit[synth.CLOSED_HAT], SR, 5000, SR / 2) > 0.8  # high-passed noise
     assert _band_energy(kit[synth.OPEN_HAT], SR, 5000, SR / 2) > 0.8

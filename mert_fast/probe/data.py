@@ -52,7 +52,8 @@ import numpy as np
 import soundfile as sf
 
 from mert_fast.train.midi import fluidsynth_soundfont, render_midi
-from mert_fast.train.synth import _FORMATS, _envelope, _finish, _noise_band, _render_note, _reverb, _Timbre
+from mert_fast.train.sounds import _envelope, _finish, _noise_band, _render_note, _reverb, _Timbre
+from mert_fast.train.synth import _FORMATS
 from mert_fast.train.synth import _check_args as check_corpus_args
 
 __all__ = [
