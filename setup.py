@@ -15,6 +15,27 @@ import shutil
 import warnings
 
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
+
+# The top-level kernels/ folder deliberately has no __init__.py: a regular package there would be found as a
+# top-level `kernels` from the repository root (sys.path[0]) and taken for Hugging Face's kernel hub package by
+# transformers' availability check. The wheel's mert_fast.kernels is a regular package; its __init__ is written
+# here.
+_KERNELS_INIT = '''"""Triton kernels of mert_fast.
+
+Each ``<op>.py`` holds private ``@triton.jit`` kernels and the launchers that own shapes and allocation.
+Nothing here imports ``mert_fast``.
+"""
+'''
+
+
+class _BuildPy(build_py):
+    def run(self):
+        super().run()
+        init = os.path.join(self.build_lib, "mert_fast", "kernels", "__init__.py")
+        os.makedirs(os.path.dirname(init), exist_ok=True)
+        with open(init, "w", encoding="utf-8") as f:
+            f.write(_KERNELS_INIT)
 
 
 def _flag(name: str) -> bool:
@@ -74,6 +95,7 @@ def _extensions() -> tuple[list, dict]:
 
 
 ext_modules, cmdclass = _extensions()
+cmdclass["build_py"] = _BuildPy
 
 setup(
     name="mert_fast",
@@ -85,7 +107,7 @@ setup(
     # every package under mert_fast/ (sub-packages such as model.teachers included), plus the kernels
     packages=[*find_packages(include=["mert_fast", "mert_fast.*"]), "mert_fast.kernels"],
     # The Triton kernels live in the top-level kernels/ folder and install as mert_fast.kernels; nothing
-    # named `kernels` lands in site-packages.
+    # named `kernels` lands in site-packages, and the folder is no importable top-level package (_BuildPy).
     package_dir={"mert_fast.kernels": "kernels"},
     # the measured backend table of rvq's auto choice (mert_fast/ops/rvq.py)
     package_data={"mert_fast.ops": ["rvq_autotune.json"]},

@@ -55,7 +55,7 @@ def wheel(tmp_path_factory) -> Path:
 @pytest.mark.slow
 def test_wheel_holds_kernels_inside_the_package(wheel):
     names = zipfile.ZipFile(wheel).namelist()
-    assert "mert_fast/kernels/__init__.py" in names
+    assert "mert_fast/kernels/__init__.py" in names  # written by setup.py: the source folder has none
     assert "mert_fast/kernels/cqt.py" in names
     assert not [n for n in names if n.startswith("kernels/")], "a top-level kernels/ package would shadow others"
     top = {n.split("/", 1)[0] for n in names}
@@ -108,3 +108,28 @@ def test_source_checkout_maps_kernels(source_import):
 def test_source_checkout_kernels_is_an_attribute(source_import):
     # `import mert_fast.kernels.cqt` followed by `mert_fast.kernels.cqt.f(...)`, as with the installed package
     assert source_import[2] == "True", "mert_fast.kernels is in sys.modules but not an attribute of mert_fast"
+
+
+def test_repository_root_does_not_shadow_a_top_level_kernels_package():
+    """From the repository root (``sys.path[0]``), transformers builds its models and ``kernels`` is not ours.
+
+    transformers asks ``importlib.util.find_spec("kernels")`` whether Hugging Face's kernel hub is installed and
+    reads the version from the distribution metadata of that name; a regular package in our top-level ``kernels/``
+    folder answered the first question while Hugging Face's distribution answered the second, and transformers
+    then imported names from our folder. The folder must not be a top-level package from any working directory.
+    """
+    code = (
+        "import importlib.util, os\n"
+        "spec = importlib.util.find_spec('kernels')\n"
+        "ours = os.path.realpath('kernels')\n"
+        "found = [os.path.realpath(p) for p in (spec.submodule_search_locations or [])] if spec else []\n"
+        "assert spec is None or (spec.origin is not None and ours not in found), (spec, found)\n"
+        "from transformers import EncodecConfig, EncodecModel, HubertConfig, HubertModel\n"
+        "HubertModel(HubertConfig(num_hidden_layers=1, hidden_size=32, num_attention_heads=2, intermediate_size=64))\n"
+        "EncodecModel(EncodecConfig())\n"
+        "import mert_fast.kernels.cqt, mert_fast.kernels.attention\n"
+        "print(os.path.realpath(mert_fast.kernels.cqt.__file__))\n"
+    )
+    out = _run([sys.executable, "-c", code], cwd=ROOT, env=_env()).splitlines()
+    assert Path(out[-1]) == ROOT / "kernels" / "cqt.py"
+    assert not (ROOT / "kernels" / "__init__.py").exists()
