@@ -159,10 +159,23 @@ def test_float32_inside_autocast_and_half_casts_refused(encodec, teacher):
 
 
 def test_batch_independence(teacher):
+    """A clip's codes do not depend on its batch, apart from near-ties.
+
+    The convolution library may pick another algorithm for a batch of 1 than for 4, so the encoder's output can
+    differ by float32 rounding, and a code at a near-tie can flip: both code sets must be nearest codes within
+    rounding of the batch's embeddings (float64 distances), and almost every row must agree.
+    """
     audio = 0.5 * torch.randn(4, 24000 + 321)
     batched = teacher(audio)
-    for i in range(4):
-        assert torch.equal(teacher(audio[i : i + 1]), batched[i : i + 1])
+    single = torch.cat([teacher(audio[i : i + 1]) for i in range(4)])
+    with torch.no_grad():
+        emb = teacher.encoder(audio[:, None, :]).transpose(1, 2).reshape(-1, 128).double()
+    books = teacher.codebooks.double()
+    for name, c in (("batched", batched), ("one clip at a time", single)):
+        gap, scale = rvq_code_gaps_ref(emb, c.reshape(-1, teacher.n_q), books)
+        assert float((gap / scale).max()) <= RTOL, f"{name}: a code is farther than the nearest one"
+    rows = batched.shape[0] * batched.shape[1]
+    assert int((batched != single).any(-1).sum()) <= max(1, rows // 1000)
 
 
 def test_normalising_model_matches_transformers(encodec):
