@@ -92,7 +92,7 @@ class EncodecTeacher(nn.Module):
         self.encoder = encoder.float().eval().requires_grad_(False)
         self.register_buffer("codebooks", codebooks.detach().float().contiguous())
         self.sample_rate = int(config.sampling_rate)
-        self.hop_length = int(config.hop_length)
+        self.hop_length = math.prod(int(r) for r in config.upsampling_ratios)  # the SEANet encoder's stride
         self.normalize = bool(config.normalize)
         self.n_q = int(n_q)
         self.codebook_size = int(config.codebook_size)
@@ -155,7 +155,8 @@ class EncodecTeacher(nn.Module):
                 "expected 'encodec')"
             )
         try:
-            model = EncodecModel.from_pretrained(str(directory), local_files_only=True, dtype=torch.float32)
+            # float32 whatever the saved dtype; .float() rather than a dtype argument, which transformers renamed
+            model = EncodecModel.from_pretrained(str(directory), local_files_only=True).float()
         except OSError as exc:  # transformers' "no file named model.safetensors ..." and friends
             raise FileNotFoundError(f"teacher: could not load EnCodec weights from {directory}: {exc}") from exc
         _check_config(model.config, f"teacher ({config_file})")
