@@ -109,8 +109,8 @@ setup(
     # The Triton kernels live in the top-level kernels/ folder and install as mert_fast.kernels; nothing
     # named `kernels` lands in site-packages, and the folder is no importable top-level package (_BuildPy).
     package_dir={"mert_fast.kernels": "kernels"},
-    # the measured backend table of rvq's auto choice (mert_fast/ops/rvq.py)
-    package_data={"mert_fast.ops": ["rvq_autotune.json"]},
+    # the measured tuning table of every op's auto choice (mert_fast/ops/_backend.py)
+    package_data={"mert_fast.ops": ["tuning.json"]},
     install_requires=[
         "torch",
         "triton; platform_system == 'Linux' and platform_machine == 'x86_64'",

@@ -321,38 +321,6 @@ def test_native_entries_check_their_inputs(ext):
     _run_checks_child("cuda", timeout=300)
 
 
-def test_rvq_auto_table_ships_unmeasured():
-    """No GPU measurement has been taken: the shipped table says so and auto picks triton for every shape."""
-    from mert_fast.ops import rvq
-
-    rvq.autotune_table.cache_clear()
-    table = rvq.autotune_table()
-    assert table["format"] == rvq.AUTOTUNE_FORMAT and table["measured"] is False and table["devices"] == {}
-    assert "no gpu measurement" in table["note"].lower()
-    assert rvq._measured_choice(torch.device("cuda", 0), (24000, 128, 128, 1024), False, False) == "triton"
-
-
-def test_rvq_auto_uses_only_measured_buckets(monkeypatch):
-    """auto picks cuda only on the measured GPU, in the measured bucket, and only where cuda was faster."""
-    from mert_fast.ops import rvq
-
-    faster = rvq.autotune_key(torch.float32, "l2", False, 24000, 128, 128, 1024)
-    slower = rvq.autotune_key(torch.float32, "cosine", True, 8000, 512, 16, 1024)
-    assert faster == "float32/l2/plain/n15/d7/dc7/k10" and slower == "float32/cosine/proj/n13/d9/dc4/k10"
-    entries = {faster: {"backend": "cuda", "triton_ms": 2.0, "cuda_ms": 1.0}, slower: {"backend": "triton"}}
-    table = {"format": 1, "measured": True, "devices": {"nvidia-h100-80gb-hbm3": {"entries": entries}}}
-    monkeypatch.setattr(rvq, "autotune_table", lambda: table)
-    monkeypatch.setattr(rvq, "_device_name", lambda device: "NVIDIA H100 80GB HBM3")
-    gpu = torch.device("cuda", 0)
-    assert rvq._measured_choice(gpu, (24000, 128, 128, 1024), False, False) == "cuda"
-    assert rvq._measured_choice(gpu, (17000, 100, 100, 600), False, False) == "cuda"  # same buckets
-    assert rvq._measured_choice(gpu, (40000, 128, 128, 1024), False, False) == "triton"  # N unmeasured
-    assert rvq._measured_choice(gpu, (24000, 128, 128, 1024), False, True) == "triton"  # cosine unmeasured
-    assert rvq._measured_choice(gpu, (8000, 512, 16, 1024), True, True) == "triton"  # measured: triton won
-    monkeypatch.setattr(rvq, "_device_name", lambda device: "NVIDIA H200")
-    assert rvq._measured_choice(gpu, (24000, 128, 128, 1024), False, False) == "triton"  # another GPU
-
-
 def test_rvq_cuda_request_on_cpu_is_an_error(monkeypatch):
     """The C++ kernel exists for CUDA tensors only: an explicit cuda request on a CPU tensor is an error (never a
     silent fallback); auto runs the torch path there."""

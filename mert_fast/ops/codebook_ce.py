@@ -3,7 +3,8 @@
 fairseq's ``compute_nce`` builds a ``(K + 1, S, D)`` tensor of [positive; negatives] per codebook, and a
 plain head materialises ``(S, Q, K)`` logits; here the Triton kernels stream the codebooks through an online
 log-sum-exp, one tile at a time, and recompute ``softmax - onehot`` tile by tile in the backward. Memory beyond
-inputs and gradients: ``O(S Q)``.
+inputs and gradients: ``O(S Q)``. ``MERT_FAST_BACKEND=triton`` runs them; ``auto`` runs the torch path (chunked
+materialised logits) on every device, since no GPU measurement of the kernels exists yet.
 
 The cosine normalisation (``x / max(||x||, eps)``, eps = 1e-8 as ``torch.cosine_similarity``) is applied to the
 logits in float32, not to the inputs, so the kernels take the raw (e.g. bf16) vectors; its Jacobian is folded
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from mert_fast.ops._backend import select_backend, triton_importable
+from mert_fast.ops._backend import select_backend
 
 __all__ = ["codebook_cross_entropy", "EPS"]
 
@@ -298,8 +299,8 @@ def _check_inputs(x, codebooks, targets, bias, temperature, reduction, ignore_in
 
 
 def _select(x: torch.Tensor) -> str:
-    from_triton = x.is_cuda and triton_importable() and x.dtype != torch.float64 and x.shape[-1] <= 256
-    backend = select_backend("codebook_cross_entropy", x, ("triton", "torch"), "triton" if from_triton else "torch")
+    # auto: the torch path everywhere until a GPU measurement shows the kernels faster (no tuning entry yet)
+    backend = select_backend("codebook_cross_entropy", x, ("triton", "torch"), "torch")
     if backend == "triton" and x.shape[-1] > 256:
         raise ValueError(
             f"x: MERT_FAST_BACKEND=triton holds D <= 256 features per tile; got D={x.shape[-1]} (use the torch backend)"
