@@ -54,6 +54,14 @@ def bucket_of(op: str, case: str) -> str | None:
         dim = int(m.group(5)) if m.group(5) else code_dim
         metric = "cosine" if m.group(6) else "l2"
         return tuning_key(_DTYPES[m.group(7)], metric, bool(m.group(5)), rows, dim, code_dim, codes)
+    if op == "codebook_cross_entropy":
+        from mert_fast.ops.codebook_ce import tuning_key
+
+        m = re.search(r"S(\d+) Q(\d+) K(\d+) D(\d+) (\w+) fwd\+bwd$", case)
+        if m is None:
+            return None
+        frames, n_q, n_k, dim = map(int, m.groups()[:4])
+        return tuning_key(getattr(torch, m.group(5)), frames, n_q, n_k, dim)
     if op == "cqt":
         from mert_fast.ops.cqt import tuning_key
 
@@ -73,6 +81,8 @@ def candidate_of(op: str, implementation: str) -> str | None:
         return None
     if op == "attention":
         return "triton" if m.group(1) == "triton" else None
+    if op == "codebook_cross_entropy":
+        return m.group(1) if m.group(1) in ("torch", "triton") else None
     return m.group(1) if op in ("rvq", "cqt") else None
 
 
@@ -141,6 +151,34 @@ def merge(table: dict, key: str, entry: dict) -> dict:
     return {"format": TUNING_FORMAT, "note": NOTE, "devices": dict(sorted(devices.items()))}
 
 
+def check_auto(rows: list[dict], tolerance: float = 1.10) -> tuple[str, bool]:
+    """A short Markdown table of every GPU case with a ``mert_fast (auto)`` row: auto's median against the fastest
+    exact candidate's of the same case; False when auto is slower than ``tolerance`` times that anywhere."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for row in rows:
+        if row["case"].startswith("cuda "):
+            groups.setdefault((row["op"], row["case"]), []).append(row)
+    lines = ["| op | case | auto ms | fastest exact candidate | its ms | auto / fastest |", "|---|---|---|---|---|---|"]
+    ok = True
+    for (op, case), group in sorted(groups.items()):
+        auto = next((r for r in group if r["implementation"] == "mert_fast (auto)"), None)
+        candidates = [(candidate_of(op, r["implementation"]), r) for r in group]
+        candidates = [(name, r) for name, r in candidates if name is not None]
+        if auto is None or not candidates:
+            continue
+        name, best = min(candidates, key=lambda c: c[1]["median_ms"])
+        ratio = auto["median_ms"] / best["median_ms"]
+        ok &= ratio <= tolerance
+        mark = "" if ratio <= tolerance else " !!"
+        lines.append(
+            f"| {op} | {case} | {auto['median_ms']:.3g} | {name} | {best['median_ms']:.3g} | {ratio:.2f}{mark} |"
+        )
+    if len(lines) == 2:
+        lines.append("| — | no case with a mert_fast (auto) row | | | | |")
+        ok = False
+    return "\n".join(lines), ok
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("paths", nargs="+", type=Path, help="pytest-benchmark JSON, or render_table.py Markdown")
@@ -148,6 +186,11 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("gpu", "torch", "triton", "commit", "date"):
         parser.add_argument(f"--{name}", help=f"provenance: {name} (required for Markdown input)")
     parser.add_argument("--dry-run", action="store_true", help="print the updated table instead of writing it")
+    parser.add_argument(
+        "--check-auto",
+        action="store_true",
+        help="write nothing; print auto against the fastest exact candidate per case, exit 1 if over 10%% slower",
+    )
     args = parser.parse_args(argv)
     sys.path.insert(0, str(REPO_ROOT))
 
@@ -162,6 +205,10 @@ def main(argv: list[str] | None = None) -> int:
             file_rows = rows_from_markdown(path)
             source += " (medians as rendered: 2-3 significant digits)"
         rows += [{**row, "source": source} for row in file_rows]
+    if args.check_auto:
+        text, ok = check_auto(rows)
+        print(text)
+        return 0 if ok else 1
     given = {name: getattr(args, name) for name in ("gpu", "torch", "triton", "commit", "date") if getattr(args, name)}
     provenance = {**provenance, **given}
     missing = [name for name in ("torch", "triton", "commit", "date") if not provenance.get(name)]

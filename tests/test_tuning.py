@@ -22,6 +22,7 @@ from mert_fast.ops import _backend
 attention = importlib.import_module("mert_fast.ops.attention")
 cqt = importlib.import_module("mert_fast.ops.cqt")
 rvq = importlib.import_module("mert_fast.ops.rvq")
+codebook_ce = importlib.import_module("mert_fast.ops.codebook_ce")
 
 REPO = Path(__file__).resolve().parent.parent
 H200 = "NVIDIA H200"
@@ -56,7 +57,7 @@ def gpu(monkeypatch):
         monkeypatch.setattr(_backend, "device_name", lambda device: name)
         monkeypatch.setattr("mert_fast._native.native", lambda: object() if native else None)
         monkeypatch.setattr(rvq, "_native_built", lambda: native)
-        for module in (rvq, cqt, attention):
+        for module in (rvq, cqt, attention, codebook_ce):
             monkeypatch.setattr(module, "triton_importable", lambda: triton)
         monkeypatch.setattr(torch.backends.cudnn, "is_available", lambda: cudnn)
 
@@ -230,12 +231,22 @@ def test_cqt_auto(gpu):
     assert cqt._auto(x, 100) == "torch"
 
 
-def test_codebook_ce_auto_runs_torch_on_every_device(monkeypatch):
-    """No GPU measurement of the CE kernels exists: auto is the torch path, also for a CUDA tensor."""
-    codebook_ce = importlib.import_module("mert_fast.ops.codebook_ce")
-    monkeypatch.delenv("MERT_FAST_BACKEND", raising=False)
-    assert codebook_ce._select(_cuda((4096, 64), torch.bfloat16)) == "torch"
-    assert codebook_ce._select(torch.randn(5, 8)) == "torch"
+def test_codebook_ce_auto(gpu, monkeypatch):
+    """No GPU measurement of the CE kernels is committed: auto is the torch path, also on CUDA; with a measurement
+    showing the kernels faster, auto runs them in that bucket only."""
+    gpu(H200)
+    x, books = _cuda((4096, 8, 64), torch.bfloat16), _cuda((8, 1024, 64), torch.bfloat16)
+    assert codebook_ce._select(x, books) == "torch"
+    assert codebook_ce._select(torch.randn(5, 2, 8), torch.randn(2, 16, 8)) == "torch"
+    key = codebook_ce.tuning_key(torch.bfloat16, 4096, 8, 1024, 64)
+    assert key == "bfloat16/s12/q8/k10/d64"
+    entry = {"ms": {"torch": 2.0, "triton": 0.5}}
+    table = {"format": 2, "devices": {"nvidia-h200": {"ops": {"codebook_cross_entropy": {"buckets": {key: entry}}}}}}
+    monkeypatch.setattr(_backend, "tuning_table", lambda: table)
+    assert codebook_ce._select(x, books) == "triton"
+    assert codebook_ce._select(_cuda((4096, 8, 64)), _cuda((8, 1024, 64))) == "torch"  # float32: unmeasured
+    gpu(H200, triton=False)
+    assert codebook_ce._select(x, books) == "torch"
 
 
 # ----------------------------------------------------------------------------------------------- bench/tune.py
@@ -248,6 +259,7 @@ def test_tune_writes_the_table_from_rendered_results(tmp_path):
     import tune
 
     md = tmp_path / "bench_x.md"
+    ce = "cuda S4096 Q8 K1024 D64 bfloat16 fwd+bwd"
     md.write_text(
         "| device | op | case | implementation | median ms | throughput |\n|---|---|---|---|---|---|\n"
         "| NVIDIA H100 | rvq | cuda encodec 64x5s (24000 frames, 8x1024x128) fp32 | mert_fast (torch) | 2.50 | — |\n"
@@ -257,6 +269,8 @@ def test_tune_writes_the_table_from_rendered_results(tmp_path):
         "| NVIDIA H100 | attention | cuda 95M 5s B64 H12 T374 D64 bfloat16 fwd+bwd padded | sdpa-cudnn | 0.8 | — |\n"
         "| NVIDIA H100 | attention | cuda 95M 5s B64 H12 T374 D64 bfloat16 bwd | sdpa-cudnn | 0.4 | — |\n"
         "| NVIDIA H100 | cqt | cpu 4x5s fp32 | mert_fast (torch) | 50 | — |\n"
+        f"| NVIDIA H100 | codebook_cross_entropy | {ce} | mert_fast (triton) | 0.9 | — |\n"
+        f"| NVIDIA H100 | codebook_cross_entropy | {ce} | fairseq compute_nce | 9 | — |\n"
     )
     table = tmp_path / "tuning.json"
     table.write_text(json.dumps({"format": 2, "devices": {"other-gpu": {"gpu": "Other GPU", "ops": {}}}}))
@@ -273,7 +287,8 @@ def test_tune_writes_the_table_from_rendered_results(tmp_path):
     }
     key = attention.tuning_key(torch.bfloat16, 64, 12, 374, 374, 64, True, True)
     assert ops["attention"]["buckets"][key]["ms"] == {"sdpa-cudnn": 0.8}
-    assert set(ops) == {"rvq", "attention"}  # the CPU row and the backward-only row make no bucket
+    assert ops["codebook_cross_entropy"]["buckets"]["bfloat16/s12/q8/k10/d64"]["ms"] == {"triton": 0.9}
+    assert set(ops) == {"rvq", "attention", "codebook_cross_entropy"}  # no bucket from the CPU and backward rows
     assert ops["rvq"]["provenance"]["commit"] == "abc1234" and ops["rvq"]["provenance"]["gpu"] == "NVIDIA H100"
     with pytest.raises(SystemExit, match="provenance incomplete"):
         tune.main([str(md), "--table", str(table), "--torch", "2.11.0"])
@@ -294,3 +309,19 @@ def test_tune_reproduces_the_committed_h200_table(tmp_path):
     args = ["--gpu", H200, "--torch", "2.11.0+cu130", "--triton", "3.6.0", "--commit", "4edd634"]
     assert tune.main([*files, "--table", str(table), *args, "--date", "2026-12-04"]) == 0
     assert json.loads(table.read_text())["devices"]["nvidia-h200"] == _table()["devices"]["nvidia-h200"]
+
+
+def test_check_auto_flags_a_slow_choice():
+    sys.path.insert(0, str(REPO / "bench"))
+    import tune
+
+    def row(impl: str, ms: float, case: str = "cuda 64x5s fp32") -> dict:
+        return {"device": H200, "op": "cqt", "case": case, "implementation": impl, "median_ms": ms}
+
+    rows = [row("mert_fast (cuda)", 1.0), row("mert_fast (torch)", 1.2), row("nnAudio CQT1992v2", 200.0)]
+    text, ok = tune.check_auto([*rows, row("mert_fast (auto)", 1.05)])
+    assert ok and "| cqt | cuda 64x5s fp32 | 1.05 | cuda | 1 | 1.05 |" in text
+    text, ok = tune.check_auto([*rows, row("mert_fast (auto)", 1.2)])
+    assert not ok and "1.20 !!" in text
+    assert not tune.check_auto(rows)[0].count("| cqt |")  # no auto row: nothing to check, and that fails
+    assert tune.check_auto(rows)[1] is False

@@ -88,6 +88,7 @@ TUNING_FORMAT = 2
 #: Per op, the candidates that are PyTorch's own paths (the baseline ``auto`` must never lose to).
 PYTORCH_CANDIDATES = {
     "attention": ("sdpa-cudnn", "sdpa-flash", "sdpa-efficient", "torch"),
+    "codebook_cross_entropy": ("torch",),
     "cqt": ("torch",),
     "rvq": ("torch",),
 }
