@@ -181,7 +181,8 @@ python3 -c 'import torch, triton; print("torch", torch.__version__, "cuda", torc
     failures+=("torch/triton import")
 
 banner "CUDA tests"
-test_args=(tests/ -m cuda -q -rs -p no:cacheprovider)
+# the C++ entries' tests first: they finish inside the time limit whatever the Triton tests' compile times are
+test_args=(tests/test_native.py tests/ -m cuda -q -rs -p no:cacheprovider)
 ((quick)) && test_args+=(--timeout 60)
 set +e
 limit "$(step_limit tests)" python3 -m pytest "${test_args[@]}"

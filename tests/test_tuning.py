@@ -192,6 +192,9 @@ def test_attention_auto_outside_the_measurements_runs_pytorch(gpu):
     assert _attention_auto((64, 12, 374, 64), torch.float32) == attention.SAFE_DEFAULT == "torch"
     assert _attention_auto((64, 12, 374, 80)) == "torch"  # another head_dim
     assert _attention_auto((8, 12, 2249, 64)) == "torch"  # 30 s clips, batch 8: unmeasured
+    # dropout: only the kernel draws the op's mask without materialising the probabilities
+    assert _attention_auto((64, 12, 374, 64), dropout_p=0.1, train=True) == attention.DROPOUT_DEFAULT == "triton"
+    gpu(H200, triton=False)
     assert _attention_auto((64, 12, 374, 64), dropout_p=0.1, train=True) == "torch"
     gpu("NVIDIA A100-SXM4-80GB")
     assert _attention_auto((64, 12, 374, 64), train=True) == "torch"

@@ -17,7 +17,8 @@ Backends (``MERT_FAST_BACKEND``):
 ``auto`` (the default) runs ``torch`` on the CPU. On CUDA it runs the fastest candidate that
 ``mert_fast/ops/tuning.json`` measured on this GPU in this call's bucket (:func:`tuning_key`): ``triton``, or the
 ``torch`` path pinned to one SDPA backend (cuDNN, flash or memory-efficient, tried first with SDPA's others behind
-it), with the same masking and zeroed padded rows; elsewhere, and with dropout, ``torch`` with SDPA's own dispatch.
+it), with the same masking and zeroed padded rows; elsewhere ``torch`` with SDPA's own dispatch. With dropout on CUDA
+``auto`` runs ``triton`` (the fused counter-based mask; ``torch`` without triton).
 
 Dropout is counter-based: the keep decision of entry ``(b, h, i, j)`` is Philox 4x32-10 of the seed and the
 counter ``((b * H + h) * T_q + i) * T_k + j``, so backward (and recomputation under activation checkpointing)
@@ -338,10 +339,15 @@ def _backend(tensor: torch.Tensor, auto: str) -> str:
     return select_backend("attention", tensor, ("triton", "torch", "flash-attn"), auto)
 
 
-#: ``auto`` on CUDA where the tuning table has no measurement for this GPU and bucket, and with dropout (no SDPA
-#: backend draws the op's counter-based mask; unmeasured): ``torch``, SDPA's own dispatch (explicit softmax with
-#: the kernel's keep-mask for dropout).
+#: ``auto`` on CUDA without dropout where the tuning table has no measurement for this GPU and bucket: ``torch``,
+#: SDPA's own dispatch.
 SAFE_DEFAULT = "torch"
+
+#: ``auto`` on CUDA with dropout (no SDPA backend draws the op's counter-based mask, and no timing of it is in the
+#: table): the Triton kernel, which generates the mask in registers (it ran MERT-95M training steps on the H200), when
+#: triton is importable; else ``torch``, whose softmax materialises the (B, H, T_q, T_k) probabilities and builds
+#: the keep-mask with elementwise PyTorch ops.
+DROPOUT_DEFAULT = "triton"
 
 #: The SDPA backends ``auto`` can pin when the tuning table measured one fastest (masks and padded rows as ``torch``).
 _SDPA = {
@@ -370,12 +376,12 @@ def _available() -> tuple[str, ...]:
 
 
 def _auto(q, k, v, key_padding_mask, dropout_p: float) -> str:
-    """``auto``'s backend: ``torch`` on the CPU; on CUDA the fastest measured candidate of this bucket, else
-    :data:`SAFE_DEFAULT`."""
+    """``auto``'s backend: ``torch`` on the CPU; on CUDA with dropout :data:`DROPOUT_DEFAULT`; else the fastest
+    measured candidate of this bucket, or :data:`SAFE_DEFAULT` where none was measured."""
     if not q.is_cuda:
         return "torch"
     if dropout_p > 0.0:
-        return SAFE_DEFAULT
+        return DROPOUT_DEFAULT if triton_importable() else "torch"
     train = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
     batch, heads, t_q, head_dim = q.shape
     key = tuning_key(q.dtype, batch, heads, t_q, k.shape[2], head_dim, key_padding_mask is not None, train)
