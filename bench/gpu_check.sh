@@ -8,8 +8,8 @@
 #
 # Steps: install wheels from .whl/ (when that folder exists) into /tmp/site, without the network; build the CUDA
 # extension in place (a failure is logged, the other steps still run, the script fails); print the GPU summary; run
-# the CUDA tests (python3 -m pytest tests/ -m cuda: the C++ entries' bad-input cases run in a child process, so a
-# crash is a failure, not a dead run); run the benchmarks into one JSON; check that auto lands within 10% of the
+# the CUDA tests (python3 -m pytest -m cuda, tests/test_native.py first: the C++ entries' bad-input cases run in a
+# child process, so a crash is a failure, not a dead run); run the benchmarks into one JSON; check that auto lands within 10% of the
 # fastest exact candidate of every headline case; write the tuning table those results give and the speed table;
 # print last a short table: auto's time against the fastest exact candidate's, per headline case.
 #
@@ -86,7 +86,8 @@ STEPS=(
     "wheels|15|pip install .whl/*.whl into /tmp/site (no network)"
     "build|100|python3 setup.py build_ext --inplace (csrc/ -> mert_fast._C, sm_90)"
     "gpu|10|nvidia-smi; torch, CUDA and triton versions"
-    "tests|120|pytest tests/ -m cuda (per test at most 60 s)"
+    "tests-native|40|pytest tests/test_native.py -m cuda: the C++ entries, bad inputs in a child process"
+    "tests|80|pytest tests/ -m cuda, the rest (per test at most 60 s)"
     "bench-cqt|25|${#CQT[@]} cases: CQT 64 x 5 s fp32"
     "bench-rvq|30|${#RVQ[@]} cases: RVQ EnCodec and Mel-RVQ, 64 x 5 s"
     "bench-attention|45|${#ATTN[@]} cases: attention B64 H12 T374 D64 bf16, fwd and fwd+bwd, full and padded"
@@ -180,21 +181,27 @@ fi
 python3 -c 'import torch, triton; print("torch", torch.__version__, "cuda", torch.version.cuda, "triton", triton.__version__, "gpu", torch.cuda.is_available())' ||
     failures+=("torch/triton import")
 
-banner "CUDA tests"
-# the C++ entries' tests first: they finish inside the time limit whatever the Triton tests' compile times are
-test_args=(tests/test_native.py tests/ -m cuda -q -rs -p no:cacheprovider)
-((quick)) && test_args+=(--timeout 60)
-set +e
-limit "$(step_limit tests)" python3 -m pytest "${test_args[@]}"
-rc=$?
-set -e
-if [[ $rc -eq 5 ]]; then
-    echo "no CUDA tests were collected"
-elif [[ $rc -eq 124 || $rc -eq 137 ]]; then
-    failures+=("CUDA tests: stopped at the step's time limit")
-elif [[ $rc -ne 0 ]]; then
-    failures+=("CUDA tests (exit $rc)")
-fi
+cuda_tests() {  # cuda_tests STEP PYTEST-ARGS...: one CUDA test step
+    local name=$1
+    shift
+    banner "CUDA tests: $name"
+    local args=(-m cuda -q -rs -p no:cacheprovider "$@")
+    ((quick)) && args+=(--timeout 60)
+    set +e
+    limit "$(step_limit "$name")" python3 -m pytest "${args[@]}"
+    local rc=$?
+    set -e
+    if [[ $rc -eq 5 ]]; then
+        echo "no CUDA tests were collected"
+    elif [[ $rc -eq 124 || $rc -eq 137 ]]; then
+        failures+=("$name: stopped at the step's time limit")
+    elif [[ $rc -ne 0 ]]; then
+        failures+=("$name (exit $rc)")
+    fi
+}
+# the C++ entries' tests first, on their own: they finish whatever the Triton tests' compile times are
+cuda_tests tests-native tests/test_native.py
+cuda_tests tests tests/ --ignore=tests/test_native.py
 
 slug=$(python3 -c '
 import re, torch

@@ -64,6 +64,74 @@ def _poison(shape: tuple[int, ...], dtype: torch.dtype) -> None:
     del block
 
 
+# ------------------------------------------------------------------------------ bad inputs (first: no Triton)
+
+# The bad-input cases of both entries live in native_checks.py, which also runs them: in a child process, so that a
+# crash in an entry is a failed test with the case that crashed named, not a dead test run.
+
+
+def _run_checks_child(*args: str, timeout: float) -> None:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
+    proc = subprocess.run(
+        [sys.executable, str(Path(__file__).with_name("native_checks.py")), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=REPO,
+    )
+    lines = proc.stdout.splitlines()
+    started = [line.removeprefix("start ") for line in lines if line.startswith("start ")]
+    assert proc.returncode == 0 and lines and lines[-1] == "done", (
+        f"the child process died (exit {proc.returncode}) during: {started[-1] if started else 'start-up'}\n"
+        f"{proc.stderr[-4000:]}"
+    )
+    failures = [line for line in lines if line.startswith("fail ")]
+    assert not failures, "\n".join(failures)
+    passed = {line.removeprefix("ok ") for line in lines if line.startswith("ok ")}
+    assert passed == set(started), sorted(set(started) - passed)
+    assert {case.id for case in native_checks.CASES} <= passed
+
+
+@pytest.mark.parametrize("entry", ["csr_spmm", "rvq_encode"])
+def test_every_check_has_a_bad_input_case(entry):
+    """Each message a check of checks.h can raise is expected by a case, and each case expects one of them."""
+    declared = native_checks.declared_checks(entry)
+    expects = [case.expect for case in native_checks.CASES if case.entry == entry]
+    assert len(declared) >= (17 if entry == "csr_spmm" else 38)  # the parser still sees every check
+    uncovered = [m for m in declared if not any(m.startswith(e) or e.startswith(m) for e in expects)]
+    assert not uncovered, f"checks without a bad-input case: {uncovered}"
+    stale = [e for e in expects if not any(m.startswith(e) or e.startswith(m) for m in declared)]
+    assert not stale, f"cases for checks that do not exist: {stale}"
+
+
+def test_declared_checks_sees_a_new_check():
+    """The parser is not blind: a check added to the source shows up as a message to cover."""
+    source = (REPO / "csrc" / "checks.h").read_text(encoding="utf-8")
+    extra = source.replace(
+        '  check_contiguous(x, "x");\n  TORCH_CHECK(crow.dim()',
+        '  check_contiguous(x, "x");\n  TORCH_CHECK(n_cols < 99, "n_cols must be small");\n  TORCH_CHECK(crow.dim()',
+    )
+    assert extra != source
+    assert "n_cols must be small" in native_checks.declared_checks("csr_spmm", extra)
+    assert "n_cols must be small" not in native_checks.declared_checks("csr_spmm")
+
+
+@pytest.mark.skipif(shutil.which("c++") is None or shutil.which("ninja") is None, reason="needs c++ and ninja")
+def test_checks_on_the_cpu_host_build():
+    """checks.h compiled for the CPU (the CPU as the entry's device, meta as the wrong one): every bad-input case
+    raises its message, the valid calls pass, nothing crashes. Runs without a GPU and without nvcc."""
+    build = Path(os.environ.get("MERT_FAST_CHECKS_BUILD", Path.home() / ".cache" / "mert_fast" / "checks_host"))
+    _run_checks_child("cpu", str(build), timeout=900)
+
+
+@pytest.mark.cuda
+def test_native_entries_check_their_inputs(ext):
+    """The built extension: every bad-input case of both entries raises RuntimeError with its message."""
+    _run_checks_child("cuda", timeout=300)
+
+
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("n_rows,batch,n,conj", SHAPES)
@@ -251,74 +319,6 @@ def test_rvq_cuda_writes_every_output(ext):
     assert torch.equal(codes2, codes[:, :2]) and empty.shape == (0, d)
     none, _ = ext.rvq_encode(x[:0], books, books, norms, None, None, None, None, q, True)
     assert none.shape == (0, q)
-
-
-# ---------------------------------------------------------------------------------------- bad inputs
-
-# The bad-input cases of both entries live in native_checks.py, which also runs them: in a child process, so that a
-# crash in an entry is a failed test with the case that crashed named, not a dead test run.
-
-
-def _run_checks_child(*args: str, timeout: float) -> None:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
-    proc = subprocess.run(
-        [sys.executable, str(Path(__file__).with_name("native_checks.py")), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-        cwd=REPO,
-    )
-    lines = proc.stdout.splitlines()
-    started = [line.removeprefix("start ") for line in lines if line.startswith("start ")]
-    assert proc.returncode == 0 and lines and lines[-1] == "done", (
-        f"the child process died (exit {proc.returncode}) during: {started[-1] if started else 'start-up'}\n"
-        f"{proc.stderr[-4000:]}"
-    )
-    failures = [line for line in lines if line.startswith("fail ")]
-    assert not failures, "\n".join(failures)
-    passed = {line.removeprefix("ok ") for line in lines if line.startswith("ok ")}
-    assert passed == set(started), sorted(set(started) - passed)
-    assert {case.id for case in native_checks.CASES} <= passed
-
-
-@pytest.mark.parametrize("entry", ["csr_spmm", "rvq_encode"])
-def test_every_check_has_a_bad_input_case(entry):
-    """Each message a check of checks.h can raise is expected by a case, and each case expects one of them."""
-    declared = native_checks.declared_checks(entry)
-    expects = [case.expect for case in native_checks.CASES if case.entry == entry]
-    assert len(declared) >= (17 if entry == "csr_spmm" else 38)  # the parser still sees every check
-    uncovered = [m for m in declared if not any(m.startswith(e) or e.startswith(m) for e in expects)]
-    assert not uncovered, f"checks without a bad-input case: {uncovered}"
-    stale = [e for e in expects if not any(m.startswith(e) or e.startswith(m) for m in declared)]
-    assert not stale, f"cases for checks that do not exist: {stale}"
-
-
-def test_declared_checks_sees_a_new_check():
-    """The parser is not blind: a check added to the source shows up as a message to cover."""
-    source = (REPO / "csrc" / "checks.h").read_text(encoding="utf-8")
-    extra = source.replace(
-        '  check_contiguous(x, "x");\n  TORCH_CHECK(crow.dim()',
-        '  check_contiguous(x, "x");\n  TORCH_CHECK(n_cols < 99, "n_cols must be small");\n  TORCH_CHECK(crow.dim()',
-    )
-    assert extra != source
-    assert "n_cols must be small" in native_checks.declared_checks("csr_spmm", extra)
-    assert "n_cols must be small" not in native_checks.declared_checks("csr_spmm")
-
-
-@pytest.mark.skipif(shutil.which("c++") is None or shutil.which("ninja") is None, reason="needs c++ and ninja")
-def test_checks_on_the_cpu_host_build():
-    """checks.h compiled for the CPU (the CPU as the entry's device, meta as the wrong one): every bad-input case
-    raises its message, the valid calls pass, nothing crashes. Runs without a GPU and without nvcc."""
-    build = Path(os.environ.get("MERT_FAST_CHECKS_BUILD", Path.home() / ".cache" / "mert_fast" / "checks_host"))
-    _run_checks_child("cpu", str(build), timeout=900)
-
-
-@pytest.mark.cuda
-def test_native_entries_check_their_inputs(ext):
-    """The built extension: every bad-input case of both entries raises RuntimeError with its message."""
-    _run_checks_child("cuda", timeout=300)
 
 
 def test_rvq_cuda_request_on_cpu_is_an_error(monkeypatch):
