@@ -186,7 +186,9 @@ cuda_tests() {  # cuda_tests STEP PYTEST-ARGS...: one CUDA test step
     shift
     banner "CUDA tests: $name"
     local args=(-m cuda -q -rs -p no:cacheprovider "$@")
-    ((quick)) && args+=(--timeout 60)
+    if ((quick)) && python3 -c 'import pytest_timeout' 2>/dev/null; then
+        args+=(--timeout 60)
+    fi
     set +e
     limit "$(step_limit "$name")" python3 -m pytest "${args[@]}"
     local rc=$?
