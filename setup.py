@@ -109,11 +109,12 @@ setup(
     # The Triton kernels live in the top-level kernels/ folder and install as mert_fast.kernels; nothing
     # named `kernels` lands in site-packages, and the folder is no importable top-level package (_BuildPy).
     package_dir={"mert_fast.kernels": "kernels"},
-    # the measured backend table of rvq's auto choice (mert_fast/ops/rvq.py)
-    package_data={"mert_fast.ops": ["rvq_autotune.json"]},
+    # the measured tuning table of every op's auto choice (mert_fast/ops/_backend.py)
+    package_data={"mert_fast.ops": ["tuning.json"]},
+    # the supported range (README, "Supported versions"): torch 2.11 (with its triton 3.6) up to the newest
     install_requires=[
-        "torch",
-        "triton; platform_system == 'Linux' and platform_machine == 'x86_64'",
+        "torch>=2.11",
+        "triton>=3.6; platform_system == 'Linux' and platform_machine == 'x86_64'",
         "numpy",
         "scipy",
         "soundfile",
@@ -123,8 +124,17 @@ setup(
         "matplotlib",
     ],
     extras_require={
-        "train": ["deepspeed", "tensorboard", "nvtx"],
-        "test": ["pytest", "pytest-benchmark", "nnAudio", "librosa", "transformers", "faiss-cpu", "ruff"],
+        "train": ["deepspeed>=0.19", "tensorboard", "nvtx"],
+        "test": [
+            "pytest",
+            "pytest-benchmark",
+            "nnAudio",
+            "librosa",
+            "transformers>=5.17",
+            "faiss-cpu",
+            "ruff",
+            "ninja",
+        ],
         "flash": ["flash-attn"],
     },
     entry_points={"console_scripts": ["mert-fast=mert_fast.cli:main"]},

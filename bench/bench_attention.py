@@ -34,7 +34,8 @@ SDPA_BACKENDS = {
     "sdpa-cudnn": SDPBackend.CUDNN_ATTENTION,
 }
 BASELINE = "sdpa-math"  # present on every device
-IMPLEMENTATIONS = [*SDPA_BACKENDS, "flash-attn", "mert_fast"]  # mert_fast last: it reads the others' medians
+# mert_fast last: it reads the others' medians; mert_fast-auto is MERT_FAST_BACKEND=auto (the tuning table's choice)
+IMPLEMENTATIONS = [*SDPA_BACKENDS, "flash-attn", "mert_fast-auto", "mert_fast"]
 PASSES = {"fwd": 1.0, "bwd": 2.5, "fwd+bwd": 3.5}  # FLOPs as multiples of the forward's
 
 
@@ -143,7 +144,10 @@ def implementation(name: str, case: Case, monkeypatch):
         # through mert_fast's flash-attn backend: flash_attn_func, or unpad + flash_attn_varlen_func + pad
         monkeypatch.setenv("MERT_FAST_BACKEND", "flash-attn")
         return _mert_fast
-    monkeypatch.setenv("MERT_FAST_BACKEND", "triton" if case.device == "cuda" else "torch")
+    if name == "mert_fast-auto":
+        monkeypatch.setenv("MERT_FAST_BACKEND", "auto")
+    else:
+        monkeypatch.setenv("MERT_FAST_BACKEND", "triton" if case.device == "cuda" else "torch")
     return _mert_fast
 
 
@@ -175,6 +179,12 @@ def flops(case: Case, padded: bool, p: str) -> tuple[float, float]:
     return per_pair * case.batch * case.t * case.t, per_pair * sum(n * n for n in lengths)
 
 
+def _label(impl: str, case: Case) -> str:
+    if impl == "mert_fast-auto":
+        return "mert_fast (auto)"
+    return impl if impl != "mert_fast" else f"mert_fast ({'triton' if case.device == 'cuda' else 'torch'})"
+
+
 @pytest.mark.parametrize(("case", "p", "padded", "impl"), PARAMS)
 def test_attention(benchmark, measure, monkeypatch, device_gate, case, p, padded, impl):
     device_gate(case.device)
@@ -183,7 +193,7 @@ def test_attention(benchmark, measure, monkeypatch, device_gate, case, p, padded
     benchmark.extra_info.update(
         op="attention",
         case=f"{case.label} {p}" + (" padded" if padded else ""),
-        implementation=impl if impl != "mert_fast" else f"mert_fast ({'triton' if case.device == 'cuda' else 'torch'})",
+        implementation=_label(impl, case),
         baseline=impl == BASELINE,
         batch=case.batch,
         heads=case.heads,

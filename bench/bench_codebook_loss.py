@@ -180,7 +180,7 @@ def run(benchmark, measure, case: Case, implementation: str, loss_fn, rounds: in
     record_rate(benchmark, measure, case)
 
 
-@pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize("backend", ["triton", "torch", "auto"])
 def test_codebook_loss_mert_fast(benchmark, measure, monkeypatch, case, backend):
     if backend == "triton" and case.device != "cuda":
         pytest.skip("the Triton kernels run on CPU tensors only through their interpreter: not a speed path")

@@ -178,7 +178,7 @@ def use_backend(monkeypatch, backend: str, case: Case) -> None:
     monkeypatch.setenv("MERT_FAST_BACKEND", backend)
 
 
-@pytest.mark.parametrize("backend", ["torch", "triton", "cuda"])
+@pytest.mark.parametrize("backend", ["torch", "triton", "cuda", "auto"])
 def test_cqt_mert_fast(benchmark, measure, monkeypatch, case, backend):
     use_backend(monkeypatch, backend, case)
     describe(benchmark, case, f"mert_fast ({backend})")

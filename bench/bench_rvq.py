@@ -17,21 +17,13 @@ baseline's. Effective TFLOP/s counts the search GEMMs (``2 N K Dc`` per stage) a
 how many rows' codes that flips: measured, not offered as an option of the op. The ``cuda`` backend (CUDA C++ kernel,
 ``mert_fast._C``) is timed on the GPU next to ``triton`` when the extension is built.
 
-The measured table of ``MERT_FAST_BACKEND=auto`` (``mert_fast/ops/rvq_autotune.json``) is written on a GPU, from the
-repository root, by ``PYTHONPATH=. python bench/bench_rvq.py --write-table``: triton and cuda timed
-(``triton.testing.do_bench`` medians) over a grid of row counts and codebook shapes, their codes checked against each
-other first, the faster per shape bucket kept.
+The ``mert_fast (torch|cuda|triton)`` rows of a GPU run are what ``bench/tune.py`` writes into the tuning table
+that ``MERT_FAST_BACKEND=auto`` reads (``mert_fast/ops/tuning.json``).
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
-import logging
-import os
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -221,7 +213,7 @@ def record_speed(benchmark, measure, case: Case) -> None:
 # ---------------------------------------------------------------------------------------------- mert_fast
 
 
-@pytest.mark.parametrize("backend", ["torch", "triton", "cuda"])
+@pytest.mark.parametrize("backend", ["torch", "triton", "cuda", "auto"])
 def test_rvq_mert_fast(benchmark, measure, monkeypatch, case, backend):
     if backend == "triton" and case.device != "cuda":
         pytest.skip("the Triton kernel runs on CPU tensors only through its interpreter: not a speed path")
@@ -361,119 +353,3 @@ def test_rvq_faiss(benchmark, measure, case):
     check(benchmark, torch.from_numpy(fn()), case)
     measure(fn, device="cpu", warmup=1)
     record_speed(benchmark, measure, case)
-
-
-# ---------------------------------------------------------------------------------------------- the auto table
-
-#: (name, D, Dc, K, metric, projected) x row counts (one per power-of-two bucket) measured for the auto table
-TABLE_SHAPES = [
-    ("encodec", 128, 128, 1024, "l2", False),
-    ("encodec-k256", 128, 128, 256, "l2", False),
-    ("encodec-k2048", 128, 128, 2048, "l2", False),
-    ("mel-rvq", 512, 16, 1024, "cosine", True),
-    ("kmeans-768", 768, 768, 1024, "l2", False),
-]
-TABLE_ROWS = [1000, 4000, 24000, 96000, 500000]
-TABLE_STAGES = 8
-
-
-def _time_backends(x, books, metric, proj, do_bench) -> tuple[dict, dict]:
-    """Median ms and codes of rvq_encode with MERT_FAST_BACKEND=triton and =cuda."""
-    times, outs = {}, {}
-
-    def fn():
-        with torch.no_grad():
-            return rvq_encode(x, books, metric=metric, **proj)
-
-    for backend in ("triton", "cuda"):
-        os.environ["MERT_FAST_BACKEND"] = backend
-        outs[backend] = fn()[0]
-        times[backend] = float(do_bench(fn, return_mode="median"))
-    return times, outs
-
-
-def measure_table() -> dict:
-    """Time triton and cuda over :data:`TABLE_SHAPES` x :data:`TABLE_ROWS` on the current GPU; the table's JSON."""
-    import triton.testing
-
-    from mert_fast._native import native
-    from mert_fast.ops.rvq import AUTOTUNE_FORMAT, autotune_key, device_key
-
-    if not torch.cuda.is_available() or native() is None:
-        raise SystemExit("--write-table needs a CUDA GPU and the mert_fast._C extension built")
-    torch.backends.cuda.matmul.allow_tf32 = False
-    name = torch.cuda.get_device_name()
-    entries = {}
-    for label, dim, code_dim, codes, metric, projected in TABLE_SHAPES:
-        for rows in TABLE_ROWS:
-            g = torch.Generator().manual_seed(rows)
-            x = torch.randn(rows, dim, generator=g).cuda()
-            books = torch.randn(TABLE_STAGES, codes, code_dim, generator=g).cuda()
-            proj = {}
-            if projected:
-                q = TABLE_STAGES
-                proj = {
-                    "in_proj": (torch.randn(q, code_dim, dim, generator=g) / dim**0.5).cuda(),
-                    "in_bias": (0.1 * torch.randn(q, code_dim, generator=g)).cuda(),
-                    "out_proj": (torch.randn(q, dim, code_dim, generator=g) / code_dim**0.5).cuda(),
-                    "out_bias": (0.1 * torch.randn(q, dim, generator=g)).cuda(),
-                }
-            times, outs = _time_backends(x, books, metric, proj, triton.testing.do_bench)
-            differ = float((outs["triton"] != outs["cuda"]).any(1).float().mean())
-            if differ > 0.01:
-                raise SystemExit(f"{label} {rows} rows: triton and cuda codes differ on {differ:.2%} of rows")
-            key = autotune_key(torch.float32, metric, projected, rows, dim, code_dim, codes)
-            entries[key] = {
-                "shape": f"{label}: {rows} x {dim} -> {TABLE_STAGES} x {codes} x {code_dim}",
-                "triton_ms": round(times["triton"], 4),
-                "cuda_ms": round(times["cuda"], 4),
-                "rows_differing": differ,
-                "backend": "cuda" if times["cuda"] < times["triton"] else "triton",
-            }
-            logging.info("%s %d rows: triton %.3f ms, cuda %.3f ms", label, rows, times["triton"], times["cuda"])
-    from conftest import git_state  # bench/conftest.py: the commit measured
-
-    return {
-        "format": AUTOTUNE_FORMAT,
-        "measured": True,
-        "note": "Backend choice of MERT_FAST_BACKEND=auto for rvq_encode / nearest_code on CUDA tensors, per GPU and "
-        "shape bucket (compute dtype / metric / projections / power-of-two ceilings of N, D, Dc, K); written by "
-        "python bench/bench_rvq.py --write-table. Shapes no entry covers run triton.",
-        "devices": {
-            device_key(name): {
-                "device_name": name,
-                "torch": torch.__version__,
-                "cuda": torch.version.cuda,
-                "commit": git_state()["commit"],
-                "stages": TABLE_STAGES,
-                "entries": entries,
-            }
-        },
-    }
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--write-table", action="store_true", help="measure this GPU and merge it into the table")
-    parser.add_argument(
-        "--table",
-        type=Path,
-        default=Path(__file__).resolve().parent.parent / "mert_fast" / "ops" / "rvq_autotune.json",
-        help="the table file (default: the package's mert_fast/ops/rvq_autotune.json)",
-    )
-    args = parser.parse_args(argv)
-    if not args.write_table:
-        parser.print_help()
-        return 0
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    measured = measure_table()
-    old = json.loads(args.table.read_text()) if args.table.exists() else {}
-    devices = {**old.get("devices", {}), **measured["devices"]}  # other GPUs' measurements are kept
-    args.table.write_text(json.dumps({**measured, "devices": devices}, indent=2) + "\n")
-    logging.info("wrote %s (%d GPUs)", args.table, len(devices))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -7,8 +7,13 @@ checks the single warning logged when it is absent.
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import subprocess
 import sys
+from pathlib import Path
 
+import native_checks  # the bad-input cases of the C++ entries, shared with the child process
 import pytest
 import torch
 
@@ -16,6 +21,7 @@ import mert_fast
 from mert_fast import _native
 from mert_fast.testing import TOLERANCE, assert_rel_close
 
+REPO = Path(__file__).resolve().parent.parent
 DTYPES = [torch.float32, torch.float64]
 # (rows, batch, n, conjugate columns): power-of-two and odd sizes, one row, batch 1 and a batch past one block
 SHAPES = [(64, 8, 32, False), (37, 3, 29, True), (1, 1, 7, True), (513, 67, 41, True), (1000, 130, 250, False)]
@@ -56,6 +62,74 @@ def _poison(shape: tuple[int, ...], dtype: torch.dtype) -> None:
     """Free a NaN-filled block of the output's size so the caching allocator hands it to the kernel's output."""
     block = torch.full(shape, float("nan"), dtype=dtype, device="cuda")
     del block
+
+
+# ------------------------------------------------------------------------------ bad inputs (first: no Triton)
+
+# The bad-input cases of both entries live in native_checks.py, which also runs them: in a child process, so that a
+# crash in an entry is a failed test with the case that crashed named, not a dead test run.
+
+
+def _run_checks_child(*args: str, timeout: float) -> None:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
+    proc = subprocess.run(
+        [sys.executable, str(Path(__file__).with_name("native_checks.py")), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=REPO,
+    )
+    lines = proc.stdout.splitlines()
+    started = [line.removeprefix("start ") for line in lines if line.startswith("start ")]
+    assert proc.returncode == 0 and lines and lines[-1] == "done", (
+        f"the child process died (exit {proc.returncode}) during: {started[-1] if started else 'start-up'}\n"
+        f"{proc.stderr[-4000:]}"
+    )
+    failures = [line for line in lines if line.startswith("fail ")]
+    assert not failures, "\n".join(failures)
+    passed = {line.removeprefix("ok ") for line in lines if line.startswith("ok ")}
+    assert passed == set(started), sorted(set(started) - passed)
+    assert {case.id for case in native_checks.CASES} <= passed
+
+
+@pytest.mark.parametrize("entry", ["csr_spmm", "rvq_encode"])
+def test_every_check_has_a_bad_input_case(entry):
+    """Each message a check of checks.h can raise is expected by a case, and each case expects one of them."""
+    declared = native_checks.declared_checks(entry)
+    expects = [case.expect for case in native_checks.CASES if case.entry == entry]
+    assert len(declared) >= (17 if entry == "csr_spmm" else 38)  # the parser still sees every check
+    uncovered = [m for m in declared if not any(m.startswith(e) or e.startswith(m) for e in expects)]
+    assert not uncovered, f"checks without a bad-input case: {uncovered}"
+    stale = [e for e in expects if not any(m.startswith(e) or e.startswith(m) for m in declared)]
+    assert not stale, f"cases for checks that do not exist: {stale}"
+
+
+def test_declared_checks_sees_a_new_check():
+    """The parser is not blind: a check added to the source shows up as a message to cover."""
+    source = (REPO / "csrc" / "checks.h").read_text(encoding="utf-8")
+    extra = source.replace(
+        '  check_contiguous(x, "x");\n  TORCH_CHECK(crow.dim()',
+        '  check_contiguous(x, "x");\n  TORCH_CHECK(n_cols < 99, "n_cols must be small");\n  TORCH_CHECK(crow.dim()',
+    )
+    assert extra != source
+    assert "n_cols must be small" in native_checks.declared_checks("csr_spmm", extra)
+    assert "n_cols must be small" not in native_checks.declared_checks("csr_spmm")
+
+
+@pytest.mark.skipif(shutil.which("c++") is None or shutil.which("ninja") is None, reason="needs c++ and ninja")
+def test_checks_on_the_cpu_host_build():
+    """checks.h compiled for the CPU (the CPU as the entry's device, meta as the wrong one): every bad-input case
+    raises its message, the valid calls pass, nothing crashes. Runs without a GPU and without nvcc."""
+    build = Path(os.environ.get("MERT_FAST_CHECKS_BUILD", Path.home() / ".cache" / "mert_fast" / "checks_host"))
+    _run_checks_child("cpu", str(build), timeout=900)
+
+
+@pytest.mark.cuda
+def test_native_entries_check_their_inputs(ext):
+    """The built extension: every bad-input case of both entries raises RuntimeError with its message."""
+    _run_checks_child("cuda", timeout=300)
 
 
 @pytest.mark.cuda
@@ -108,37 +182,6 @@ def test_csr_spmm_empty_inputs(ext):
     _poison((3, 4, 2), torch.float32)
     out = ext.csr_spmm(crow, none, torch.empty(0, 2, device="cuda"), x, 16)
     assert out.shape == (3, 4, 2) and (out == 0).all()
-
-
-@pytest.mark.cuda
-def test_csr_spmm_checks_its_inputs(ext):
-    crow, col, val = _random_csr(9, 10, torch.float32, "cuda", density=0.5)
-    assert col.numel() > 0
-    x = torch.randn(2, 5, 2, device="cuda")
-    ext.csr_spmm(crow, col, val, x, 10)  # the valid call
-
-    with pytest.raises(RuntimeError, match="x must be float32 or float64"):
-        ext.csr_spmm(crow, col, val.half(), x.half(), 10)
-    with pytest.raises(RuntimeError, match="val must have x's dtype"):
-        ext.csr_spmm(crow, col, val.double(), x, 10)
-    with pytest.raises(RuntimeError, match="crow must be"):
-        ext.csr_spmm(crow.int(), col, val, x, 10)
-    with pytest.raises(RuntimeError, match="col must be"):
-        ext.csr_spmm(crow, col.int(), val, x, 10)
-    with pytest.raises(RuntimeError, match="x must be a CUDA tensor"):
-        ext.csr_spmm(crow.cpu(), col.cpu(), val.cpu(), x.cpu(), 10)
-    with pytest.raises(RuntimeError, match="val must be on x's CUDA device"):
-        ext.csr_spmm(crow, col, val.cpu(), x, 10)
-    with pytest.raises(RuntimeError, match="crow must be on x's CUDA device"):
-        ext.csr_spmm(crow.cpu(), col, val, x, 10)
-    with pytest.raises(RuntimeError, match="x must be contiguous"):
-        ext.csr_spmm(crow, col, val, torch.randn(5, 2, 2, device="cuda").transpose(0, 1), 10)
-    with pytest.raises(RuntimeError, match="val must have shape"):
-        ext.csr_spmm(crow, col, val[:-1], x, 10)
-    with pytest.raises(RuntimeError, match="x must have shape"):
-        ext.csr_spmm(crow, col, val, torch.randn(2, 5, 3, device="cuda"), 10)
-    with pytest.raises(RuntimeError, match="n_cols must be n or 2n"):
-        ext.csr_spmm(crow, col, val, x, 11)
 
 
 @pytest.mark.cuda
@@ -276,70 +319,6 @@ def test_rvq_cuda_writes_every_output(ext):
     assert torch.equal(codes2, codes[:, :2]) and empty.shape == (0, d)
     none, _ = ext.rvq_encode(x[:0], books, books, norms, None, None, None, None, q, True)
     assert none.shape == (0, q)
-
-
-@pytest.mark.cuda
-def test_rvq_cuda_checks_its_inputs(ext):
-    x, books = torch.randn(9, 8, device="cuda"), torch.randn(2, 16, 8, device="cuda")
-    norms = books.square().sum(-1)
-    w_in, b_in = torch.randn(2, 4, 8, device="cuda"), torch.randn(2, 4, device="cuda")
-    ext.rvq_encode(x, books, books, norms, None, None, None, None, 2, True)  # the valid call
-
-    def call(*, x=x, books=books, lookup=books, norms=norms, in_proj=None, in_bias=None, n_q=2):
-        return ext.rvq_encode(x, books, lookup, norms, in_proj, in_bias, None, None, n_q, True)
-
-    with pytest.raises(RuntimeError, match="x must be float32 or float64"):
-        call(x=x.half())
-    with pytest.raises(RuntimeError, match="x must be a CUDA tensor"):
-        call(x=x.cpu())
-    with pytest.raises(RuntimeError, match="codebooks must have x's dtype"):
-        call(books=books.double())
-    with pytest.raises(RuntimeError, match="lookup must be on x's CUDA device"):
-        call(lookup=books.cpu())
-    with pytest.raises(RuntimeError, match="x must be contiguous"):
-        call(x=torch.randn(8, 9, device="cuda").T)
-    with pytest.raises(RuntimeError, match="norms must have shape"):
-        call(norms=norms[:, :-1].contiguous())
-    with pytest.raises(RuntimeError, match=r"n_q must be in \[1, Q\]"):
-        call(n_q=3)
-    with pytest.raises(RuntimeError, match="without in_proj"):
-        call(books=torch.randn(2, 16, 4, device="cuda"), lookup=torch.randn(2, 16, 4, device="cuda"))
-    with pytest.raises(RuntimeError, match=r"in_proj must have shape \(Q, Dc, D\)"):
-        call(in_proj=w_in[:, :3].contiguous())
-    with pytest.raises(RuntimeError, match="in_bias needs in_proj"):
-        call(in_bias=b_in)
-
-
-def test_rvq_auto_table_ships_unmeasured():
-    """No GPU measurement has been taken: the shipped table says so and auto picks triton for every shape."""
-    from mert_fast.ops import rvq
-
-    rvq.autotune_table.cache_clear()
-    table = rvq.autotune_table()
-    assert table["format"] == rvq.AUTOTUNE_FORMAT and table["measured"] is False and table["devices"] == {}
-    assert "no gpu measurement" in table["note"].lower()
-    assert rvq._measured_choice(torch.device("cuda", 0), (24000, 128, 128, 1024), False, False) == "triton"
-
-
-def test_rvq_auto_uses_only_measured_buckets(monkeypatch):
-    """auto picks cuda only on the measured GPU, in the measured bucket, and only where cuda was faster."""
-    from mert_fast.ops import rvq
-
-    faster = rvq.autotune_key(torch.float32, "l2", False, 24000, 128, 128, 1024)
-    slower = rvq.autotune_key(torch.float32, "cosine", True, 8000, 512, 16, 1024)
-    assert faster == "float32/l2/plain/n15/d7/dc7/k10" and slower == "float32/cosine/proj/n13/d9/dc4/k10"
-    entries = {faster: {"backend": "cuda", "triton_ms": 2.0, "cuda_ms": 1.0}, slower: {"backend": "triton"}}
-    table = {"format": 1, "measured": True, "devices": {"nvidia-h100-80gb-hbm3": {"entries": entries}}}
-    monkeypatch.setattr(rvq, "autotune_table", lambda: table)
-    monkeypatch.setattr(rvq, "_device_name", lambda device: "NVIDIA H100 80GB HBM3")
-    gpu = torch.device("cuda", 0)
-    assert rvq._measured_choice(gpu, (24000, 128, 128, 1024), False, False) == "cuda"
-    assert rvq._measured_choice(gpu, (17000, 100, 100, 600), False, False) == "cuda"  # same buckets
-    assert rvq._measured_choice(gpu, (40000, 128, 128, 1024), False, False) == "triton"  # N unmeasured
-    assert rvq._measured_choice(gpu, (24000, 128, 128, 1024), False, True) == "triton"  # cosine unmeasured
-    assert rvq._measured_choice(gpu, (8000, 512, 16, 1024), True, True) == "triton"  # measured: triton won
-    monkeypatch.setattr(rvq, "_device_name", lambda device: "NVIDIA H200")
-    assert rvq._measured_choice(gpu, (24000, 128, 128, 1024), False, False) == "triton"  # another GPU
 
 
 def test_rvq_cuda_request_on_cpu_is_an_error(monkeypatch):

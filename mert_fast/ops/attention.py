@@ -7,12 +7,18 @@ keys are all masked outputs 0 (never NaN).
 
 Backends (``MERT_FAST_BACKEND``):
 
-- ``triton`` (default on CUDA): flash attention forward and backward (online softmax with fp32 statistics,
-  log-sum-exp saved, probabilities recomputed in backward), right padding skipped rather than computed;
-- ``torch`` (default on the CPU): ``scaled_dot_product_attention`` with the mask as a boolean ``attn_mask``;
-  with dropout, an explicit softmax with the same keep-mask as the kernel;
+- ``triton``: flash attention forward and backward (online softmax with fp32 statistics, log-sum-exp saved,
+  probabilities recomputed in backward), right padding skipped rather than computed;
+- ``torch``: ``scaled_dot_product_attention`` with the mask as a boolean ``attn_mask`` and padded query rows
+  zeroed after it; with dropout, an explicit softmax with the same keep-mask as the kernel;
 - ``flash-attn``: ``flash_attn_func`` / ``flash_attn_varlen_func`` when the package is installed (its dropout
   draws from its own generator; ``seed`` is ignored there).
+
+``auto`` (the default) runs ``torch`` on the CPU. On CUDA it runs the fastest candidate that
+``mert_fast/ops/tuning.json`` measured on this GPU in this call's bucket (:func:`tuning_key`): ``triton``, or the
+``torch`` path pinned to one SDPA backend (cuDNN, flash or memory-efficient, tried first with SDPA's others behind
+it), with the same masking and zeroed padded rows; elsewhere ``torch`` with SDPA's own dispatch. With dropout on CUDA
+``auto`` runs ``triton`` (the fused counter-based mask; ``torch`` without triton).
 
 Dropout is counter-based: the keep decision of entry ``(b, h, i, j)`` is Philox 4x32-10 of the seed and the
 counter ``((b * H + h) * T_q + i) * T_k + j``, so backward (and recomputation under activation checkpointing)
@@ -28,8 +34,9 @@ import numbers
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from mert_fast.ops._backend import select_backend, triton_importable
+from mert_fast.ops._backend import bucket, select_backend, triton_importable, tuned_backend
 
 __all__ = ["attention", "dropout_keep_mask", "HEAD_DIMS"]
 
@@ -168,9 +175,9 @@ def dropout_keep_mask(
         seed: the ``seed`` given to :func:`attention` (int in ``[0, 2**63)`` or a one-element integer tensor).
         shape: ``(B, H, T_q, T_k)``.
         dropout_p: the dropout probability in ``[0, 1)``.
-        device: where to build it (default: the seed tensor's device, else the CPU). On CUDA, or on the CPU under
-            ``TRITON_INTERPRET=1`` with ``MERT_FAST_BACKEND=triton``, the Triton generator kernel builds it; else a
-            bit-exact PyTorch port of the same Philox stream.
+        device: where to build it (default: the seed tensor's device, else the CPU). With
+            ``MERT_FAST_BACKEND=triton`` (on CUDA, or on the CPU under ``TRITON_INTERPRET=1``) the Triton generator
+            kernel builds it; else (``auto`` too) a bit-exact PyTorch port of the same Philox stream.
 
     Returns:
         ``(B, H, T_q, T_k)`` bool, True where the probability is kept (and scaled by ``1 / (1 - dropout_p)``).
@@ -182,7 +189,7 @@ def dropout_keep_mask(
     if device is None:
         device = seed.device if isinstance(seed, torch.Tensor) else torch.device("cpu")
     seed_t = _seed_tensor(seed, torch.device(device))
-    backend = _backend(seed_t)
+    backend = _backend(seed_t, "torch")
     if backend == "triton":
         from mert_fast.kernels.attention import keep_mask
 
@@ -193,7 +200,16 @@ def dropout_keep_mask(
 # ----------------------------------------------------------------------------------------- other backends
 
 
-def _attention_torch(q, k, v, key_padding_mask, seed, dropout_p: float, scale: float) -> torch.Tensor:
+def _sdpa_order(name: str) -> list[SDPBackend]:
+    """SDPA's backends with ``name`` first and the others after it in SDPA's own order, for inputs it refuses."""
+    first = _SDPA[name]
+    order = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.MATH]
+    return [first, *(b for b in order if b != first)]
+
+
+def _attention_torch(
+    q, k, v, key_padding_mask, seed, dropout_p: float, scale: float, sdpa: str | None = None
+) -> torch.Tensor:
     batch, heads, t_q, _ = q.shape
     t_k = k.shape[2]
     attn_mask = row_ok = None
@@ -205,7 +221,10 @@ def _attention_torch(q, k, v, key_padding_mask, seed, dropout_p: float, scale: f
         row_ok = any_key[:, None, :, None]
         if t_q == t_k:
             row_ok = row_ok & key_padding_mask[:, None, :, None]
-    if dropout_p == 0.0:
+    if dropout_p == 0.0 and sdpa is not None:
+        with sdpa_kernel(_sdpa_order(sdpa), set_priority=True):
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)
+    elif dropout_p == 0.0:
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)
     else:
         keep = _keep_mask_torch(seed, (batch, heads, t_q, t_k), dropout_p)
@@ -316,9 +335,57 @@ def _check_inputs(q, k, v, key_padding_mask) -> None:
             raise ValueError(f"key_padding_mask must be on q's device {q.device}; got {key_padding_mask.device}")
 
 
-def _backend(tensor: torch.Tensor) -> str:
-    auto = "triton" if (tensor.is_cuda and triton_importable()) else "torch"
+def _backend(tensor: torch.Tensor, auto: str) -> str:
     return select_backend("attention", tensor, ("triton", "torch", "flash-attn"), auto)
+
+
+#: ``auto`` on CUDA without dropout where the tuning table has no measurement for this GPU and bucket: ``torch``,
+#: SDPA's own dispatch.
+SAFE_DEFAULT = "torch"
+
+#: ``auto`` on CUDA with dropout (no SDPA backend draws the op's counter-based mask, and no timing of it is in the
+#: table): the Triton kernel, which generates the mask in registers (it ran MERT-95M training steps on the H200), when
+#: triton is importable; else ``torch``, whose softmax materialises the (B, H, T_q, T_k) probabilities and builds
+#: the keep-mask with elementwise PyTorch ops.
+DROPOUT_DEFAULT = "triton"
+
+#: The SDPA backends ``auto`` can pin when the tuning table measured one fastest (masks and padded rows as ``torch``).
+_SDPA = {
+    "sdpa-cudnn": SDPBackend.CUDNN_ATTENTION,
+    "sdpa-flash": SDPBackend.FLASH_ATTENTION,
+    "sdpa-efficient": SDPBackend.EFFICIENT_ATTENTION,
+}
+
+
+def tuning_key(
+    dtype: torch.dtype, batch: int, heads: int, t_q: int, t_k: int, head_dim: int, masked: bool, train: bool
+) -> str:
+    """The tuning-table bucket of a call: dtype, power-of-two ceilings' exponents of B x H and of the longer
+    sequence, head_dim, whether a padding mask is given, and whether a backward follows (``train``) or not
+    (``infer``): ``bfloat16/bh10/t9/d64/full/train`` for MERT-95M's 64 x 12 heads x 374 frames in training."""
+    name = str(dtype).removeprefix("torch.")
+    mask = "masked" if masked else "full"
+    return (
+        f"{name}/bh{bucket(batch * heads)}/t{bucket(max(t_q, t_k))}/d{head_dim}/{mask}/{'train' if train else 'infer'}"
+    )
+
+
+def _available() -> tuple[str, ...]:
+    cudnn = ("sdpa-cudnn",) if torch.backends.cudnn.is_available() else ()
+    return (*cudnn, "sdpa-flash", "sdpa-efficient") + (("triton",) if triton_importable() else ())
+
+
+def _auto(q, k, v, key_padding_mask, dropout_p: float) -> str:
+    """``auto``'s backend: ``torch`` on the CPU; on CUDA with dropout :data:`DROPOUT_DEFAULT`; else the fastest
+    measured candidate of this bucket, or :data:`SAFE_DEFAULT` where none was measured."""
+    if not q.is_cuda:
+        return "torch"
+    if dropout_p > 0.0:
+        return DROPOUT_DEFAULT if triton_importable() else "torch"
+    train = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+    batch, heads, t_q, head_dim = q.shape
+    key = tuning_key(q.dtype, batch, heads, t_q, k.shape[2], head_dim, key_padding_mask is not None, train)
+    return tuned_backend("attention", q.device, key, _available()) or SAFE_DEFAULT
 
 
 # ------------------------------------------------------------------------------------------------- the op
@@ -375,7 +442,7 @@ def attention(
     dropout_p = float(dropout_p)
     softmax_scale = float(softmax_scale)
 
-    backend = _backend(q)
+    backend = _backend(q, _auto(q, k, v, key_padding_mask, dropout_p))
     if backend == "flash-attn":
         if not _flash_attn_installed():
             raise RuntimeError("attention: MERT_FAST_BACKEND=flash-attn but the flash_attn package is not installed")
@@ -394,4 +461,5 @@ def attention(
     if backend == "triton":
         out, _ = _attention_fwd(q, k, v, key_padding_mask, seed_t, dropout_p, softmax_scale)
         return out
-    return _attention_torch(q, k, v, key_padding_mask, seed_t, dropout_p, softmax_scale)
+    sdpa = backend if backend in _SDPA else None
+    return _attention_torch(q, k, v, key_padding_mask, seed_t, dropout_p, softmax_scale, sdpa)

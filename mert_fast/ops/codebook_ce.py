@@ -3,7 +3,9 @@
 fairseq's ``compute_nce`` builds a ``(K + 1, S, D)`` tensor of [positive; negatives] per codebook, and a
 plain head materialises ``(S, Q, K)`` logits; here the Triton kernels stream the codebooks through an online
 log-sum-exp, one tile at a time, and recompute ``softmax - onehot`` tile by tile in the backward. Memory beyond
-inputs and gradients: ``O(S Q)``.
+inputs and gradients: ``O(S Q)``. ``MERT_FAST_BACKEND=triton`` runs them. ``auto`` runs them only on a GPU
+where ``mert_fast/ops/tuning.json`` measured them faster than the torch path (chunked materialised logits) in the
+call's bucket; elsewhere the torch path (no GPU measurement of the kernels exists yet).
 
 The cosine normalisation (``x / max(||x||, eps)``, eps = 1e-8 as ``torch.cosine_similarity``) is applied to the
 logits in float32, not to the inputs, so the kernels take the raw (e.g. bf16) vectors; its Jacobian is folded
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from mert_fast.ops._backend import select_backend, triton_importable
+from mert_fast.ops._backend import bucket, select_backend, triton_importable, tuned_backend
 
 __all__ = ["codebook_cross_entropy", "EPS"]
 
@@ -297,9 +299,22 @@ def _check_inputs(x, codebooks, targets, bias, temperature, reduction, ignore_in
         raise TypeError(f"ignore_index must be an int; got {ignore_index!r}")
 
 
-def _select(x: torch.Tensor) -> str:
-    from_triton = x.is_cuda and triton_importable() and x.dtype != torch.float64 and x.shape[-1] <= 256
-    backend = select_backend("codebook_cross_entropy", x, ("triton", "torch"), "triton" if from_triton else "torch")
+def tuning_key(dtype: torch.dtype, frames: int, n_codebooks: int, n_codes: int, dim: int) -> str:
+    """The tuning-table bucket of a call: dtype, power-of-two ceilings' exponents of S and K, Q and D
+    (``bfloat16/s12/q8/k10/d64`` for 4,096 masked frames x 8 codebooks of 1,024 codes of 64 dims)."""
+    return f"{str(dtype).removeprefix('torch.')}/s{bucket(frames)}/q{n_codebooks}/k{bucket(n_codes)}/d{dim}"
+
+
+def _select(x: torch.Tensor, codebooks: torch.Tensor) -> str:
+    """``auto``: on CUDA the fastest candidate the tuning table measured on this GPU in this call's bucket; else,
+    and on the CPU, the torch path."""
+    auto = "torch"
+    if x.is_cuda:
+        n_q, n_k, dim = codebooks.shape
+        triton = triton_importable() and x.dtype != torch.float64 and dim <= 256
+        key = tuning_key(x.dtype, x.shape[0], n_q, n_k, dim)
+        auto = tuned_backend("codebook_cross_entropy", x.device, key, ("torch",) + (("triton",) if triton else ()))
+    backend = select_backend("codebook_cross_entropy", x, ("triton", "torch"), auto or "torch")
     if backend == "triton" and x.shape[-1] > 256:
         raise ValueError(
             f"x: MERT_FAST_BACKEND=triton holds D <= 256 features per tile; got D={x.shape[-1]} (use the torch backend)"
@@ -351,7 +366,7 @@ def codebook_cross_entropy(
     TypeError for wrong dtypes. NaN or inf inputs are not checked: they propagate to the loss.
     """
     _check_inputs(x, codebooks, targets, bias, temperature, reduction, ignore_index)
-    backend = _select(x)
+    backend = _select(x, codebooks)
     losses, _, hits = torch.ops.mert_fast.codebook_ce_forward(
         x, codebooks, targets, bias, float(temperature), bool(normalize), int(ignore_index), backend
     )

@@ -6,6 +6,11 @@ that the circular correlation never wraps onto itself), a product with each bin'
 truncated to its band, a fold of that product to ``L`` points (decimation by ``hop`` in time is aliasing
 in frequency) and an inverse FFT of length ``L`` per bin. The band tables ("plans") depend only on the
 configuration and ``N``, so clips of nearby lengths share one, and they are cached per device.
+
+The fold runs on one of three backends (``MERT_FAST_BACKEND``): ``torch`` (sparse CSR matmul), ``triton`` and
+``cuda`` (the ``mert_fast._C`` extension). ``auto`` runs ``torch`` on the CPU; on CUDA the fastest candidate that
+``mert_fast/ops/tuning.json`` measured on this GPU in the call's bucket (:func:`tuning_key`), elsewhere ``cuda`` when
+the extension is built, else ``torch``.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mert_fast.ops._backend import select_backend, triton_importable
+from mert_fast.ops._backend import bucket, select_backend, triton_importable, tuned_backend
 from mert_fast.ops.reference import cqt_frequencies, cqt_kernels
 
 __all__ = ["CQT", "cqt", "clear_plan_cache", "DEFAULT_THRESHOLD"]
@@ -241,6 +246,32 @@ def _spmm_torch(crow, col, val, x: torch.Tensor, n_cols: int) -> torch.Tensor:
     return (a @ xs.contiguous()).transpose(0, 1)
 
 
+def tuning_key(dtype: torch.dtype, batch: int, samples: int) -> str:
+    """The tuning-table bucket of a call: compute dtype and the power-of-two ceilings' exponents of the batch and
+    the clip length in samples (``float32/b6/s17`` for 64 clips of 5 s at 24 kHz)."""
+    return f"{str(dtype).removeprefix('torch.')}/b{bucket(batch)}/s{bucket(samples)}"
+
+
+def _safe_default() -> str:
+    """``auto`` on CUDA where the tuning table has no measurement: the CUDA extension's fold where it is built (no
+    known failure; 334x nnAudio on the H200), else the torch fold."""
+    from mert_fast._native import native
+
+    return "cuda" if native() is not None else "torch"
+
+
+def _auto(x: torch.Tensor, samples: int) -> str:
+    """``auto``'s backend for the fold of ``x`` ``(B, n)`` (clips of ``samples`` samples): ``torch`` on the CPU; on
+    CUDA the fastest candidate the tuning table measured on this GPU in this bucket, else :func:`_safe_default`."""
+    if not x.is_cuda:
+        return "torch"
+    from mert_fast._native import native
+
+    available = ("torch",) + (("cuda",) if native() is not None else ()) + (("triton",) if triton_importable() else ())
+    key = tuning_key(x.dtype, x.shape[0], samples)
+    return tuned_backend("cqt", x.device, key, available) or _safe_default()
+
+
 def _spmm(crow, col, val, x: torch.Tensor, n_cols: int, backend: str) -> torch.Tensor:
     if backend == "triton":
         from mert_fast.kernels.cqt import csr_spmm
@@ -352,8 +383,7 @@ def _cqt(x: torch.Tensor, cfg: CQTConfig) -> torch.Tensor:
     if shift:
         buf = torch.roll(buf, -shift, dims=-1)
     spec = torch.fft.rfft(buf)
-    auto = "triton" if (x.is_cuda and triton_importable()) else "torch"
-    backend = select_backend("cqt", x, ("triton", "cuda", "torch"), auto)
+    backend = select_backend("cqt", x, ("triton", "cuda", "torch"), _auto(x, n_in))
     z = _cqt_fold(
         torch.view_as_real(spec),
         plan.crow,

@@ -28,27 +28,22 @@ extension; float32 and float64, half inputs searched in float32 like the other b
 stages on chunks of rows, so no ``N x K`` distance matrix is ever held. ``cuda`` exists for CUDA tensors only: an
 explicit ``cuda`` request on a CPU tensor is an error, as for every op.
 
-``auto`` (the default): the CPU and float64 run ``torch``; float16/bfloat16/float32 CUDA tensors run ``triton``
-unless the measured table ``rvq_autotune.json`` (next to this module, written by ``python bench/bench_rvq.py
---write-table`` on a GPU) holds a measurement for this GPU and this shape's bucket in which ``cuda`` was faster and
-the extension is built. A bucket is the compute dtype, the metric, whether projections are used and the power-of-two
-ceilings of ``N``, ``D``, ``Dc`` and ``K``; a shape no measurement covers runs ``triton``: the choice is never a
-guess. The table shipped here holds no measurement yet, so ``auto`` runs ``triton`` on every GPU.
+``auto`` (the default): the CPU runs ``torch``. On a CUDA tensor it runs the fastest candidate (``torch``, ``cuda``
+where the extension is built, ``triton``) that ``mert_fast/ops/tuning.json`` measured on this GPU in this shape's
+bucket (compute dtype, metric, projections and the power-of-two ceilings of ``N``, ``D``, ``Dc`` and ``K``;
+:func:`tuning_key`); a GPU or bucket with no measurement runs ``torch``, the safe default. On the H200 the table
+holds, the ``torch`` path was the fastest at both measured shapes (EnCodec, Mel-RVQ).
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
-import json
 import logging
-import re
-from importlib import resources
 
 import torch
 import torch.nn.functional as F
 
-from mert_fast.ops._backend import select_backend, triton_importable
+from mert_fast.ops._backend import bucket, select_backend, triton_importable, tuned_backend
 
 __all__ = ["METRICS", "nearest_code", "rvq_decode", "rvq_encode"]
 
@@ -116,76 +111,35 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
 
 def _backend(x: torch.Tensor, n_codes: int, code_dim: int, projected: bool, cosine: bool) -> str:
     """The backend for an encode of ``x`` ``(N, D)`` (or ``(B, T, D)``) with ``K = n_codes`` codes of ``code_dim``."""
-    if x.is_cuda and x.dtype != torch.float64 and triton_importable():
+    auto = "torch"
+    if x.is_cuda:
         n_rows = x.numel() // max(1, x.shape[-1])
-        shape = (n_rows, x.shape[-1], code_dim, n_codes)
-        auto = (
-            "cuda" if _measured_choice(x.device, shape, projected, cosine) == "cuda" and _native_built() else "triton"
-        )
-    else:
-        auto = "torch"
+        metric = "cosine" if cosine else "l2"
+        key = tuning_key(_compute_dtype(x), metric, projected, n_rows, x.shape[-1], code_dim, n_codes)
+        auto = tuned_backend("rvq", x.device, key, _available(x)) or SAFE_DEFAULT
     return select_backend("rvq", x, ("triton", "cuda", "torch"), auto)
 
 
-# ---------------------------------------------------------------------------------------------- the auto table
-
-#: The measured table ``auto`` reads (package data next to this module).
-AUTOTUNE_TABLE = "rvq_autotune.json"
-AUTOTUNE_FORMAT = 1
+#: ``auto`` on a GPU or shape bucket the tuning table has not measured: the stage loop, PyTorch's own matmuls.
+SAFE_DEFAULT = "torch"
 
 
-def _bucket(value: int) -> int:
-    """The power-of-two ceiling's exponent: 1000 -> 10, 1024 -> 10, 1025 -> 11."""
-    return max(0, int(value) - 1).bit_length()
+def _available(x: torch.Tensor) -> tuple[str, ...]:
+    """The candidates that can run on the CUDA tensor ``x`` in this process (the Triton kernel has no float64)."""
+    triton = triton_importable() and x.dtype != torch.float64
+    return ("torch",) + (("cuda",) if _native_built() else ()) + (("triton",) if triton else ())
 
 
-def autotune_key(
+def tuning_key(
     dtype: torch.dtype, metric: str, projected: bool, n_rows: int, dim: int, code_dim: int, n_codes: int
 ) -> str:
-    """The table key of a shape: compute dtype, metric, projections and power-of-two buckets of N, D, Dc, K."""
+    """The tuning-table bucket of an encode: compute dtype, metric, projections and the power-of-two ceilings'
+    exponents of N, D, Dc and K (``float32/l2/plain/n15/d7/dc7/k10`` for EnCodec's 24,000 x 128 -> 8 x 1024)."""
     compute = "float64" if dtype == torch.float64 else "float32"
     buckets = "/".join(
-        f"{name}{_bucket(v)}" for name, v in (("n", n_rows), ("d", dim), ("dc", code_dim), ("k", n_codes))
+        f"{name}{bucket(v)}" for name, v in (("n", n_rows), ("d", dim), ("dc", code_dim), ("k", n_codes))
     )
     return f"{compute}/{metric}/{'proj' if projected else 'plain'}/{buckets}"
-
-
-def device_key(name: str) -> str:
-    """A GPU's table key: its name lowercased, runs of other characters as ``-`` (bench/conftest.py's slug)."""
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
-
-
-@functools.cache
-def autotune_table() -> dict:
-    """The measured table: ``{"format", "measured", "note", "devices": {device_key: {"entries": {key: entry}}}}``;
-    each entry holds the medians it was chosen from (``triton_ms``, ``cuda_ms``) and the faster ``backend``."""
-    try:
-        text = resources.files("mert_fast.ops").joinpath(AUTOTUNE_TABLE).read_text(encoding="utf-8")
-        table = json.loads(text)
-    except (OSError, ValueError) as exc:
-        logger.warning("rvq: cannot read the auto backend table %s (%s); auto runs triton", AUTOTUNE_TABLE, exc)
-        return {"format": AUTOTUNE_FORMAT, "measured": False, "devices": {}}
-    if table.get("format") != AUTOTUNE_FORMAT:
-        logger.warning(
-            "rvq: %s has format %r, expected %d; auto runs triton", AUTOTUNE_TABLE, table.get("format"), AUTOTUNE_FORMAT
-        )
-        return {"format": AUTOTUNE_FORMAT, "measured": False, "devices": {}}
-    return table
-
-
-@functools.cache
-def _device_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device)
-
-
-def _measured_choice(device: torch.device, shape: tuple[int, int, int, int], projected: bool, cosine: bool) -> str:
-    """``"cuda"`` or ``"triton"`` as measured on this GPU for this shape's bucket; ``"triton"`` when unmeasured."""
-    devices = autotune_table().get("devices", {})
-    if not devices:
-        return "triton"
-    entries = devices.get(device_key(_device_name(device)), {}).get("entries", {})
-    key = autotune_key(torch.float32, "cosine" if cosine else "l2", projected, *shape)
-    return entries.get(key, {}).get("backend", "triton")
 
 
 def _native_built() -> bool:
