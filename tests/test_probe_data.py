@@ -1,5 +1,8 @@
 """The probe data set: manifests, files, stratified splits, labels against the audio (pitch, chord notes, timbre),
-determinism, argument checks and the fluidsynth path (with a stand-in renderer)."""
+determinism, argument checks and the fluidsynth path (with a stand-in renderer).
+
+The set is built with the numpy synthesizer and, where the machine has fluidsynth and a General MIDI soundfont,
+with fluidsynth too: every test of the audio holds for each renderer present, or names the one it checks."""
 
 from __future__ import annotations
 
@@ -23,14 +26,34 @@ TASKS = {"pitch_class": "notes", "instrument": "notes", "pitch": "notes", "chord
 HARMONIC = ("bass", "brass", "flute", "guitar", "keyboard", "organ", "reed", "string")
 
 
+RENDERERS = [
+    "numpy",
+    pytest.param("fluidsynth", marks=pytest.mark.skipif(not midi.fluidsynth_available(), reason="no fluidsynth")),
+]
+_BUILT: dict[str, tuple[Path, dict, dict]] = {}
+
+
+def _build(tmp_path_factory, source: str) -> tuple[Path, dict, dict]:
+    if source not in _BUILT:
+        out = tmp_path_factory.mktemp(f"probe_{source}")
+        manifests = make_probe_data(
+            out, seed=0, sample_rate=SR, seconds=SECONDS, notes_per_cell=PER_CELL, chords_per_cell=PER_CELL,
+            source=source,
+        )  # fmt: skip
+        _BUILT[source] = out, manifests, json.loads((out / "probe_data.json").read_text())
+    return _BUILT[source]
+
+
+@pytest.fixture(scope="module", params=RENDERERS)
+def probe(request, tmp_path_factory):
+    """(out, manifests, meta) of the set rendered by each renderer present; ``meta["source"]`` names it."""
+    return _build(tmp_path_factory, request.param)
+
+
 @pytest.fixture(scope="module")
-def probe(tmp_path_factory):
-    out = tmp_path_factory.mktemp("probe")
-    manifests = make_probe_data(
-        out, seed=0, sample_rate=SR, seconds=SECONDS, notes_per_cell=PER_CELL, chords_per_cell=PER_CELL
-    )
-    meta = json.loads((out / "probe_data.json").read_text())
-    return out, manifests, meta
+def numpy_probe(tmp_path_factory):
+    """The set rendered by the numpy synthesizer, for the tests that check that renderer's own properties."""
+    return _build(tmp_path_factory, "numpy")
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
@@ -88,7 +111,7 @@ def _read(out: Path, clip: dict) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------ files
 
 
-def test_manifests_headers_rows_and_labels(probe):
+def test_manifests_headers_rows_and_labels(probe, request):
     out, manifests, meta = probe
     assert list(manifests) == ["pitch_class", "instrument", "chord_quality", "chord_notes", "pitch"]
     sizes = {"notes": 12 * 9 * PER_CELL, "chords": 6 * 12 * PER_CELL}
@@ -112,7 +135,8 @@ def test_manifests_headers_rows_and_labels(probe):
     assert Counter(r["label"] for r in _rows(manifests["instrument"])) == {f: 12 * PER_CELL for f in FAMILIES}
     assert Counter(r["label"] for r in _rows(manifests["chord_quality"])) == {q: 12 * PER_CELL for q in QUALITIES}
     assert meta["tasks"]["pitch"]["type"] == "regression" and meta["tasks"]["chord_notes"]["type"] == "multilabel"
-    assert (meta["seed"], meta["sample_rate"], meta["seconds"], meta["source"]) == (0, SR, SECONDS, "numpy")
+    source = request.node.callspec.params["probe"]
+    assert (meta["seed"], meta["sample_rate"], meta["seconds"], meta["source"]) == (0, SR, SECONDS, source)
 
 
 def test_every_file_decodes_to_the_clip_format(probe):
@@ -148,11 +172,15 @@ def test_splits_are_fixed_stratified_and_shared_by_a_sets_manifests(probe):
 
 def test_labels_agree_with_the_generation_parameters(probe):
     _, _, meta = probe
+    fluidsynth = meta["source"] == "fluidsynth"
+    for set_name, programs in (("notes", data.GM_PROGRAMS), ("chords", data.GM_CHORD_PROGRAMS)):
+        for clip in meta["clips"][set_name]:  # a GM program is recorded where one rendered
+            assert clip.get("program", -1) in (programs[clip["family"]] if fluidsynth else [-1])
     for clip in meta["clips"]["notes"]:
         (midi,) = clip["midi"]
         low, high = FAMILY_RANGES[clip["family"]]
         assert low <= midi <= high and PITCH_CLASSES[midi % 12] == clip["pitch_class"]
-        assert 50 <= clip["velocity"][0] <= 120 and 0 <= clip["onsets"][0] <= 0.2 and "program" not in clip
+        assert 50 <= clip["velocity"][0] <= 120 and 0 <= clip["onsets"][0] <= 0.2
     octaves = Counter((c["family"], c["pitch_class"], c["midi"][0] // 12) for c in meta["clips"]["notes"])
     assert len({(f, pc) for f, pc, _ in octaves}) == 108 and len(octaves) > 150  # octaves do vary within a cell
     for family, (low, high) in FAMILY_RANGES.items():  # every pitch class playable in >= 2 octaves
@@ -183,8 +211,8 @@ def test_chord_notes_labels_are_the_pitch_classes_of_the_chord(probe):
     assert first["label"] == "C;E;G"
 
 
-def test_deterministic_and_clip_i_independent_of_cell_size(probe, tmp_path, monkeypatch):
-    out, _, meta = probe
+def test_deterministic_and_clip_i_independent_of_cell_size(numpy_probe, tmp_path, monkeypatch):
+    out, _, meta = numpy_probe
     kwargs = {"sample_rate": SR, "seconds": SECONDS, "notes_per_cell": 1, "chords_per_cell": 1}
     make_probe_data(tmp_path / "a", source="numpy", **kwargs)
     monkeypatch.setattr(midi, "fluidsynth_available", lambda: False)
@@ -229,7 +257,11 @@ def test_chord_chroma_has_the_chords_pitch_classes_on_top(probe):
         want = {m % 12 for m in clip["midi"]}
         top = set(np.argsort(_chroma(_read(out, clip), SR))[::-1][: len(want)].tolist())
         hits.setdefault(clip["family"], []).append(top == want)
-    for family in ("keyboard", "string", "guitar"):  # decaying harmonic spectra: the notes dominate the chroma
+    # the numpy synthesizer's decaying harmonic spectra: the notes dominate the chroma of every keyboard, string and
+    # guitar chord; sampled strings and strummed guitars put an upper partial on top now and then (FluidR3_GM,
+    # 10 chords per program: 9-10 of 10 for the string programs, 7-8 for the guitars), sampled pianos never
+    strict = ("keyboard", "string", "guitar") if meta["source"] == "numpy" else ("keyboard",)
+    for family in strict:
         assert all(hits[family]), family
     # organ drawbars and bright brass can put a note's twelfth above a chord tone now and then
     assert np.mean([h for v in hits.values() for h in v]) > 0.9
@@ -309,8 +341,8 @@ def test_fluidsynth_path_with_a_stand_in_renderer(tmp_path, monkeypatch):
     assert len(calls) == len(clips) == 108 + 72
     programs = Counter()
     for clip, call in zip(clips, calls, strict=True):
-        first, last = data.GM_PROGRAMS[clip["family"]]
-        assert call["programs"] == {0: clip["program"]} and first <= clip["program"] <= last
+        table = data.GM_CHORD_PROGRAMS if "quality" in clip else data.GM_PROGRAMS
+        assert call["programs"] == {0: clip["program"]} and clip["program"] in table[clip["family"]]
         assert (call["sample_rate"], call["soundfont"]) == (SR, soundfont)
         starts, durations, channels, keys, velocities = zip(*call["notes"], strict=True)
         assert set(channels) == {0} and list(keys) == clip["midi"] and list(velocities) == clip["velocity"]
@@ -320,4 +352,4 @@ def test_fluidsynth_path_with_a_stand_in_renderer(tmp_path, monkeypatch):
         assert sr == SR and x.shape == (round(0.6 * SR),) and 0.5 - 1e-3 <= np.abs(x).max() <= 0.9 + 1e-3
         f, spec = _spectrum(x, SR)
         assert abs(1200 * math.log2(f[np.argmax(spec)] / _midi_hz(clip["midi"][0]))) < 50
-    assert len(programs) > 40  # programs vary within families
+    assert len(programs) > 35  # programs vary within families

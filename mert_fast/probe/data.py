@@ -35,8 +35,8 @@ rate, length, the source (the numpy synthesizer, or fluidsynth and its soundfont
 the label lists and every clip's generation parameters.
 
 Sources: ``"numpy"`` renders with the synthesizer of :mod:`mert_fast.train.synth` and one timbre model per family;
-``"fluidsynth"`` renders the same notes through a General MIDI soundfont with a random program of the family's
-GM range (:data:`GM_PROGRAMS`); ``"auto"`` picks fluidsynth when it and a soundfont are installed.
+``"fluidsynth"`` renders the same notes through a General MIDI soundfont with a random program of the family
+(:data:`GM_PROGRAMS`); ``"auto"`` picks fluidsynth when it and a soundfont are installed.
 """
 
 from __future__ import annotations
@@ -61,6 +61,7 @@ __all__ = [
     "CHORD_INTERVALS",
     "FAMILIES",
     "FAMILY_RANGES",
+    "GM_CHORD_PROGRAMS",
     "GM_PROGRAMS",
     "PITCH_CLASSES",
     "QUALITIES",
@@ -95,18 +96,27 @@ FAMILY_RANGES = {
     "reed": (50, 84),
     "string": (40, 88),
 }
-#: First and last General MIDI program (0-based) of each family.
+#: General MIDI programs (0-based) that render each family, chosen from the family's GM range by what the labels
+#: promise, measured on FluidR3_GM: every note sounds at its labelled pitch (not so: the 16' drawbar and rock organs,
+#: clarinet, baritone sax, contrabass, tremolo strings, harp, timpani, slap bass, overdriven and harmonics guitars,
+#: glockenspiel, tubular bells, dulcimer), organs sustain (not so: percussive organ, accordions, harmonica), brass is
+#: bright (not so: French horn, synth brass; the tuba is silent above its range), and chords put their own pitch
+#: classes on top of the chroma (often not so: harpsichord, clavinet, tenor sax, oboe; see GM_CHORD_PROGRAMS).
 GM_PROGRAMS = {
-    "keyboard": (0, 7),
-    "mallet": (8, 15),
-    "organ": (16, 23),
-    "guitar": (24, 31),
-    "bass": (32, 39),
-    "string": (40, 51),
-    "brass": (56, 63),
-    "reed": (64, 71),
-    "flute": (72, 79),
+    "keyboard": (0, 1, 2, 3, 4, 5),
+    "mallet": (8, 10, 11, 12, 13),
+    "organ": (19, 20),
+    "guitar": (24, 25, 28),
+    "bass": (32, 33, 34, 35),
+    "string": (40, 41, 42, 48, 49, 50),
+    "brass": (56, 57, 59, 61),
+    "reed": (64, 65, 69, 70),
+    "flute": (72, 73, 74, 75, 76, 77, 78, 79),
 }
+#: Where chords need other programs than single notes: the bright trumpet and brass section, and the English horn,
+#: often put an upper partial of a chord tone above another chord tone (FluidR3_GM, 10 chords each: 5 of 10 hits
+#: for the trumpet and the brass section, 7 for the English horn; 7-10 for the programs kept here).
+GM_CHORD_PROGRAMS = {**GM_PROGRAMS, "brass": (57, 59), "reed": (64, 65, 70)}
 _CHORD_LOW = {"keyboard": 48, "organ": 48, "guitar": 40, "string": 48, "mallet": 53, "brass": 48, "reed": 50}
 _SET_IDS = {"notes": 0, "chords": 1}  # clip i of a set is seeded by (seed, set id, i); its splits by (seed, 100 + id)
 _N_CELLS = {"notes": len(PITCH_CLASSES) * len(FAMILIES), "chords": len(QUALITIES) * len(PITCH_CLASSES)}
@@ -240,7 +250,7 @@ def _note_params(rng: np.random.Generator, i: int, seconds: float) -> dict:
     onset = float(rng.uniform(0.0, 0.2))
     gate = min(float(rng.uniform(0.8, 1.6)), max(0.1, seconds - onset - 0.15))  # short clips: still a release
     velocity = int(rng.integers(50, 121))
-    program = int(rng.integers(GM_PROGRAMS[family][0], GM_PROGRAMS[family][1] + 1))
+    program = GM_PROGRAMS[family][int(rng.integers(len(GM_PROGRAMS[family])))]
     return {
         "family": family,
         "pitch_class": PITCH_CLASSES[pc],
@@ -274,7 +284,7 @@ def _chord_params(rng: np.random.Generator, i: int, seconds: float) -> dict:
     gate = min(float(rng.uniform(0.8, 1.6)), max(0.1, seconds - onset - strum * len(offsets) - 0.15))
     level = int(rng.integers(50, 116))
     velocity = [int(np.clip(level + rng.integers(-8, 9), 1, 127)) for _ in offsets]
-    program = int(rng.integers(GM_PROGRAMS[family][0], GM_PROGRAMS[family][1] + 1))
+    program = GM_CHORD_PROGRAMS[family][int(rng.integers(len(GM_CHORD_PROGRAMS[family])))]
     return {
         "family": family,
         "quality": quality,
