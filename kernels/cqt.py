@@ -75,10 +75,11 @@ MAX_BLOCK_B = 16
 
 
 def launch_config(batch: int, on_gpu: bool) -> dict:
-    """Block sizes and warps for ``batch`` clips: ``BLOCK_R * BLOCK_B`` about 1024 accumulators on a GPU; the
-    interpreter takes 64-row tiles. The compile gate checks every value this returns for batches 1 to 64."""
+    """Block sizes and warps for ``batch`` clips: ``BLOCK_R * BLOCK_B`` = 512 complex accumulators on a GPU
+    (1024 made ptxas spill at BLOCK_B = 4); the interpreter takes 64-row tiles. The compile gate checks every
+    value this returns for batches 1 to 64."""
     block_b = min(MAX_BLOCK_B, triton.next_power_of_2(batch))
-    block_r = max(16, 1024 // block_b) if on_gpu else 64
+    block_r = max(16, 512 // block_b) if on_gpu else 64
     return {"BLOCK_R": block_r, "BLOCK_B": block_b, "num_warps": 4}
 
 
