@@ -4,8 +4,9 @@ No GPU is needed: ``triton.compile`` targets ``GPUTarget("cuda", 90, 32)`` and t
 wheel assembles the result. Per case (kernel, config, dtype, MERT shape) this records the shared memory the
 launch asks for, registers and spill bytes (``ptxas -v``), the tensor-core instructions in the PTX (``wgmma``
 for Hopper's, ``mma`` for the Ampere ones) and the compile time. Every launch config comes from the same
-tables and functions the launchers use (``CONFIGS`` / ``launch_config`` in each kernel module), so a launcher
-cannot pick a config this has not built. It is compile-time evidence, not a timing.
+tables and functions the launchers use (``CONFIGS`` / ``launch_config`` in each kernel module): the autotune
+spaces are built whole, and the shape-dependent configs at the shapes listed here (a launcher's choice for a
+shape outside them, e.g. codebook CE with D > 64, is not built). It is compile-time evidence, not a timing.
 
 ``python -m mert_fast.kernels._gate --json out.json`` writes the results (``--jobs``, ``--only``, ``--cache``);
 ``tests/test_sm90_compile.py`` runs it under each triton it is given and asserts :func:`problems` is empty.
