@@ -34,9 +34,11 @@ DROPOUT_BITS = 24
 
 
 @triton.jit
-def _mm(a, b, IEEE: tl.constexpr):
-    if IEEE:
-        return tl.dot(a, b, input_precision="ieee")
+def _mm(a, b, F32: tl.constexpr):
+    """fp32 operands: three TF32 tensor-core products (``tf32x3``), about fp32's accuracy without an FMA-loop
+    dot, whose whole contraction sits in registers and spills; fp16/bf16 operands: one tensor-core product."""
+    if F32:
+        return tl.dot(a, b, input_precision="tf32x3")
     else:
         return tl.dot(a, b)
 
@@ -113,7 +115,7 @@ def _attn_fwd_kernel(
     HAS_MASK: tl.constexpr,
     MASK_Q: tl.constexpr,
     DROPOUT: tl.constexpr,
-    IEEE: tl.constexpr,
+    F32: tl.constexpr,
     UPCAST: tl.constexpr,
     BF16: tl.constexpr,
 ):
@@ -161,7 +163,7 @@ def _attn_fwd_kernel(
         if UPCAST:
             k = k.to(tl.float32)
             v = v.to(tl.float32)
-        s = _mm(q, tl.trans(k), IEEE) * qk_scale
+        s = _mm(q, tl.trans(k), F32) * qk_scale
         s = tl.where(key_ok[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with no valid key so far
@@ -171,7 +173,7 @@ def _attn_fwd_kernel(
         acc = acc * alpha[:, None]
         if DROPOUT:
             p = tl.where(_keep(seed, rng_rows[:, None] + offs_n[None, :], drop_thresh), p, 0.0)
-        acc = acc + _mm(_round_io(p, io_ty, UPCAST, BF16), v, IEEE)
+        acc = acc + _mm(_round_io(p, io_ty, UPCAST, BF16), v, F32)
         m_i = m_new
 
     row_ok = row_ok & (l_i > 0.0)
@@ -262,7 +264,7 @@ def _attn_bwd_dkdv_kernel(
     HAS_MASK: tl.constexpr,
     MASK_Q: tl.constexpr,
     DROPOUT: tl.constexpr,
-    IEEE: tl.constexpr,
+    F32: tl.constexpr,
     UPCAST: tl.constexpr,
     BF16: tl.constexpr,
 ):
@@ -314,19 +316,19 @@ def _attn_bwd_dkdv_kernel(
             do = do.to(tl.float32)
         lse = tl.load(LSE + stat_base + offs_m, mask=m_ok, other=float("inf"))
         delta = tl.load(DELTA + stat_base + offs_m, mask=m_ok, other=0.0)
-        s_t = _mm(k, tl.trans(q), IEEE) * qk_scale
+        s_t = _mm(k, tl.trans(q), F32) * qk_scale
         s_t = tl.where(key_ok[:, None], s_t, float("-inf"))
         p_t = tl.exp2(s_t - lse[None, :])  # rows with lse = +inf (padding, no valid key) give 0
-        dp_t = _mm(v, tl.trans(do), IEEE)
+        dp_t = _mm(v, tl.trans(do), F32)
         if DROPOUT:
             keep_t = _keep(seed, rng_base[:, None] + offs_m[None, :] * TK, drop_thresh)
             pd_t = tl.where(keep_t, p_t * drop_scale, 0.0)
             dp_t = tl.where(keep_t, dp_t * drop_scale, 0.0)
         else:
             pd_t = p_t
-        dv = dv + _mm(_round_io(pd_t, io_ty, UPCAST, BF16), do, IEEE)
+        dv = dv + _mm(_round_io(pd_t, io_ty, UPCAST, BF16), do, F32)
         ds_t = p_t * (dp_t - delta[None, :])
-        dk = dk + _mm(_round_io(ds_t, io_ty, UPCAST, BF16), q, IEEE)
+        dk = dk + _mm(_round_io(ds_t, io_ty, UPCAST, BF16), q, F32)
 
     dk = dk * sm_scale
     out_off = b * stride_dkb + h * stride_dkh + offs_n[:, None] * stride_dkn + offs_d[None, :]
@@ -378,7 +380,7 @@ def _attn_bwd_dq_kernel(
     HAS_MASK: tl.constexpr,
     MASK_Q: tl.constexpr,
     DROPOUT: tl.constexpr,
-    IEEE: tl.constexpr,
+    F32: tl.constexpr,
     UPCAST: tl.constexpr,
     BF16: tl.constexpr,
 ):
@@ -431,15 +433,15 @@ def _attn_bwd_dq_kernel(
         if UPCAST:
             k = k.to(tl.float32)
             v = v.to(tl.float32)
-        s = _mm(q, tl.trans(k), IEEE) * qk_scale
+        s = _mm(q, tl.trans(k), F32) * qk_scale
         s = tl.where(key_ok[None, :], s, float("-inf"))
         p = tl.exp2(s - lse[:, None])
-        dp = _mm(do, tl.trans(v), IEEE)
+        dp = _mm(do, tl.trans(v), F32)
         if DROPOUT:
             keep = _keep(seed, rng_rows[:, None] + offs_n[None, :], drop_thresh)
             dp = tl.where(keep, dp * drop_scale, 0.0)
         ds = p * (dp - delta[:, None])
-        dq = dq + _mm(_round_io(ds, io_ty, UPCAST, BF16), k, IEEE)
+        dq = dq + _mm(_round_io(ds, io_ty, UPCAST, BF16), k, F32)
 
     dq = dq * sm_scale
     tl.store(
@@ -480,26 +482,45 @@ def _interpreted(t: torch.Tensor) -> bool:
     return not t.is_cuda
 
 
-def _fwd_configs() -> list[triton.Config]:
-    return [
-        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
-        for bm, bn, w, s in ((128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3), (64, 32, 4, 2))
-    ]
+#: Autotune spaces on a GPU, ``(BLOCK_M, BLOCK_N, num_warps, num_stages)`` per kernel and operand dtype. The
+#: launchers tune over exactly these and the compile gate (``_gate.py``) builds every entry for sm_90. For the
+#: backward kernels ``BLOCK_N`` keys are held and ``BLOCK_M`` queries streamed (dK/dV), or the other way round (dQ).
+#: Kept: the configs that compile for sm_90 under triton 3.6 and 3.9 at head dims 16-128 with mask and dropout
+#: without spills (fp16/bf16) and with ``wgmma`` (dQ needs 64+ query rows for it, dK/dV 64+ keys); fp32 keeps its
+#: smallest-spilling tile. Fewer configs also mean fewer compiles on a GPU's first call.
+CONFIGS = {
+    "fwd": {"half": ((128, 64, 8, 3), (64, 64, 4, 3)), "fp32": ((64, 32, 4, 2),)},
+    "dkdv": {"half": ((16, 64, 8, 3),), "fp32": ((16, 64, 4, 2),)},
+    "dq": {"half": ((128, 64, 8, 3),), "fp32": ((64, 32, 4, 2),)},
+}
+#: Fixed launches: the delta kernel's query rows and the keep-mask kernel's tile, on a GPU.
+DELTA_BLOCK_M = 64
+KEEP_MASK_BLOCKS = (32, 128)
+KEEP_MASK_WARPS = 4
 
 
-def _bwd_configs() -> list[triton.Config]:
-    # (BLOCK_M, BLOCK_N): the dK/dV kernel holds BLOCK_N keys and streams BLOCK_M queries; the dQ kernel the
-    # other way round. Both kernels share the tuned pair.
-    return [
-        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
-        for bm, bn, w, s in ((64, 64, 4, 3), (32, 128, 8, 3), (64, 128, 8, 3), (32, 64, 4, 2))
-    ]
+def dtype_class(dtype: torch.dtype) -> str:
+    """The key of :data:`CONFIGS` for an operand dtype."""
+    return "fp32" if dtype == torch.float32 else "half"
 
 
-_KEY = ["BLOCK_D", "T_BUCKET", "HAS_MASK", "MASK_Q", "DROPOUT", "IEEE"]
-_fwd_tuned = triton.autotune(configs=_fwd_configs(), key=_KEY)(_attn_fwd_kernel)
-_dkdv_tuned = triton.autotune(configs=_bwd_configs(), key=_KEY)(_attn_bwd_dkdv_kernel)
-_dq_tuned = triton.autotune(configs=_bwd_configs(), key=_KEY)(_attn_bwd_dq_kernel)
+def _autotuned(kernel, name: str) -> dict:
+    return {
+        cls: triton.autotune(
+            configs=[
+                triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=st)
+                for bm, bn, w, st in CONFIGS[name][cls]
+            ],
+            key=_KEY,
+        )(kernel)
+        for cls in ("half", "fp32")
+    }
+
+
+_KEY = ["BLOCK_D", "T_BUCKET", "HAS_MASK", "MASK_Q", "DROPOUT", "F32"]
+_fwd_tuned = _autotuned(_attn_fwd_kernel, "fwd")
+_dkdv_tuned = _autotuned(_attn_bwd_dkdv_kernel, "dkdv")
+_dq_tuned = _autotuned(_attn_bwd_dq_kernel, "dq")
 
 #: Block sizes under the interpreter: small, and different for M and N so a swapped index cannot pass.
 _INTERP_FWD = {"BLOCK_M": 32, "BLOCK_N": 16}
@@ -538,7 +559,7 @@ def _common(q: torch.Tensor, k: torch.Tensor, key_padding_mask, dropout_p: float
         "HAS_MASK": has_mask,
         "MASK_Q": has_mask and t_q == t_k,
         "DROPOUT": dropout_p > 0.0,
-        "IEEE": q.dtype == torch.float32,
+        "F32": q.dtype == torch.float32,
         "UPCAST": _interpreted(q) and q.dtype != torch.float32,
         "BF16": q.dtype == torch.bfloat16,
     }
@@ -599,7 +620,7 @@ def attention_forward(
         _attn_fwd_kernel[grid](**args, **_INTERP_FWD)
     else:
         grid = lambda cfg: (triton.cdiv(t_q, cfg["BLOCK_M"]), heads, batch)  # noqa: E731
-        _fwd_tuned[grid](**args)
+        _fwd_tuned[dtype_class(q.dtype)][grid](**args)
     return out, lse
 
 
@@ -624,7 +645,7 @@ def attention_backward(
     interp = _interpreted(q)
 
     delta = torch.empty((batch, heads, t_q), device=q.device, dtype=torch.float32)
-    block_m = 32 if interp else 64
+    block_m = 32 if interp else DELTA_BLOCK_M
     _attn_bwd_delta_kernel[(triton.cdiv(t_q, block_m), heads, batch)](
         OUT=out,
         DO=grad_out,
@@ -682,15 +703,15 @@ def attention_backward(
         _attn_bwd_dkdv_kernel[(triton.cdiv(t_k, _INTERP_DKDV["BLOCK_N"]), heads, batch)](**dkdv_args, **_INTERP_DKDV)
         _attn_bwd_dq_kernel[(triton.cdiv(t_q, _INTERP_DQ["BLOCK_M"]), heads, batch)](**dq_args, **_INTERP_DQ)
     else:
-        _dkdv_tuned[lambda cfg: (triton.cdiv(t_k, cfg["BLOCK_N"]), heads, batch)](**dkdv_args)
-        _dq_tuned[lambda cfg: (triton.cdiv(t_q, cfg["BLOCK_M"]), heads, batch)](**dq_args)
+        _dkdv_tuned[dtype_class(q.dtype)][lambda cfg: (triton.cdiv(t_k, cfg["BLOCK_N"]), heads, batch)](**dkdv_args)
+        _dq_tuned[dtype_class(q.dtype)][lambda cfg: (triton.cdiv(t_q, cfg["BLOCK_M"]), heads, batch)](**dq_args)
     return dq, dk, dv
 
 
 def keep_mask(seed: torch.Tensor, batch: int, heads: int, t_q: int, t_k: int, dropout_p: float) -> torch.Tensor:
     """The dropout keep-mask ``(B, H, Tq, Tk)`` bool the attention kernels use for ``seed`` ``(1,)`` int64."""
     out = torch.empty((batch, heads, t_q, t_k), device=seed.device, dtype=torch.uint8)
-    block_m, block_n = (64, 128) if seed.is_cuda else (64, 256)
+    block_m, block_n = KEEP_MASK_BLOCKS if seed.is_cuda else (64, 256)
     _keep_mask_kernel[(triton.cdiv(t_q, block_m), heads, batch)](
         OUT=out,
         SEED=seed,
@@ -700,5 +721,6 @@ def keep_mask(seed: torch.Tensor, batch: int, heads: int, t_q: int, t_k: int, dr
         drop_thresh=_drop_args(dropout_p)[0],
         BLOCK_M=block_m,
         BLOCK_N=block_n,
+        num_warps=KEEP_MASK_WARPS,
     )
     return out.view(torch.bool)

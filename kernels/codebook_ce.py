@@ -309,26 +309,36 @@ def _codebook_ce_bwd_c_kernel(
     tl.store(dbias_ptr + q * n_k + cols, (dbias * gmax).to(dbias_ptr.dtype.element_ty), mask=col_ok)
 
 
-def _config(x: torch.Tensor, n_d: int) -> dict:
-    """Block sizes and compile-time flags shared by the three kernels."""
+def launch_config(dtype: torch.dtype, n_d: int, on_gpu: bool) -> dict:
+    """Block sizes and compile-time flags shared by the three kernels (the compile gate builds what this returns
+    on a GPU for every dtype)."""
     if n_d > MAX_DIM:
         raise ValueError(f"x: the Triton kernels hold D <= {MAX_DIM} features in one tile; got D={n_d}")
-    fp64 = x.dtype == torch.float64
-    interpreted = not x.is_cuda
+    fp64 = dtype == torch.float64
+    interpreted = not on_gpu
     if interpreted:
         block_s, block_k = INTERPRET_BLOCKS
         warps = 4
     else:
-        block_s, block_k = (64, 64) if n_d <= 64 else (64, 32)
-        warps = 4 if n_d <= 64 else 8
+        # measured for sm_90 (the compile gate): 8 warps keep the half-precision backward kernels spill-free
+        # under triton 3.6; fp32 operands are split in two for tf32x3, and 32 codes per tile keep its backward
+        # kernels near spill-free
+        if n_d > 64:
+            block_s, block_k, warps = 64, 32, 8
+        elif dtype == torch.float32:
+            block_s, block_k, warps = 64, 32, 4
+        else:
+            block_s, block_k, warps = 64, 64, 8 if dtype in (torch.float16, torch.bfloat16) else 4
     return {
         "block_s": block_s,
         "block_k": block_k,
         "BLOCK_D": max(16, triton.next_power_of_2(n_d)),
         # the interpreter mis-computes half-precision arithmetic: convert after loading, cast on store
-        "UPCAST": interpreted and x.dtype in (torch.float16, torch.bfloat16),
-        # fp32 operands must not silently become TF32 on Hopper (half-precision operands are exact either way)
-        "PRECISION": "ieee" if x.dtype in (torch.float32, torch.float64) else "tf32",
+        "UPCAST": interpreted and dtype in (torch.float16, torch.bfloat16),
+        # fp32 operands must not silently become TF32 on Hopper: three TF32 products (tf32x3) keep about fp32's
+        # accuracy on tensor cores, where an ieee FMA-loop dot holds its contraction in registers and spills;
+        # half-precision operands are exact either way
+        "PRECISION": {torch.float32: "tf32x3", torch.float64: "ieee"}.get(dtype, "tf32"),
         "FP64": fp64,
         "num_warps": warps,
     }
@@ -359,7 +369,7 @@ def codebook_ce_forward(
     """
     n_s, n_q, n_d = x.shape
     n_k = codebooks.shape[1]
-    cfg = _config(x, n_d)
+    cfg = launch_config(x.dtype, n_d, x.is_cuda)
     acc = _acc_dtype(x)
     x, codebooks, targets = x.contiguous(), codebooks.contiguous(), targets.contiguous()
     normalize = norm_x is not None
@@ -424,7 +434,7 @@ def codebook_ce_backward(
     """
     n_s, n_q, n_d = x.shape
     n_k = codebooks.shape[1]
-    cfg = _config(x, n_d)
+    cfg = launch_config(x.dtype, n_d, x.is_cuda)
     acc = _acc_dtype(x)
     x, codebooks, targets = x.contiguous(), codebooks.contiguous(), targets.contiguous()
     normalize = norm_x is not None

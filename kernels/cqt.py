@@ -36,13 +36,15 @@ def _csr_spmm_kernel(
     pid_b = tl.program_id(1).to(tl.int64)
     acc_t = tl.float64 if FP64 else tl.float32
 
-    rows = pid_r * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
+    # every per-row value is a (BLOCK_R, 1) column, never a 1-D vector: triton 3.6's layout pass mis-compiles
+    # the mix of 1-D row vectors and their (BLOCK_R, BLOCK_B) broadcasts once BLOCK_B reaches 16
+    rows = pid_r * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)[:, None]
     row_mask = rows < n_rows
-    batch = pid_b * BLOCK_B + tl.arange(0, BLOCK_B).to(tl.int64)
+    batch = pid_b * BLOCK_B + tl.arange(0, BLOCK_B).to(tl.int64)[None, :]
     batch_mask = batch < n_batch
     start = tl.load(crow_ptr + rows, mask=row_mask, other=0)
     count = tl.load(crow_ptr + rows + 1, mask=row_mask, other=0) - start
-    n_steps = tl.max(count, axis=0)
+    n_steps = tl.max(tl.max(count, axis=1), axis=0)
 
     acc_re = tl.zeros([BLOCK_R, BLOCK_B], dtype=acc_t)
     acc_im = tl.zeros([BLOCK_R, BLOCK_B], dtype=acc_t)
@@ -55,17 +57,30 @@ def _csr_spmm_kernel(
         upper = col >= n_in
         src = tl.where(upper, col - n_in, col)
         sign = tl.where(upper, -1.0, 1.0).to(acc_t)
-        m2 = m[:, None] & batch_mask[None, :]
-        xp = x_ptr + batch[None, :] * stride_xb + src[:, None] * 2
+        m2 = m & batch_mask
+        xp = x_ptr + batch * stride_xb + src * 2
         x_re = tl.load(xp, mask=m2, other=0.0).to(acc_t)
-        x_im = tl.load(xp + 1, mask=m2, other=0.0).to(acc_t) * sign[:, None]
-        acc_re += v_re[:, None] * x_re - v_im[:, None] * x_im
-        acc_im += v_re[:, None] * x_im + v_im[:, None] * x_re
+        x_im = tl.load(xp + 1, mask=m2, other=0.0).to(acc_t) * sign
+        acc_re += v_re * x_re - v_im * x_im
+        acc_im += v_re * x_im + v_im * x_re
 
-    om = row_mask[:, None] & batch_mask[None, :]
-    op = out_ptr + batch[None, :] * stride_ob + rows[:, None] * 2
+    om = row_mask & batch_mask
+    op = out_ptr + batch * stride_ob + rows * 2
     tl.store(op, acc_re.to(out_ptr.dtype.element_ty), mask=om)
     tl.store(op + 1, acc_im.to(out_ptr.dtype.element_ty), mask=om)
+
+
+#: Largest batch tile: batches of more clips run several tiles.
+MAX_BLOCK_B = 16
+
+
+def launch_config(batch: int, on_gpu: bool) -> dict:
+    """Block sizes and warps for ``batch`` clips: ``BLOCK_R * BLOCK_B`` = 512 complex accumulators on a GPU
+    (1024 made ptxas spill at BLOCK_B = 4); the interpreter takes 64-row tiles. The compile gate checks every
+    value this returns for batches 1 to 64."""
+    block_b = min(MAX_BLOCK_B, triton.next_power_of_2(batch))
+    block_r = max(16, 512 // block_b) if on_gpu else 64
+    return {"BLOCK_R": block_r, "BLOCK_B": block_b, "num_warps": 4}
 
 
 def csr_spmm(crow: torch.Tensor, col: torch.Tensor, val: torch.Tensor, x: torch.Tensor, n_cols: int) -> torch.Tensor:
@@ -80,9 +95,8 @@ def csr_spmm(crow: torch.Tensor, col: torch.Tensor, val: torch.Tensor, x: torch.
     n_rows = crow.shape[0] - 1
     batch = x.shape[0]
     out = torch.empty((batch, n_rows, 2), device=x.device, dtype=x.dtype)
-    block_b = min(16, triton.next_power_of_2(batch))
-    block_r = max(16, 1024 // block_b) if x.is_cuda else 64
-    grid = (triton.cdiv(n_rows, block_r), triton.cdiv(batch, block_b))
+    cfg = launch_config(batch, x.is_cuda)
+    grid = (triton.cdiv(n_rows, cfg["BLOCK_R"]), triton.cdiv(batch, cfg["BLOCK_B"]))
     _csr_spmm_kernel[grid](
         crow,
         col,
@@ -94,8 +108,7 @@ def csr_spmm(crow: torch.Tensor, col: torch.Tensor, val: torch.Tensor, x: torch.
         n_in=x.shape[1],
         stride_xb=x.stride(0),
         stride_ob=out.stride(0),
-        BLOCK_R=block_r,
-        BLOCK_B=block_b,
         FP64=x.dtype == torch.float64,
+        **cfg,
     )
     return out

@@ -173,6 +173,32 @@ def test_triton_kernel_matches_reference(triton_backend, monkeypatch, dtype, bat
 
 
 @pytest.mark.triton
+@pytest.mark.parametrize("batch", [9, 16, 64])
+def test_triton_kernel_batch_tiles(triton_backend, monkeypatch, batch):
+    """Batches of 9 or more clips take the kernel's 16-clip batch tile (a partial one at 9, four at 64), forward
+    and adjoint."""
+    kernels = importlib.import_module("mert_fast.kernels.cqt")
+    tiles = []
+    launch = kernels.csr_spmm
+    on_gpu = torch.cuda.is_available()
+    block_b = lambda x: kernels.launch_config(x.shape[0], on_gpu)["BLOCK_B"]  # noqa: E731
+    monkeypatch.setattr(kernels, "csr_spmm", lambda *a: tiles.append(block_b(a[3])) or launch(*a))
+    device = "cuda" if on_gpu else "cpu"
+    x = _audio(batch, 700, torch.float64, device).requires_grad_()
+    out = cqt(x, output="complex", **TINY)
+    assert tiles == [16], "the Triton kernel was not launched on a 16-clip tile"
+    assert_rel_close(out, cqt_ref(x.detach().cpu(), output="complex", **TINY), bound=BOUND)
+    weight = torch.rand(out.shape, dtype=torch.float64, device=device)
+    (g_triton,) = torch.autograd.grad((out.abs() * weight).sum(), x)
+    assert len(tiles) == 2, "the adjoint did not run the Triton kernel"
+    monkeypatch.setenv("MERT_FAST_BACKEND", "torch")
+    torch_out = cqt(x, output="complex", **TINY)
+    assert_rel_close(out, torch_out, bound=1e-12)
+    (g_torch,) = torch.autograd.grad((torch_out.abs() * weight).sum(), x)
+    assert_rel_close(g_triton, g_torch, bound=1e-12)
+
+
+@pytest.mark.triton
 def test_triton_backward_matches_torch(triton_backend, monkeypatch):
     """The backward runs the Triton kernel on the transposed matrix; it must give the torch adjoint's gradient
     (which test_gradcheck checks against finite differences)."""

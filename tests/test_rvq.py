@@ -364,6 +364,32 @@ def test_triton_kernel_matches_reference(
 
 
 @pytest.mark.triton
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+@pytest.mark.parametrize("d", [768, 1024])
+def test_triton_nearest_code_wide_features(triton_backend, monkeypatch, metric, d):
+    """k-means on 768- or 1024-dim features: the kernel streams the feature dimension (12 or 16 chunks here)."""
+    kernels = importlib.import_module("mert_fast.kernels.rvq")
+    calls = []
+    launch = kernels.rvq_encode_fused
+    monkeypatch.setattr(kernels, "rvq_encode_fused", lambda *a, **kw: calls.append(1) or launch(*a, **kw))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    x, book = _randn(21, d, device=device), _randn(150, d, device=device)
+    idx, dist = nearest_code(x, book, metric=metric)
+    assert calls, "the Triton kernel was not launched"
+    ref_idx, ref_dist = nearest_code_ref(x.cpu().double(), book.cpu().double(), metric=metric)
+    x64, c64 = x.cpu().double(), book.cpu().double()[idx.cpu()]
+    if metric == "l2":
+        chosen = (x64 - c64).square().sum(-1)
+        scale = (x64.norm(dim=1) + book.cpu().double().norm(dim=1).max()) ** 2
+    else:
+        chosen = 1 - (F.normalize(x64, dim=1) * F.normalize(c64, dim=1)).sum(-1)
+        scale = 1.0
+    # the chosen code is the nearest within fp32 rounding of the float64 distances, and almost always the same
+    assert ((chosen - ref_dist) <= RTOL[torch.float32] * scale).all()
+    assert (idx.cpu() != ref_idx).sum() <= 1
+
+
+@pytest.mark.triton
 def test_triton_writes_every_output_and_nothing_else(triton_backend):
     """Poisoned outputs: every code and quantized element is written; padding rows and columns are not."""
     kernels = importlib.import_module("mert_fast.kernels.rvq")
