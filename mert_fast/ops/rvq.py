@@ -22,10 +22,11 @@ Ties resolve to the lowest code index (``torch.argmin``'s rule). Distances are s
 would flip codes and are not offered), so the chosen code's distance equals the minimum up to fp32 rounding;
 ``rvq_code_gaps_ref`` in :mod:`mert_fast.ops.reference` checks exactly that.
 
-Backends (``MERT_FAST_BACKEND``): ``triton`` encodes every stage in one launch, streaming the codebooks and
-the feature dimension in chunks (any ``D`` up to 4,096) with each tile's residual in an fp32 workspace; ``cuda`` is the same fused encode in CUDA C++ (``csrc/rvq_encode.cu``, in the ``mert_fast._C``
-extension; float32 and float64, half inputs searched in float32 like the other backends); ``torch`` loops over
-stages on chunks of rows, so no ``N x K`` distance matrix is ever held. ``cuda`` exists for CUDA tensors only: an
+Backends (``MERT_FAST_BACKEND``): ``triton`` encodes every stage in one launch, streaming the codebooks and the
+feature dimension in chunks (any ``D`` up to 4,096) with each tile's residual in an fp32 workspace; ``cuda`` is the
+same fused encode in CUDA C++ (``csrc/rvq_encode.cu``, in the ``mert_fast._C`` extension; float32 and float64, half
+inputs searched in float32 like the other backends); ``torch`` loops over stages on chunks of rows, so no ``N x K``
+distance matrix is ever held. ``cuda`` exists for CUDA tensors only: an
 explicit ``cuda`` request on a CPU tensor is an error, as for every op.
 
 ``auto`` (the default): the CPU runs ``torch``. On a CUDA tensor it runs the fastest candidate (``torch``, ``cuda``
