@@ -342,7 +342,7 @@ def run_probe(
         The ``scores.json`` content: task, features, protocol, per-seed runs and the summary over seeds (mean
         and standard deviation of every score per layer and for the weighted sum, and the best layer by valid).
     """
-    from mert_fast.model.extract_run import _write_json
+    from mert_fast._io import write_json
     from mert_fast.probe.features import load_features
     from mert_fast.probe.manifest import read_probe_manifest
 
@@ -372,6 +372,6 @@ def run_probe(
         "summary": summary,
         "runs": runs,
     }
-    _write_json(out / "scores.json", result)  # atomic, as extraction's sidecars
+    write_json(out / "scores.json", result)  # atomic, as extraction's sidecars
     plot_layers(result, out / "layers.png")
     return result

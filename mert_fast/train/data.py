@@ -33,7 +33,7 @@ import soxr
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from mert_fast.audio import AUDIO_EXTENSIONS, find_audio, load_audio
+from mert_fast.audio import AUDIO_EXTENSIONS, audio_info, find_audio, load_audio
 
 __all__ = [
     "AUDIO_EXTENSIONS",
@@ -181,9 +181,9 @@ def _probe(path: Path, min_seconds: float) -> tuple[int, int] | str:
     if not path.is_file():
         return "not a file"
     try:
-        info = sf.info(os.fspath(path))
-    except (sf.SoundFileError, RuntimeError) as exc:
-        return f"cannot decode: {getattr(exc, 'error_string', None) or exc}"
+        info = audio_info(path)
+    except ValueError as exc:  # "cannot decode audio file ...: not decodable audio as ...: why"
+        return str(exc)
     if info.frames <= 0 or info.samplerate <= 0:
         return "empty: no samples"
     seconds = info.frames / info.samplerate
