@@ -49,3 +49,17 @@ def test_impossible_output_dir_names_the_flag(tmp_path, kind):
 def test_missing_inputs_are_one_line(tmp_path, args, message):
     args = [a.format(tmp=tmp_path) for a in args]
     assert message in _one_line(_train(tmp_path, "--output-dir", str(tmp_path / "run"), *args))
+
+
+def test_resume_from_a_corrupt_checkpoint_names_the_file(tmp_path):
+    from mert_fast.train.checkpoint import CHECKPOINT_FORMAT, write_manifest
+
+    ckpt = tmp_path / "run" / "checkpoints" / "step00000004"
+    ckpt.mkdir(parents=True)
+    (ckpt / "mert_fast.json").write_text(f'{{"format": "{CHECKPOINT_FORMAT}", "step": 4}}')
+    optim = ckpt / "zero_pp_rank_0_mp_rank_00_optim_states.pt"
+    optim.write_bytes(b"x" * 1000)
+    write_manifest(ckpt)
+    optim.write_bytes(b"x" * 500)  # half an optimizer file
+    line = _one_line(_train(tmp_path, "--output-dir", str(tmp_path / "run"), "--resume", str(ckpt)))
+    assert f"{optim} is 500 bytes, the manifest says 1000" in line
