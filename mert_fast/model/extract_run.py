@@ -408,8 +408,8 @@ def _run_batch(
             finish(
                 item,
                 "failed",
-                f"the model produced non-finite features ({bad} of {array.size} values NaN or "
-                f"inf; check the model's weights, or use --dtype float32 if a low precision overflowed)",
+                f"the model produced non-finite features ({bad} of {array.size} values NaN or inf): check the "
+                "model's weights; in float16 (--dtype or --save-dtype) large values can also overflow",
                 duration,
             )
             continue
