@@ -251,21 +251,22 @@ def find_audio(inputs: Sequence[str | os.PathLike]) -> list[Path]:
     skipped; a ``.csv``/``.txt`` file is a manifest (:func:`read_manifest`); anything else is taken as a file,
     whether or not it exists, so that callers can report it.
 
-    Each real folder is searched once and each real file listed once (by ``(st_dev, st_ino)``): a link that
-    points back up the tree, or a second link to a folder or file already seen, is skipped with a log message
-    instead of being followed again.
+    Each real folder is searched once and each real file found in folders listed once (by ``(st_dev, st_ino)``):
+    a link that points back up the tree, or a second link to a folder or file already seen, is skipped with a log
+    message instead of being followed again. Files named explicitly are kept under every name given.
     """
     seen: dict[Path, None] = {}
     files_seen: dict[tuple[int, int], Path] = {}
 
-    def add(path: Path) -> None:
+    def add(path: Path, found: bool = False) -> None:
+        """``found``: met while searching a folder, where a second name of a file already listed is skipped;
+        files named explicitly (arguments, manifests) are kept under each name given."""
         ident = _identity(path)
         if ident is not None:
-            if ident in files_seen:
-                if files_seen[ident] != path:
-                    logger.info("skipping %s: the same file as %s", path, files_seen[ident])
+            if found and ident in files_seen and files_seen[ident] != path:
+                logger.info("skipping %s: the same file as %s", path, files_seen[ident])
                 return
-            files_seen[ident] = path
+            files_seen.setdefault(ident, path)
         seen.setdefault(path, None)
 
     for item in inputs:
@@ -289,7 +290,7 @@ def find_audio(inputs: Sequence[str | os.PathLike]) -> list[Path]:
                 dirs[:] = keep
                 for name in sorted(files):
                     if not name.startswith(".") and name.lower().endswith(AUDIO_EXTENSIONS):
-                        add(Path(os.path.abspath(os.path.join(root, name))))
+                        add(Path(os.path.abspath(os.path.join(root, name))), found=True)
         elif p.is_file() and p.suffix.lower() in MANIFEST_EXTENSIONS:
             for q in read_manifest(p):
                 add(q)

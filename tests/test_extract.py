@@ -426,7 +426,7 @@ def test_find_audio_visits_each_real_folder_and_file_once(tmp_path, caplog):
     os.symlink("x.wav", music / "sub" / "y.wav")
     caplog.clear()
     with caplog.at_level("INFO", logger="mert_fast.audio"):
-        assert iter_audio_files([music, music / "sub" / "x.wav"]) == [music / "again" / "x.wav"]
+        assert iter_audio_files([music]) == [music / "again" / "x.wav"]
     assert "music/sub: a folder already searched" in caplog.text and "y.wav: the same file as" in caplog.text
 
 
