@@ -19,12 +19,24 @@ from typing import Any
 __all__ = ["atomic_path", "default_file_mode", "write_json", "write_text"]
 
 
-def default_file_mode() -> int:
-    """The mode ``open(path, "w")`` gives a new file: ``0o666`` minus the process's umask."""
-    # os.umask only sets-and-returns; reading it means setting it back at once
+def _umask() -> int:
+    """The process's umask: from ``/proc/self/status`` where there is one (reading it changes nothing, which
+    matters with other threads creating files), else by setting it and putting it back at once."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
     mask = os.umask(0o022)
     os.umask(mask)
-    return 0o666 & ~mask
+    return mask
+
+
+def default_file_mode() -> int:
+    """The mode ``open(path, "w")`` gives a new file: ``0o666`` minus the process's umask."""
+    return 0o666 & ~_umask()
 
 
 @contextlib.contextmanager
