@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+import tempfile
+from pathlib import Path
 
 from mert_fast.model.config import PRESETS
 from mert_fast.train.config import TrainConfig
@@ -60,9 +63,55 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _check_output_dir(path: str) -> None:
+    """Create ``--output-dir`` and check that files can be written there, so the error names the flag."""
+    out = Path(path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=out)
+        os.close(fd)
+        os.unlink(probe)
+    except FileExistsError:
+        raise ValueError(f"--output-dir {path!r} is a file, not a folder") from None
+    except OSError as exc:
+        raise ValueError(f"--output-dir {path!r} cannot be created or written: {exc.strerror or exc}") from None
+
+
+def _usage_error(exc: BaseException, parser_flags: dict[str, str]) -> str:
+    """One line for a usage error, with a leading config field name replaced by its command-line flag."""
+    message = " ".join(str(exc).split())
+    field = message.split(" ", 1)[0].rstrip(":")
+    if field in parser_flags:
+        message = parser_flags[field] + message[len(field) :]
+    return message
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Train; returns the exit status: 0, 2 for a usage error (bad argument, missing data or checkpoint, unwritable
+    output folder: one line on stderr from rank 0), 128 + signal after a checkpoint-and-stop."""
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return _run(args)
+    except (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError) as exc:
+        logging.getLogger("train").debug("usage error", exc_info=True)
+        if os.environ.get("RANK", "0") == "0":  # every rank meets the same error; one line is enough
+            print(f"train.py: error: {_usage_error(exc, _FLAGS)}", file=sys.stderr)
+        return 2
+
+
+#: TrainConfig fields set by a command-line flag, for error messages.
+_FLAGS = {
+    "lr": "--lr", "max_steps": "--max-steps", "seed": "--seed", "log_every": "--log-every",
+    "batch_size": "--batch-size", "grad_accum": "--grad-accum", "warmup_steps": "--warmup-steps",
+    "crop_seconds": "--crop-seconds", "min_crop_seconds": "--crop-seconds", "num_workers": "--num-workers",
+    "save_every": "--save-every", "keep_last": "--keep-last", "val_fraction": "--val-fraction",
+    "val_every": "--val-every", "precision": "--precision", "objective": "--objective",
+    "model_size": "--model-size",
+}  # fmt: skip
+
+
+def _run(args: argparse.Namespace) -> int:
     cfg = TrainConfig.from_preset(
         args.preset, model_size=args.model_size, objective=args.objective, data=args.data,
         output_dir=args.output_dir, teacher=args.teacher, max_steps=args.max_steps,
@@ -71,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         precision=args.precision, save_every=args.save_every, keep_last=args.keep_last, val_data=args.val_data,
         val_fraction=args.val_fraction, val_every=args.val_every, profile_steps=args.profile,
     )  # fmt: skip
+    _check_output_dir(cfg.output_dir)
     from mert_fast.train.trainer import Interrupted, train
 
     try:

@@ -7,8 +7,10 @@ import importlib.util
 import logging
 import os
 import sys
+from typing import Any
 
 __version__ = "0.1.0"
+__all__ = ["MERTConfig", "MERTModel", "__version__"]
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
@@ -38,3 +40,12 @@ def _map_source_kernels() -> None:
 
 
 _map_source_kernels()
+
+
+def __getattr__(name: str) -> Any:
+    # ``from mert_fast import MERTModel, MERTConfig``: loaded on first use, so ``import mert_fast`` stays light
+    if name in ("MERTConfig", "MERTModel"):
+        from mert_fast import model
+
+        return getattr(model, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -7,12 +7,13 @@ of music so that examples and tests need no downloads.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 import math
 import numbers
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ import soundfile as sf
 import soxr
 import torch
 
-__all__ = ["load_audio", "synth_demo"]
+__all__ = ["audio_info", "load_audio", "synth_demo"]
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +29,57 @@ logger = logging.getLogger(__name__)
 def _check_positive(value: float, name: str, expected: str) -> None:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
         raise ValueError(f"{name} must be {expected}; got {value!r}")
+
+
+#: What libsndfile is asked to read for each file name ending (it also sniffs the header of most formats).
+_FORMAT_NAMES = {
+    ".wav": "WAV", ".flac": "FLAC", ".ogg": "Ogg", ".oga": "Ogg", ".opus": "Ogg Opus", ".mp3": "MP3",
+    ".aif": "AIFF", ".aiff": "AIFF", ".aifc": "AIFF-C", ".au": "AU", ".caf": "CAF", ".w64": "Wave64", ".rf64": "RF64",
+}  # fmt: skip
+
+
+def _not_audio(path: str, reason: str) -> ValueError:
+    ext = os.path.splitext(path)[1].lower()
+    tried = f"as {_FORMAT_NAMES[ext]} (the format its {ext!r} extension names)" if ext in _FORMAT_NAMES else (
+        "in any format libsndfile knows")  # fmt: skip
+    return ValueError(f"cannot decode audio file {path!r}: not decodable audio {tried}: {reason}")
+
+
+def _check_mpeg_header(path: str) -> None:
+    """Refuse an ``.mp3`` that starts with neither an ID3 tag nor an MPEG frame sync before libsndfile sees it:
+    its mpg123 decoder would print resync notes on stderr and fail with "File does not exist or is not a regular
+    file", which is misleading."""
+    with open(path, "rb") as f:
+        head = f.read(3)
+    if head == b"ID3" or (len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0):
+        return
+    raise _not_audio(path, "no ID3 tag or MPEG frame sync at the start of the file")
+
+
+@contextlib.contextmanager
+def _decoding(path: str) -> Iterator[None]:
+    """Turn libsndfile's errors while opening ``path`` into a ValueError that says the file is not decodable
+    audio and names the format tried."""
+    if path.lower().endswith(".mp3") and os.path.isfile(path):
+        _check_mpeg_header(path)
+    try:
+        yield
+    except (sf.SoundFileError, RuntimeError) as exc:
+        reason = getattr(exc, "error_string", None) or str(exc)
+        if "not a regular file" in reason and os.path.isfile(path):
+            reason = "the decoder found no valid audio data"  # libsndfile's words for a failed MPEG decode
+        raise _not_audio(path, " ".join(reason.split())) from exc
+
+
+def audio_info(path: str | os.PathLike) -> sf._SoundFileInfo:
+    """``soundfile.info(path)`` (the header: frames, sample rate, channels), with the errors of :func:`load_audio`.
+
+    Raises:
+        ValueError: the file is not decodable audio (the message names the file and the format tried).
+    """
+    path = os.fspath(path)
+    with _decoding(path):
+        return sf.info(path)
 
 
 def load_audio(path: str | os.PathLike, sample_rate: float = 24000, *, mono: bool = True) -> torch.Tensor:
@@ -54,11 +106,8 @@ def load_audio(path: str | os.PathLike, sample_rate: float = 24000, *, mono: boo
         raise FileNotFoundError(f"audio file not found: {path!r}")
     if not os.path.isfile(path):
         raise ValueError(f"audio path is not a file: {path!r}")
-    try:
+    with _decoding(path):
         data, file_rate = sf.read(path, dtype="float32", always_2d=True)
-    except (sf.SoundFileError, RuntimeError) as exc:
-        reason = getattr(exc, "error_string", None) or str(exc)
-        raise ValueError(f"cannot decode audio file {path!r}: {reason}") from exc
     if data.size == 0:
         raise ValueError(f"audio file {path!r} holds no samples")
     if not np.isfinite(data).all():
@@ -186,25 +235,65 @@ def read_manifest(path: str | os.PathLike) -> list[Path]:
     return [Path(os.path.abspath(path.parent / name)) for name in names]
 
 
+def _identity(path: str | os.PathLike) -> tuple[int, int] | None:
+    """``(st_dev, st_ino)`` of what ``path`` names (links followed), or None when it cannot be read."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 def find_audio(inputs: Sequence[str | os.PathLike]) -> list[Path]:
     """Audio files from ``inputs``, as absolute paths in first-occurrence order without duplicates.
 
     A folder is searched recursively (sorted, following links) for :data:`AUDIO_EXTENSIONS`, hidden entries
     skipped; a ``.csv``/``.txt`` file is a manifest (:func:`read_manifest`); anything else is taken as a file,
     whether or not it exists, so that callers can report it.
+
+    Each real folder is searched once and each real file found in folders listed once (by ``(st_dev, st_ino)``):
+    a link that points back up the tree, or a second link to a folder or file already seen, is skipped with a log
+    message instead of being followed again. Files named explicitly are kept under every name given.
     """
     seen: dict[Path, None] = {}
+    files_seen: dict[tuple[int, int], Path] = {}
+
+    def add(path: Path, found: bool = False) -> None:
+        """``found``: met while searching a folder, where a second name of a file already listed is skipped;
+        files named explicitly (arguments, manifests) are kept under each name given."""
+        ident = _identity(path)
+        if ident is not None:
+            if found and ident in files_seen and files_seen[ident] != path:
+                logger.info("skipping %s: the same file as %s", path, files_seen[ident])
+                return
+            files_seen.setdefault(ident, path)
+        seen.setdefault(path, None)
+
     for item in inputs:
         p = Path(item)
         if p.is_dir():
+            visited = {_identity(p)}
             for root, dirs, files in os.walk(p, followlinks=True):
-                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                keep = []
+                for d in sorted(d for d in dirs if not d.startswith(".")):
+                    ident = _identity(os.path.join(root, d))
+                    if ident is None or ident in visited:
+                        why = (
+                            "cannot be read"
+                            if ident is None
+                            else "a folder already searched (a link loop or a second link)"
+                        )
+                        logger.warning("skipping %s: %s", os.path.join(root, d), why)
+                        continue
+                    visited.add(ident)
+                    keep.append(d)
+                dirs[:] = keep
                 for name in sorted(files):
                     if not name.startswith(".") and name.lower().endswith(AUDIO_EXTENSIONS):
-                        seen.setdefault(Path(os.path.abspath(os.path.join(root, name))), None)
+                        add(Path(os.path.abspath(os.path.join(root, name))), found=True)
         elif p.is_file() and p.suffix.lower() in MANIFEST_EXTENSIONS:
             for q in read_manifest(p):
-                seen.setdefault(q, None)
+                add(q)
         else:
-            seen.setdefault(Path(os.path.abspath(p)), None)
+            add(Path(os.path.abspath(p)))
     return list(seen)

@@ -154,3 +154,38 @@ def test_hold_out_is_stable_and_by_name(tmp_path):
         hold_out(files, 1.0)
     with pytest.raises(ValueError, match="at least 2 files"):
         hold_out(files[:1], 0.5)
+
+
+def test_manifest_names_a_truncated_file_and_resume_falls_back(tmp_path, caplog):
+    ckpt = tmp_path / "run" / "checkpoints"
+    _save(ckpt, 5)
+    newest = _save(ckpt, 7)
+    manifest = json.loads((newest / "manifest.json").read_text())["files"]
+    optim = "zero_pp_rank_0_mp_rank_00_optim_states.pt"
+    assert set(manifest) == {"mp_rank_00_model_states.pt", optim, "trainer_rank0.pt", "mert_fast.json"}
+    assert manifest[optim]["bytes"] == 5 and len(manifest[optim]["sha256"]) == 64
+    # half an optimizer file: the named checkpoint is refused, naming the file
+    (newest / optim).write_bytes(b"opt")
+    with pytest.raises(ValueError, match=f"{optim} is 3 bytes, the manifest says 5"):
+        find_checkpoint(newest)
+    # same size, other bytes: the SHA-256 catches it
+    (newest / optim).write_bytes(b"OPTIM")
+    with pytest.raises(ValueError, match=f"{optim} does not match its SHA-256"):
+        find_checkpoint(newest)
+    # a run directory (``--resume``, ``--resume auto``) falls back to the newest intact one, with a warning
+    with caplog.at_level("WARNING", logger="mert_fast.train.checkpoint"):
+        assert find_checkpoint(tmp_path / "run") == ckpt / "step00000005"
+    assert "skipping checkpoint" in caplog.text and optim in caplog.text
+    (ckpt / "step00000005" / "trainer_rank0.pt").unlink()
+    with pytest.raises(ValueError, match="no intact checkpoint.*trainer_rank0.pt is missing"):
+        find_checkpoint(tmp_path / "run")
+
+
+def test_checkpoint_files_get_the_umask_mode(tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = _save(tmp_path / "checkpoints", 3)
+    finally:
+        os.umask(old)
+    for f in (path / "mert_fast.json", path / "manifest.json", tmp_path / "checkpoints" / "latest"):
+        assert f.stat().st_mode & 0o777 == 0o644, f

@@ -299,7 +299,7 @@ def test_endless_loader_and_errors(clips):
     moved = got[0].to("cpu")
     assert isinstance(moved, Batch) and torch.equal(moved.audio, got[0].audio)
     for kwargs, name in (
-        ({"batch_size": 7, "world_size": 2}, "batch_size \\* world_size = 14"),
+        ({"batch_size": 2, "crop_seconds": 10.0, "min_crop_seconds": 9.5}, "no clip of >= min_crop_seconds = 9.5 s"),
         ({"batch_size": 0}, "batch_size"),
         ({"batch_size": 2, "rank": 2, "world_size": 2}, "rank"),
         ({"batch_size": 2, "min_crop_seconds": 6.0}, "min_crop_seconds"),
@@ -388,3 +388,30 @@ def test_crop_offsets_depend_on_rank_step_and_slot(tmp_path):
     assert torch.equal(again, offsets[4:])
     other_seed = torch.stack([b.offsets for b in make_loader(corpus, rank=1, seed=1, **kwargs)])
     assert not torch.equal(other_seed, offsets[4:])
+
+
+def test_small_corpus_draws_with_replacement_and_resumes_exactly(clips, caplog):
+    root, audio = clips
+    corpus = AudioCorpus(root, SR)
+    # 12 clips, 2 ranks x 7 per step: more slots than clips (this used to refuse to train)
+    kwargs = {"batch_size": 7, "crop_seconds": 1.0, "min_crop_seconds": 1.0, "seed": 5, "world_size": 2}
+    with caplog.at_level("WARNING", logger="mert_fast.train.data"):
+        loader = make_loader(corpus, rank=0, max_steps=4, **kwargs)
+    assert loader.with_replacement and "drawn with replacement" in caplog.text
+    full = [_batches(make_loader(corpus, rank=r, max_steps=4, **kwargs)) for r in (0, 1)]
+    for r, batches in enumerate(full):
+        for b in batches:
+            assert b.audio.shape == (7, SR)
+            for j, i in enumerate(b.indices.tolist()):
+                # every slot's clip is a function of (seed, step, rank, sample) alone
+                assert i == seed_for(5, b.step, r, j, "clip") % len(corpus)
+                start = round(b.offsets[j].item() * SR)
+                assert torch.equal(b.audio[j], torch.from_numpy(audio[corpus.files[i]][start : start + SR]))
+    drawn = [i for batches in full for b in batches for i in b.indices.tolist()]
+    assert len(set(drawn)) < len(drawn)  # some clip repeats
+    assert len(set(drawn)) > 7  # and the draws spread over the corpus
+    # resumed at step 2 (with workers): exactly the uninterrupted batches
+    _assert_same(full[1][2:], _batches(make_loader(corpus, rank=1, start_step=2, max_steps=4, num_workers=2, **kwargs)))
+    # with enough clips nothing changes: disjoint permutation slices, no replacement
+    enough = make_loader(corpus, rank=0, max_steps=2, **{**kwargs, "batch_size": 6})
+    assert not enough.with_replacement and len(set(enough.indices_for(0).tolist())) == 6

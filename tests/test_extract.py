@@ -407,3 +407,108 @@ def test_window_vs_full_difference_is_reported(record_property):
     err = rel_error(model.extract(audio, layers=[-1], window_s=4.0), model.extract(audio, layers=[-1]))
     record_property("window_vs_full_rel_error_12s_demo", err)
     assert np.isfinite(err) and err > 0
+
+
+# ------------------------------------------------------------------------------------------------ bad inputs
+
+
+def test_find_audio_visits_each_real_folder_and_file_once(tmp_path, caplog):
+    music = tmp_path / "music"
+    (music / "sub").mkdir(parents=True)
+    sf.write(music / "sub" / "x.wav", synth_demo(SR, 1.0).numpy(), SR)
+    os.symlink("..", music / "sub" / "up")  # a loop: music/sub/up/sub/up/... is music again
+    with caplog.at_level("INFO", logger="mert_fast.audio"):
+        assert iter_audio_files([music]) == [music / "sub" / "x.wav"]
+    assert "sub/up: a folder already searched" in caplog.text
+    # a second link to a folder already searched, and a second name for the same file
+    (music / "sub" / "up").unlink()
+    os.symlink("sub", music / "again")
+    os.symlink("x.wav", music / "sub" / "y.wav")
+    caplog.clear()
+    with caplog.at_level("INFO", logger="mert_fast.audio"):
+        assert iter_audio_files([music]) == [music / "again" / "x.wav"]
+    assert "music/sub: a folder already searched" in caplog.text and "y.wav: the same file as" in caplog.text
+
+
+def test_cli_symlink_loop_extracts_the_file_once(tmp_path, capsys):
+    music = tmp_path / "music"
+    (music / "sub").mkdir(parents=True)
+    sf.write(music / "sub" / "x.wav", synth_demo(SR, 1.0).numpy(), SR)
+    os.symlink("..", music / "sub" / "up")
+    out = tmp_path / "out"
+    assert main(["extract", str(music), "--model", "tiny", "--out", str(out)]) == 0
+    assert "1 extracted" in capsys.readouterr().out
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.npy")) == ["x.wav.npy"]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_atomic_writes_get_the_mode_a_plain_open_gives(tmp_path, umask):
+    from mert_fast._io import atomic_path, write_json
+    from mert_fast.model.teachers.mel_rvq import save_teacher
+
+    sf.write(tmp_path / "x.wav", synth_demo(SR, 1.0).numpy(), SR)
+    old = os.umask(umask)
+    try:
+        assert main(["extract", str(tmp_path / "x.wav"), "--model", "tiny", "--out", str(tmp_path / "out")]) == 0
+        write_json(tmp_path / "w.json", {"a": 1})
+        with atomic_path(tmp_path / "cache.npz") as tmp, open(tmp, "wb") as f:
+            np.savez(f, a=np.zeros(2))
+        save_teacher(torch.nn.Linear(2, 2), tmp_path / "teacher", {"format": "test"})
+        with open(tmp_path / "plain", "w") as f:
+            f.write("x")
+    finally:
+        os.umask(old)
+    expected = 0o666 & ~umask
+    assert (tmp_path / "plain").stat().st_mode & 0o777 == expected
+    written = [*(tmp_path / "out").iterdir(), tmp_path / "w.json", tmp_path / "cache.npz",
+               *(tmp_path / "teacher").iterdir()]  # fmt: skip
+    assert {p.name for p in (tmp_path / "out").iterdir()} == {"x.wav.npy", "x.wav.json", "manifest.json"}
+    for p in written:
+        assert p.stat().st_mode & 0o777 == expected, f"{p.name}: {oct(p.stat().st_mode & 0o777)}"
+
+
+def test_cli_layout_ignores_missing_inputs_and_reruns_skip(tmp_path, collection, capsys):
+    out = tmp_path / "features"
+    typo = tmp_path / "musc" / "nothing.wav"
+    argv = ["--model", "tiny", "--out", str(out)]
+    # the missing file fails; the existing one lands where it would without the typo
+    assert main(["extract", str(collection / "a"), str(typo), *argv]) == 1
+    assert "1 extracted" in capsys.readouterr().out
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.npy")) == ["x.wav.npy"]
+    assert main(["extract", str(collection / "a"), *argv]) == 0
+    assert "0 extracted, 1 skipped" in capsys.readouterr().out
+
+
+def test_manifest_has_no_output_for_failed_files(tmp_path, collection, capsys):
+    out = tmp_path / "features"
+    assert main(["extract", str(collection), "--model", "tiny", "--out", str(out)]) == 1
+    entries = _manifest(out)["files"]
+    failed = [e for e in entries if e["status"] == "failed"]
+    assert len(failed) == len(BAD) and all("output" not in e for e in failed)
+    assert all((out / e["output"]).is_file() for e in entries if e["status"] == "ok")
+
+
+def test_text_file_named_mp3_is_reported_as_not_audio_quietly(tmp_path, capfd):
+    (tmp_path / "notes.mp3").write_text("this is a text file, not music\n" * 20)
+    with pytest.raises(ValueError, match=r"notes\.mp3.*not decodable audio as MP3"):
+        load_audio(tmp_path / "notes.mp3")
+    sf.write(tmp_path / "ok.wav", synth_demo(SR, 1.0).numpy(), SR)
+    capfd.readouterr()
+    assert main(["extract", str(tmp_path), "--model", "tiny", "--out", str(tmp_path / "out")]) == 1
+    err = capfd.readouterr().err
+    assert "notes.mp3" in err and "not decodable audio as MP3" in err
+    assert "does not exist" not in err and "MPEG-Header" not in err and "mpg123" not in err
+
+
+def test_cli_nan_features_fail_the_file_and_exit_1(tmp_path, capsys):
+    model = MERTModel(MERTConfig.from_name("tiny"))
+    with torch.no_grad():
+        model.feature_projection.projection.weight[0, 0] = float("nan")
+    model.save_pretrained(tmp_path / "model")
+    sf.write(tmp_path / "x.wav", synth_demo(SR, 1.0).numpy(), SR)
+    out = tmp_path / "out"
+    assert main(["extract", str(tmp_path / "x.wav"), "--model", str(tmp_path / "model"), "--out", str(out)]) == 1
+    assert "non-finite features" in capsys.readouterr().err
+    (entry,) = _manifest(out)["files"]
+    assert entry["status"] == "failed" and "model" in entry["reason"] and "output" not in entry
+    assert not list(out.glob("x.wav*"))

@@ -310,3 +310,97 @@ def test_low_precision_forward(dtype):
         out = model.to(dtype)(audio.to(dtype)).last_hidden_state
     assert out.dtype == dtype
     assert_rel_close(out, ref, bound=5e-2)
+
+
+# ---------------------------------------------------------------------------------------------- bad files
+
+
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        (b"", r"model\.safetensors: not a readable safetensors weight file \(0 bytes"),
+        (b"this is not a weight file at all", r"model\.safetensors: not a readable safetensors weight file"),
+        (None, r"model\.safetensors: not a readable safetensors weight file"),  # truncated
+    ],
+    ids=["empty", "garbage", "truncated"],
+)
+def test_unreadable_weights_name_the_file(tmp_path, content, match):
+    _saved_tiny(tmp_path)
+    file = tmp_path / "model.safetensors"
+    file.write_bytes(file.read_bytes()[: file.stat().st_size // 2] if content is None else content)
+    with pytest.raises(ValueError, match=match) as err:
+        MERTModel.from_pretrained(tmp_path)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("{not json", r"config\.json: not valid JSON: .* at line 1, column 2"),
+        ("[1, 2]", r"config\.json: expected a JSON object of config fields; got a JSON list"),
+        ('{"layer_norm_eps": "1e-5"}', r"config\.json: layer_norm_eps must be a number; got '1e-5' \(str\)"),
+        ('{"num_hidden_layers": 2.5}', r"config\.json: num_hidden_layers must be an integer; got 2\.5"),
+        ('{"do_stable_layer_norm": "yes"}', r"config\.json: do_stable_layer_norm must be true or false"),
+        ('{"conv_dim": "512"}', r"config\.json: conv_dim must be a list of integers"),
+        ('{"num_conv_pos_embeddings": "abc"}', r"config\.json: num_conv_pos_embeddings must be an integer"),
+        ('{"deepnorm": true}', r"config\.json: deepnorm=True \(DeepNorm residual scaling\) is not supported"),
+    ],
+    ids=["not-json", "list", "eps-string", "float-layers", "bool-string", "conv-dim", "pos-conv", "deepnorm"],
+)
+def test_bad_config_json_is_one_line_naming_file_and_field(tmp_path, text, match):
+    (tmp_path / "config.json").write_text(text)
+    with pytest.raises(ValueError, match=match) as err:
+        MERTModel.from_pretrained(tmp_path)
+    assert "\n" not in str(err.value) and str(tmp_path / "config.json") in str(err.value)
+
+
+def test_cli_prints_loading_errors_without_traceback(tmp_path, capsys):
+    from mert_fast.cli import main
+
+    _saved_tiny(tmp_path / "model")
+    (tmp_path / "model" / "config.json").write_text('{"layer_norm_eps": "1e-5"}')
+    with pytest.raises(SystemExit) as exc:
+        main(["extract", str(tmp_path), "--model", str(tmp_path / "model"), "--out", str(tmp_path / "out")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("mert-fast extract: error: ") and "config.json: layer_norm_eps must be a number" in err
+
+
+def test_deepnorm_false_is_accepted():
+    assert MERTConfig.from_hf_dict({"model_type": "mert_model", "deepnorm": False}) == MERTConfig()
+
+
+def test_public_imports():
+    import mert_fast
+    import mert_fast.model
+    from mert_fast import MERTConfig as TopConfig
+    from mert_fast import MERTModel as TopModel
+    from mert_fast.model import MERTModel as ModelModel
+
+    assert TopModel is ModelModel is MERTModel and TopConfig is MERTConfig
+    assert {"MERTModel", "MERTConfig"} <= set(mert_fast.__all__) and "MERTModel" in dir(mert_fast.model)
+
+
+def test_pre_ln_last_hidden_state_convention_of_the_installed_transformers(tmp_path):
+    """The convention, spelled out. mert_fast (like MERT's published code, written for transformers 4.x) returns
+    the encoder output as ``hidden_states[-1]``: in the pre-LN layout that is the last layer's output *after* the
+    final encoder LayerNorm, equal to ``last_hidden_state``. transformers 4.x's HubertModel does the same;
+    transformers 5.x's returns the last layer's output *before* that LayerNorm as ``hidden_states[-1]`` (its
+    ``last_hidden_state`` still has it)."""
+    hf = _hf_hubert(tmp_path, stable=True)
+    ours = MERTModel.from_pretrained(tmp_path)
+    audio = 0.1 * torch.randn(1, 24000 + 137)
+    with torch.no_grad():
+        theirs = hf(audio, output_hidden_states=True)
+        mine = ours(audio, output_hidden_states=True)
+    assert_rel_close(mine.hidden_states[-1], mine.last_hidden_state, bound=0, name="ours: hidden_states[-1]")
+    assert_rel_close(mine.last_hidden_state, theirs.last_hidden_state, bound=1e-5, name="last_hidden_state")
+    major = int(transformers.__version__.split(".")[0])
+    if major >= 5:
+        with torch.no_grad():
+            normed = hf.encoder.layer_norm(theirs.hidden_states[-1])
+        assert_rel_close(normed, mine.hidden_states[-1], bound=1e-5, name="LN(transformers 5 hidden_states[-1])")
+        assert (theirs.hidden_states[-1] - mine.hidden_states[-1]).norm() > 0.1 * mine.hidden_states[-1].norm()
+    else:
+        assert_rel_close(theirs.hidden_states[-1], mine.hidden_states[-1], bound=1e-5, name="hidden_states[-1]")

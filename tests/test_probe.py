@@ -311,3 +311,29 @@ def test_probe_on_the_probe_data_set(tmp_path, capsys):
     assert result["task_type"] == "regression"
     assert result["summary"]["layers"]["0"]["test"]["r2"]["mean"] > 0.5  # the CQT's peak is the pitch
     assert (tmp_path / "p" / "layers.png").is_file()
+
+
+def test_scores_json_lists_classes_left_out_of_macro_scores(tmp_path, monkeypatch):
+    import mert_fast.probe.features as features_module
+    from mert_fast.probe.metrics import classes_left_out
+    from mert_fast.probe.probe import run_probe
+
+    rng = np.random.default_rng(0)
+    n = 60
+    split = ["train", "train", "train", "valid", "test"]
+    # tag "rare" only on training clips; tag "always" on every clip: neither has both kinds of example in valid/test
+    rows = []
+    for i in range(n):
+        tags = ["always"] + (["common"] if rng.random() < 0.5 else []) + (["rare"] if i % 5 == 0 else [])
+        rows.append((f"{i}.wav", ";".join(tags), split[i % 5]))
+    manifest = _write_manifest(tmp_path / "tags.csv", rows)
+    x = rng.standard_normal((n, 2, 8)).astype(np.float32)
+    monkeypatch.setattr(features_module, "load_features", lambda *a, **k: (x, {"source": "test"}))
+    result = run_probe(manifest, "test", tmp_path / "out", cfg=ProbeConfig(max_epochs=2, patience=1))
+    saved = json.loads((tmp_path / "out" / "scores.json").read_text())
+    assert saved["classes_left_out_of_macro"] == {"valid": ["always", "rare"], "test": ["always", "rare"]}
+    assert result["classes_left_out_of_macro"] == saved["classes_left_out_of_macro"]
+    # multi-class: a class with no example in the rows is left out of the one-against-the-rest macro ROC-AUC
+    assert classes_left_out("multiclass", np.array([0, 2, 2, 0]), 3) == [1]
+    assert classes_left_out("multilabel", np.array([[1, 0, 1], [1, 1, 0]]), 3) == [0]
+    assert classes_left_out("regression", np.array([1.0, 2.0]), 0) == []

@@ -74,6 +74,7 @@ class MERTConfig:
     """HF field; > 0 keeps ``masked_spec_embed`` in HF models loaded from our checkpoints."""
 
     def __post_init__(self) -> None:
+        self._check_types()
         for name in ("conv_dim", "conv_kernel", "conv_stride"):
             setattr(self, name, tuple(int(v) for v in getattr(self, name)))
         positive = (
@@ -115,6 +116,35 @@ class MERTConfig:
                 raise ValueError(f"{name} must be in [0, 1); got {value!r}")
         if self.attention_relax is not None and self.attention_relax <= 0:
             self.attention_relax = None  # MERT configs write -1 for "off"
+
+    def _check_types(self) -> None:
+        """Every field has its annotated type (a JSON string where a number belongs is an error, not a crash later);
+        integers are accepted for float fields and converted."""
+        for f in dataclasses.fields(self):
+            value, kind = getattr(self, f.name), str(f.type)
+            if kind == "float | None" and value is None:
+                continue
+            if kind == "bool":
+                ok = isinstance(value, bool)
+                expected = "true or false"
+            elif kind == "int":
+                ok = isinstance(value, int) and not isinstance(value, bool)
+                expected = "an integer"
+            elif kind in ("float", "float | None"):
+                ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+                expected = "a number" + (" or null" if kind == "float | None" else "")
+                if ok:
+                    setattr(self, f.name, float(value))
+            elif kind == "str":
+                ok = isinstance(value, str)
+                expected = "a string"
+            else:  # tuple[int, ...]
+                ok = isinstance(value, (list, tuple)) and all(
+                    isinstance(v, int) and not isinstance(v, bool) for v in value
+                )
+                expected = "a list of integers"
+            if not ok:
+                raise ValueError(f"{f.name} must be {expected}; got {value!r} ({type(value).__name__})")
 
     # ------------------------------------------------------------------------------------------ derived facts
 
@@ -230,6 +260,13 @@ class MERTConfig:
             raise ValueError("config.json: conv_pos_batch_norm=True (a batch-normed positional conv) is not supported")
         if d.get("feature_extractor_cqt"):
             raise ValueError("config.json: feature_extractor_cqt=True (a CQT input branch) is not supported")
+        if d.get("deepnorm"):
+            # MERT's DeepNorm variant scales each residual by (2 * layers) ** 0.25 and its initialisation by the
+            # inverse; no released MERT checkpoint uses it, so there are no weights to test an implementation against
+            raise ValueError(
+                "config.json: deepnorm=True (DeepNorm residual scaling) is not supported: the model would compute "
+                "something else than the checkpoint was trained for; released MERT checkpoints have deepnorm=false"
+            )
         kw: dict[str, Any] = {}
         for f in dataclasses.fields(cls):
             if f.name in d and f.name not in ("num_conv_pos_embeddings", "conv_pos_layers", "pos_conv_style"):
@@ -244,19 +281,38 @@ class MERTConfig:
                 feat_extract_norm="layer",
                 feat_proj_layer_norm=True,
                 do_stable_layer_norm=False,
-                conv_pos_layers=int(d.get("num_conv_pos_embeddings", 5)),
-                sample_rate=int(d.get("sample_rate", d.get("sampling_rate", 16000))),
+                conv_pos_layers=d.get("num_conv_pos_embeddings", 5),
+                sample_rate=d.get("sample_rate", d.get("sampling_rate", 16000)),
             )
         else:
             kw["pos_conv_style"] = "hubert"
-            kw["num_conv_pos_embeddings"] = int(d.get("num_conv_pos_embeddings", 128))
-            kw.setdefault("sample_rate", int(d.get("sampling_rate", 24000 if "mert" in model_type else 16000)))
+            kw["num_conv_pos_embeddings"] = d.get("num_conv_pos_embeddings", 128)
+            kw.setdefault("sample_rate", d.get("sampling_rate", 24000 if "mert" in model_type else 16000))
         return cls(**kw)
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike) -> MERTConfig:
-        with open(path, encoding="utf-8") as f:
-            return cls.from_hf_dict(json.load(f))
+        """Read an HF ``config.json`` (:meth:`from_hf_dict`).
+
+        Raises:
+            ValueError: the file is not JSON, not a JSON object, or a field is missing its type or range; one line
+                that names the file and the field.
+        """
+        name = os.fspath(path)
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"{name}: not a JSON text file ({exc.reason} at byte {exc.start})") from None
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{name}: not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{name}: expected a JSON object of config fields; got a JSON {type(data).__name__}")
+        try:
+            return cls.from_hf_dict(data)
+        except (TypeError, ValueError) as exc:
+            message = str(exc).removeprefix("config.json: ")
+            raise ValueError(f"{name}: {message}") from None
 
     def to_json_file(self, path: str | os.PathLike) -> None:
         with open(path, "w", encoding="utf-8") as f:

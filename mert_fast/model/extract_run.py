@@ -8,22 +8,21 @@ resumption and the run manifest. The long-audio computation itself is :func:`mer
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import dataclasses
 import hashlib
 import json
 import logging
 import os
-import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from mert_fast.audio import AUDIO_EXTENSIONS, find_audio
+from mert_fast._io import atomic_path, write_json
+from mert_fast.audio import AUDIO_EXTENSIONS, audio_info, find_audio
 from mert_fast.model.extract import LayerSpec, extract, resolve_layers, window_lengths
 
 if TYPE_CHECKING:
@@ -59,11 +58,14 @@ def iter_audio_files(inputs: Sequence[str | os.PathLike]) -> list[Path]:
 
 
 def _relative_outputs(files: Sequence[Path]) -> list[Path]:
-    """Each file's path relative to the deepest folder holding all of them (unique because the paths are)."""
+    """Each file's path relative to the deepest folder holding all the files that exist (unique because the paths
+    are). Files that do not exist fail and are never written, so a mistyped input cannot move the output tree; one
+    outside that folder keeps only its name."""
     if not files:
         return []
-    root = Path(os.path.commonpath([str(f.parent) for f in files]))
-    return [f.relative_to(root) for f in files]
+    anchors = [f for f in files if f.is_file()] or list(files)
+    root = Path(os.path.commonpath([str(f.parent) for f in anchors]))
+    return [f.relative_to(root) if f.is_relative_to(root) else Path(f.name) for f in files]
 
 
 def weights_sha256(model: torch.nn.Module) -> str:
@@ -97,30 +99,8 @@ def load_model(name: str | os.PathLike) -> tuple[MERTModel, str]:
     )
 
 
-@contextlib.contextmanager
-def _atomic(path: Path) -> Iterator[Path]:
-    """Yield a temporary path in ``path``'s folder; on success it replaces ``path`` (no half-written files)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    with _atomic(path) as tmp:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-
-
 def _write_array(path: Path, array: np.ndarray, fmt: str) -> None:
-    with _atomic(path) as tmp:
+    with atomic_path(path) as tmp:
         if fmt == "npy":
             with open(tmp, "wb") as f:
                 np.save(f, array)
@@ -181,12 +161,14 @@ def run_extraction(
 ) -> ExtractionResult:
     """Extract features for every audio file in ``inputs`` into ``out_dir`` (the ``mert-fast extract`` command).
 
-    Output layout: for input ``<root>/a/b.flac`` (``<root>`` the deepest folder holding every input)
+    Output layout: for input ``<root>/a/b.flac`` (``<root>`` the deepest folder holding every input file that
+    exists; a mistyped path does not move it)
     ``out_dir/a/b.flac.npy`` (or ``.safetensors``, tensor ``features``) holding ``(S, T, H)`` (``pool="none"``)
     or ``(S, H)`` (``pool="mean"``: the average over frames), and ``out_dir/a/b.flac.json``, the sidecar; the
     run manifest is ``out_dir/manifest.json`` (``manifest.rank<R>.json`` under several ranks). A file is
     skipped when its output and sidecar exist and the sidecar matches this run's settings; a file that cannot
-    be decoded, is empty or shorter than one frame fails, is listed, and the run goes on.
+    be decoded, is empty or shorter than one frame, or whose features come out NaN or inf (a broken model) fails,
+    is listed without an ``output`` and nothing is written for it; the run goes on.
 
     Args:
         inputs: files, folders, ``.txt``/``.csv`` manifests (see :func:`iter_audio_files`).
@@ -263,16 +245,10 @@ def run_extraction(
     def finish(item_or_path, status: str, reason: str | None = None, duration: float | None = None) -> None:
         nonlocal audio_s
         source = item_or_path.source if isinstance(item_or_path, _Item) else item_or_path
-        output = item_or_path.output if isinstance(item_or_path, _Item) else None
-        entries.append(
-            {
-                "input": str(source),
-                "output": str(output.relative_to(out_dir)) if output is not None else None,
-                "status": status,
-                "reason": reason,
-                "duration_s": duration,
-            }
-        )
+        entry: dict[str, Any] = {"input": str(source)}
+        if status != "failed":  # a failed file was never written: no output to point at
+            entry["output"] = str(item_or_path.output.relative_to(out_dir))
+        entries.append({**entry, "status": status, "reason": reason, "duration_s": duration})
         if status == "failed":
             logger.warning("%s: failed: %s", source, reason)
         if status == "ok" and duration:
@@ -291,7 +267,7 @@ def run_extraction(
                 st = source.stat()
                 if st.st_size == 0:
                     raise ValueError("empty file (0 bytes)")
-                info = sf.info(str(source))
+                info = audio_info(source)
                 if info.frames == 0:
                     raise ValueError("the file holds no samples")
             except FileNotFoundError:
@@ -350,7 +326,7 @@ def run_extraction(
     finally:
         bar.close()
         entries.sort(key=lambda e: e["input"])
-        _write_json(
+        write_json(
             manifest,
             {
                 "settings": {k: v for k, v in common.items()},
@@ -427,9 +403,19 @@ def _run_batch(
         feats = feats.float().mean(dim=1) if pool == "mean" else feats
         array = feats.float().cpu().numpy().astype(np_dtype)
         duration = wave.shape[-1] / cfg.sample_rate
+        if not np.isfinite(array).all():  # checked before writing: a NaN array must never look like a result
+            bad = int(array.size - np.isfinite(array).sum())
+            finish(
+                item,
+                "failed",
+                f"the model produced non-finite features ({bad} of {array.size} values NaN or inf): check the "
+                "model's weights; in float16 (--dtype or --save-dtype) large values can also overflow",
+                duration,
+            )
+            continue
         try:
             _write_array(item.output, array, fmt)
-            _write_json(
+            write_json(
                 item.sidecar,
                 {
                     **item.settings,

@@ -344,7 +344,12 @@ class MERTModel(nn.Module):
             audio: ``(B, L)`` (or ``(L,)``) mono waveform at ``config.sample_rate``, float.
             attention_mask: ``(B, L)`` bool/int over samples, 1 on real samples (a prefix of each row). Clips in a
                 padded batch get exactly the features they get alone.
-            output_hidden_states: also return every layer's output (``num_hidden_layers + 1`` states).
+            output_hidden_states: also return every layer's output (``num_hidden_layers + 1`` states). The last one
+                is the encoder output, ``last_hidden_state``: in the pre-LN layout (``do_stable_layer_norm``,
+                MERT-330M) it includes the final encoder LayerNorm, as in MERT's published code (transformers 4.x)
+                and ``HubertModel`` of transformers 4.x. transformers 5.x changed this: its pre-LN
+                ``hidden_states[-1]`` is the last layer's output *before* that LayerNorm (only its
+                ``last_hidden_state`` has it). The other states are the same in every version.
             mask_time_indices: ``(B, T)`` bool frames to replace by the learned mask embedding (pre-training).
         """
         feats, frame_mask = self.extract_features(audio, attention_mask)
@@ -509,8 +514,14 @@ def _read_weights(directory: Path, map_location) -> dict[str, torch.Tensor]:
     ):
         index = directory / index_name
         if index.is_file():
-            with open(index, encoding="utf-8") as f:
-                files = sorted(set(json.load(f)["weight_map"].values()))
+            try:
+                with open(index, encoding="utf-8") as f:
+                    files = sorted({str(v) for v in json.load(f)["weight_map"].values()})
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                raise ValueError(
+                    f"{index}: expected a JSON object whose 'weight_map' maps weight names to files "
+                    f"({type(exc).__name__}: {exc})"
+                ) from None
         elif (directory / single_name).is_file():
             files = [single_name]
         else:
@@ -518,11 +529,21 @@ def _read_weights(directory: Path, map_location) -> dict[str, torch.Tensor]:
         state: dict[str, torch.Tensor] = {}
         for name in files:
             file = directory / name
-            if name.endswith(".safetensors"):
-                from safetensors.torch import load_file
+            if not file.is_file():
+                raise FileNotFoundError(f"{file}: weight file missing (named in {index})")
+            try:
+                if name.endswith(".safetensors"):
+                    from safetensors.torch import load_file
 
-                state.update(load_file(str(file), device=str(map_location)))
-            else:
-                state.update(torch.load(file, map_location=map_location, weights_only=True))
+                    state.update(load_file(str(file), device=str(map_location)))
+                else:
+                    state.update(torch.load(file, map_location=map_location, weights_only=True))
+            except Exception as exc:  # safetensors and torch raise their own types for truncated or foreign bytes
+                kind = "safetensors" if name.endswith(".safetensors") else "PyTorch"
+                reason = " ".join(str(exc).split())[:200]
+                raise ValueError(
+                    f"{file}: not a readable {kind} weight file ({file.stat().st_size} bytes; truncated, empty or "
+                    f"another format): {type(exc).__name__}: {reason}"
+                ) from None
         return state
     raise FileNotFoundError(f"path: {directory} has no model.safetensors or pytorch_model.bin (sharded or not)")

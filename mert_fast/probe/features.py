@@ -32,6 +32,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from mert_fast._io import atomic_path
+
 __all__ = ["HANDCRAFTED", "load_features"]
 
 logger = logging.getLogger(__name__)
@@ -83,10 +85,8 @@ def _handcrafted(
             rows.append(fn(audio[None])[0].mean(0).double().cpu().numpy())
     features = np.stack(rows)[:, None, :].astype(np.float32)
     if file is not None:
-        file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = file.with_name(f".{file.name}.tmp.npz")
-        np.savez(tmp, key=np.array(key), features=features)
-        os.replace(tmp, file)
+        with atomic_path(file) as tmp, open(tmp, "wb") as f:  # a file object: np.savez would append ".npz"
+            np.savez(f, key=np.array(key), features=features)
     return features
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["accuracy", "average_precision", "r2", "roc_auc", "scores"]
+__all__ = ["accuracy", "average_precision", "classes_left_out", "r2", "roc_auc", "scores"]
 
 
 def accuracy(labels: np.ndarray, logits: np.ndarray) -> float:
@@ -65,6 +65,26 @@ def _per_class(fn, targets: np.ndarray, scores_: np.ndarray, average: str) -> fl
     values = [fn(targets[:, c], scores_[:, c]) for c in range(targets.shape[1])]
     values = [v for v in values if not np.isnan(v)]
     return float(np.mean(values)) if values else float("nan")
+
+
+def classes_left_out(task_type: str, targets: np.ndarray, n_classes: int) -> list[int]:
+    """Classes that macro ROC-AUC and average precision leave out on these rows: those without a positive or
+    without a negative example (their per-class score is undefined). Always empty for regression.
+
+    Args:
+        task_type: ``"multiclass"`` (``targets`` int class indices ``(N,)``, one class against the rest),
+            ``"multilabel"`` (0/1 ``(N, C)``) or ``"regression"``.
+        targets: the rows' targets.
+        n_classes: ``C``.
+    """
+    if task_type == "regression":
+        return []
+    if task_type == "multiclass":
+        positives = np.bincount(np.asarray(targets, dtype=np.int64), minlength=n_classes)[:n_classes]
+    else:
+        positives = (np.asarray(targets) > 0.5).sum(axis=0)
+    n = len(targets)
+    return [c for c in range(n_classes) if positives[c] == 0 or positives[c] == n]
 
 
 def roc_auc(targets: np.ndarray, scores_: np.ndarray, average: str = "macro") -> float:

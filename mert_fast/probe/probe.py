@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mert_fast.probe.manifest import SPLITS, ProbeTask
-from mert_fast.probe.metrics import scores
+from mert_fast.probe.metrics import classes_left_out, scores
 
 __all__ = ["PRIMARY_METRIC", "ProbeConfig", "mean_std", "plot_layers", "run_probe", "summarize", "train_probes"]
 
@@ -340,9 +340,11 @@ def run_probe(
 
     Returns:
         The ``scores.json`` content: task, features, protocol, per-seed runs and the summary over seeds (mean
-        and standard deviation of every score per layer and for the weighted sum, and the best layer by valid).
+        and standard deviation of every score per layer and for the weighted sum, and the best layer by valid),
+        and ``classes_left_out_of_macro``: per split, the classes the macro ROC-AUC/AP leave out (no positive or
+        no negative example there).
     """
-    from mert_fast.model.extract_run import _write_json
+    from mert_fast._io import write_json
     from mert_fast.probe.features import load_features
     from mert_fast.probe.manifest import read_probe_manifest
 
@@ -360,18 +362,34 @@ def run_probe(
     metric = PRIMARY_METRIC[task.task_type]
     valid = {k: v["valid"][metric]["mean"] for k, v in summary["layers"].items() if "valid" in v}
     summary["best_layer"] = int(max(valid, key=lambda k: (valid[k], -int(k)))) if valid else None
+    left_out = {}
+    for split in ("valid", "test"):
+        rows = task.indices(split)
+        if task.task_type != "regression" and len(rows):
+            names = [task.classes[c] for c in classes_left_out(task.task_type, task.targets[rows], len(task.classes))]
+            left_out[split] = names
+            if names:
+                logger.warning(
+                    "%s split: %d of %d classes have no positive or no negative example and are left out of the "
+                    "macro ROC-AUC/AP: %s",
+                    split,
+                    len(names),
+                    len(task.classes),
+                    ", ".join(names),
+                )
     result = {
         "manifest": str(task.manifest),
         "task_type": task.task_type,
         "primary_metric": metric,
         "classes": task.classes,
         "counts": task.counts(),
+        "classes_left_out_of_macro": left_out,
         "features": info,
         "protocol": dataclasses.asdict(cfg) | {"pooling": "time mean", "standardize": "per state, train split"},
         "seeds": [int(s) for s in seeds],
         "summary": summary,
         "runs": runs,
     }
-    _write_json(out / "scores.json", result)  # atomic, as extraction's sidecars
+    write_json(out / "scores.json", result)  # atomic, as extraction's sidecars
     plot_layers(result, out / "layers.png")
     return result

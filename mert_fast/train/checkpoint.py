@@ -7,11 +7,17 @@ Layout of ``OUTPUT_DIR/checkpoints``::
         *_optim_states.pt              DeepSpeed: each rank's optimizer partition, loss scaler
         trainer_rank{r}.pt             each rank's RNG states and unlogged metric sums
         mert_fast.json                 step, world size, run settings, model config, teacher fingerprint
+        manifest.json                  every other file's size and SHA-256, written last
     latest                             the newest finished tag (replaced atomically)
 
 A checkpoint is written into ``.tmp-stepN`` and renamed once every rank has finished, so a run killed while
 saving leaves the previous checkpoints intact and never a half-written one under a step name. Only the last
 ``keep_last`` are kept. The checkpoint directory must be on a file system every rank sees.
+
+Resuming checks the manifest first (:func:`verify_checkpoint`): a file that is missing, truncated or altered
+afterwards (a full disk, a copy cut short) is named in the error instead of surfacing as a load failure deep in
+torch. A run or checkpoints directory resumes from its newest intact checkpoint, with a warning for each newer
+one that is not.
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from mert_fast._io import write_json, write_text
+
 __all__ = [
     "CHECKPOINT_FORMAT",
     "RESUME_KEYS",
@@ -40,11 +48,15 @@ __all__ = [
     "check_resumable",
     "file_fingerprint",
     "tag_for",
+    "verify_checkpoint",
+    "write_manifest",
 ]
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "mert_fast.checkpoint.v1"
+MANIFEST_NAME = "manifest.json"
+MANIFEST_FORMAT = "mert_fast.checkpoint-manifest.v1"
 
 #: Run settings a resumed run must share with its checkpoint: they fix which batches, masks and updates follow.
 RESUME_KEYS = ("preset", "objective", "seed", "batch_size", "grad_accum", "crop_seconds", "min_crop_seconds",
@@ -99,10 +111,46 @@ def loss_scaler_state(optimizer: Any) -> dict[str, Any] | None:
     return {k: float(v) if isinstance(v, torch.Tensor) else v for k, v in state.items()}
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def write_manifest(checkpoint: str | os.PathLike) -> Path:
+    """Write ``checkpoint/manifest.json``: the relative path, size and SHA-256 of every other file in the
+    checkpoint directory (recursively). Call it after every file is written: its presence marks a finished one."""
+    root = Path(checkpoint)
+    files = {}
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.name != MANIFEST_NAME):
+        files[path.relative_to(root).as_posix()] = {"bytes": path.stat().st_size, "sha256": file_fingerprint(path)}
+    write_json(root / MANIFEST_NAME, {"format": MANIFEST_FORMAT, "files": files})
+    return root / MANIFEST_NAME
+
+
+def verify_checkpoint(checkpoint: str | os.PathLike) -> None:
+    """Check every file of ``checkpoint`` against its ``manifest.json`` (sizes, then SHA-256).
+
+    A checkpoint written before manifests existed is accepted with a warning (nothing to check it against).
+
+    Raises:
+        ValueError: the manifest is unreadable, or a file is missing, has the wrong size or the wrong SHA-256; the
+            message names the file and what was expected.
+    """
+    root = Path(checkpoint)
+    manifest = root / MANIFEST_NAME
+    if not manifest.is_file():
+        logger.warning("checkpoint %s has no %s (an older checkpoint): its files are not verified", root, MANIFEST_NAME)
+        return
+    try:
+        files = json.loads(manifest.read_text(encoding="utf-8"))["files"]
+        entries = [(str(name), int(e["bytes"]), str(e["sha256"])) for name, e in files.items()]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"checkpoint: {manifest} is unreadable or malformed ({type(exc).__name__}: {exc})") from None
+    for name, size, _ in entries:
+        path = root / name
+        if not path.is_file():
+            raise ValueError(f"checkpoint: {path} is missing (listed in {manifest})")
+        actual = path.stat().st_size
+        if actual != size:
+            raise ValueError(f"checkpoint: {path} is {actual} bytes, the manifest says {size} (truncated or altered)")
+    for name, _, sha in entries:
+        if file_fingerprint(root / name) != sha:
+            raise ValueError(f"checkpoint: {root / name} does not match its SHA-256 in {manifest} (corrupt)")
 
 
 def save_checkpoint(
@@ -138,11 +186,12 @@ def save_checkpoint(
         for name, obj in (shared_files or {}).items():
             torch.save(obj, directory / tmp_tag / name)
         meta = {"format": CHECKPOINT_FORMAT, "step": step, **meta}
-        (directory / tmp_tag / "mert_fast.json").write_text(json.dumps(meta, indent=2) + "\n")
+        write_json(directory / tmp_tag / "mert_fast.json", meta)
+        write_manifest(directory / tmp_tag)
         if final.exists():  # saved again at the same step (e.g. a signal right after a periodic save)
             shutil.rmtree(final)
         os.replace(directory / tmp_tag, final)
-        _write_atomic(directory / "latest", tag + "\n")
+        write_text(directory / "latest", tag + "\n")
         done = sorted(p for p in directory.glob("step*") if p.is_dir() and (p / "mert_fast.json").is_file())
         for old in done[:-keep_last] if keep_last > 0 else []:
             shutil.rmtree(old, ignore_errors=True)
@@ -152,24 +201,41 @@ def save_checkpoint(
 
 
 def find_checkpoint(source: str | os.PathLike) -> Path:
-    """The checkpoint directory that ``source`` names: a run directory (its newest checkpoint), a ``checkpoints``
-    directory (its ``latest``) or one checkpoint.
+    """The checkpoint directory that ``source`` names, checked against its manifest (:func:`verify_checkpoint`).
+
+    ``source`` is one checkpoint (it must be intact), a ``checkpoints`` directory or a run directory: then its
+    newest intact checkpoint (``latest`` first, then by step), with a warning naming each newer one skipped.
 
     Raises:
         FileNotFoundError: nothing resumable there (the message says what was looked for).
+        ValueError: the named checkpoint, or every checkpoint of the directory, fails the check (the message
+            names the bad file).
     """
     path = Path(source)
     if (path / "mert_fast.json").is_file():
+        verify_checkpoint(path)
         return path
     for base in (path / "checkpoints", path):
+        candidates = sorted((p for p in base.glob("step*") if (p / "mert_fast.json").is_file()), reverse=True)
         latest = base / "latest"
         if latest.is_file():
-            candidate = base / latest.read_text().strip()
-            if (candidate / "mert_fast.json").is_file():
-                return candidate
-        done = sorted(p for p in base.glob("step*") if (p / "mert_fast.json").is_file())
-        if done:
-            return done[-1]
+            named = base / latest.read_text().strip()
+            if named in candidates:
+                candidates.remove(named)
+                candidates.insert(0, named)
+        bad = []
+        for candidate in candidates:
+            try:
+                verify_checkpoint(candidate)
+            except ValueError as exc:
+                logger.warning("resume: skipping checkpoint %s: %s", candidate, exc)
+                bad.append(str(exc))
+                continue
+            if bad:
+                logger.warning("resume: %d newer checkpoint(s) failed the check; resuming from %s", len(bad), candidate)
+            return candidate
+        if bad:
+            raise ValueError(f"resume: no intact checkpoint in {os.fspath(base)!r}: {'; '.join(bad)}")
     raise FileNotFoundError(
         f"resume: no checkpoint in {os.fspath(source)!r} (expected a run directory with checkpoints/latest, a "
         "checkpoints directory, or a checkpoint directory holding mert_fast.json)"

@@ -10,7 +10,8 @@ takes (a permutation per epoch keyed on ``(seed, epoch)``) and where each crop s
 
 Step ``s`` of rank ``r`` takes positions ``[(k * world_size + r) * batch_size, ... + batch_size)`` of the
 permutation of epoch ``s // steps_per_epoch`` (``k = s % steps_per_epoch``; the last incomplete group of an
-epoch is dropped), so the ranks of a step read disjoint clips.
+epoch is dropped), so the ranks of a step read disjoint clips. A corpus with fewer clips than one step needs is
+sampled with replacement instead, each slot's clip drawn from ``(seed, step, rank, sample)``.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import soxr
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from mert_fast.audio import AUDIO_EXTENSIONS, find_audio, load_audio
+from mert_fast.audio import AUDIO_EXTENSIONS, audio_info, find_audio, load_audio
 
 __all__ = [
     "AUDIO_EXTENSIONS",
@@ -181,9 +182,9 @@ def _probe(path: Path, min_seconds: float) -> tuple[int, int] | str:
     if not path.is_file():
         return "not a file"
     try:
-        info = sf.info(os.fspath(path))
-    except (sf.SoundFileError, RuntimeError) as exc:
-        return f"cannot decode: {getattr(exc, 'error_string', None) or exc}"
+        info = audio_info(path)
+    except ValueError as exc:  # "cannot decode audio file ...: not decodable audio as ...: why"
+        return str(exc)
     if info.frames <= 0 or info.samplerate <= 0:
         return "empty: no samples"
     seconds = info.frames / info.samplerate
@@ -418,8 +419,12 @@ class CropBatches(Dataset):
     ``ignore_stop_signals``: the workers ignore SIGTERM and SIGINT (the trainer's checkpoint-on-signal needs them
     alive); the caller must then close the iteration (``close()`` on the iterator) before the process exits.
 
+    Small corpora: with fewer eligible clips than ``batch_size * world_size``, each slot of a step draws its clip
+    with replacement, keyed on ``(seed, step, rank, sample)`` (see :meth:`indices_for`), so resuming stays exact;
+    with enough clips the draws are the permutation scheme above, unchanged.
+
     Raises:
-        ValueError: a bad argument, or fewer usable clips than ``batch_size * world_size``.
+        ValueError: a bad argument, or no clip of at least ``min_crop_seconds``.
     """
 
     def __init__(
@@ -479,12 +484,23 @@ class CropBatches(Dataset):
                 self.min_crop_seconds,
             )
         per_step = batch_size * world_size
-        if len(self.eligible) < per_step:
+        if len(self.eligible) == 0:
             raise ValueError(
-                f"{_describe(corpus.source)} has {len(self.eligible)} clips of >= {self.min_crop_seconds:g} s; a step "
-                f"needs batch_size * world_size = {per_step}"
+                f"{_describe(corpus.source)} has no clip of >= min_crop_seconds = {self.min_crop_seconds:g} s "
+                f"({len(corpus)} usable files, all shorter)"
             )
-        self.steps_per_epoch = len(self.eligible) // per_step
+        #: Fewer eligible clips than a step needs: each slot draws its clip with replacement (see indices_for).
+        self.with_replacement = len(self.eligible) < per_step
+        if self.with_replacement and rank == 0:
+            logger.warning(
+                "%s has %d clips of >= %g s, fewer than a step's batch_size * world_size = %d: clips are drawn with "
+                "replacement (a step may repeat a clip, with its own crop)",
+                _describe(corpus.source),
+                len(self.eligible),
+                self.min_crop_seconds,
+                per_step,
+            )
+        self.steps_per_epoch = max(1, len(self.eligible) // per_step)
         self._perm_cache: tuple[int, np.ndarray] | None = None
         self._known_bad: dict[int, str] = {}  # per process: clips that failed to decode here
 
@@ -498,7 +514,15 @@ class CropBatches(Dataset):
         return self._perm_cache[1]
 
     def indices_for(self, step: int) -> np.ndarray:
-        """Corpus indices of this rank's clips at ``step``, before any decoding failure: int64 ``(batch_size,)``."""
+        """Corpus indices of this rank's clips at ``step``, before any decoding failure: int64 ``(batch_size,)``.
+
+        With fewer eligible clips than ``batch_size * world_size`` (:attr:`with_replacement`), slot ``j`` takes
+        eligible clip ``seed_for(seed, step, rank, j, "clip") % n_eligible``: a draw with replacement that is still
+        a function of ``(seed, step, rank, sample)`` only."""
+        if self.with_replacement:
+            n = len(self.eligible)
+            slots = [seed_for(self.seed, step, self.rank, j, "clip") % n for j in range(self.batch_size)]
+            return self.eligible[np.array(slots, dtype=np.int64)]
         epoch, k = divmod(step, self.steps_per_epoch)
         first = (k * self.world_size + self.rank) * self.batch_size
         return self.epoch_permutation(epoch)[first : first + self.batch_size].copy()

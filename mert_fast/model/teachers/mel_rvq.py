@@ -128,15 +128,14 @@ def save_teacher(teacher: nn.Module, directory: str | os.PathLike, meta: dict) -
     by an atomic rename, so a reader never sees a half-written teacher."""
     from safetensors.torch import save_file
 
+    from mert_fast._io import atomic_path, write_json
+
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in teacher.state_dict().items()}
-    tmp = directory / "teacher.safetensors.tmp"
-    save_file(state, str(tmp))
-    os.replace(tmp, directory / "teacher.safetensors")
-    tmp = directory / "teacher.json.tmp"
-    tmp.write_text(json.dumps(meta, indent=2) + "\n")
-    os.replace(tmp, directory / "teacher.json")
+    with atomic_path(directory / "teacher.safetensors") as tmp:
+        save_file(state, str(tmp))
+    write_json(directory / "teacher.json", meta)
 
 
 def fit_mel_rvq(
