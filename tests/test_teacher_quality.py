@@ -253,3 +253,23 @@ def test_kmeans_logmel_matches_librosa_top_db_minus_the_mean():
     ref = ref - ref.mean()
     assert (ref == ref.min()).double().mean() > 0.05  # the floor is in play
     assert (ours - ref).abs().max() < 1e-3
+
+
+# ---------------------------------------------------------------------------------------------- the command
+
+
+def test_fit_teacher_command_prints_and_saves_the_quality(tmp_path, capsys):
+    from mert_fast.cli import main
+    from mert_fast.train.synth import make_corpus
+
+    make_corpus(tmp_path / "audio", n_clips=4, seconds=3.0, sample_rate=SR, seed=0, source="numpy")
+    argv = ["fit-teacher", "--type", "mel-rvq", str(tmp_path / "audio"), "--out", str(tmp_path / "t"),
+            "--codebooks", "3", "--codebook-size", "16", "--steps", "5"]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    quality = json.loads((tmp_path / "t" / "teacher.json").read_text())["quality"]
+    assert quality["held_out"] and quality["clips"] == 1  # the 4th clip
+    shown = re.search(r"explained variance: (.*)", out).group(1).split()
+    assert [float(v) for v in shown] == pytest.approx(quality["explained_variance"], abs=6e-4)
+    for name in ("perplexity", "codes used", "flips at -6 dB", "flips, noise 60 dB SNR"):
+        assert len(re.search(rf"{name}: (.*)", out).group(1).split()) == 3, name
