@@ -288,6 +288,7 @@ def _cmd_fit_teacher(args: argparse.Namespace) -> int:
               f"{teacher.label_rate:g} Hz) fitted on {n} clips")  # fmt: skip
         return 0
     from mert_fast.model.teachers import fit_mel_rvq
+    from mert_fast.model.teachers.mel_rvq import quality_warnings
 
     codebooks = args.codebooks or 8
     codebook_size = args.codebook_size or 1024
@@ -303,6 +304,17 @@ def _cmd_fit_teacher(args: argparse.Namespace) -> int:
     teacher.save(args.out)
     print(f"{args.out}: mel-rvq teacher ({codebooks} x {codebook_size} codes, {teacher.label_rate:g} Hz) "
           f"fitted on {n} clips")  # fmt: skip
+    q = teacher.quality
+    where = f"{q['clips']} held-out clips" if q["held_out"] else "the fitted clip"
+    print(f"  on {where} ({q['frames']} frames), per stage / codebook (teacher.json 'quality' keeps them):")
+    for name, key, fmt in (
+        ("explained variance", "explained_variance", "{:.3f}"), ("perplexity", "perplexity", "{:.1f}"),
+        ("codes used", "codes_used", "{}"), ("flips at -6 dB", "flip_rate_gain_-6db", "{:.3f}"),
+        ("flips, noise 60 dB SNR", "flip_rate_noise_60db", "{:.3f}"),
+    ):  # fmt: skip
+        print(f"  {name:>22}: {' '.join(fmt.format(v) for v in q[key])}")
+    for warning in quality_warnings(q):
+        print(f"  warning: {warning}")
     return 0
 
 
@@ -463,7 +475,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="fit the acoustic teacher (Mel-RVQ tokens or k-means clusters) on a folder of audio, for train.py "
         "--teacher",
         description="--type mel-rvq (MuQ's Mel-RVQ): compute stacked log-mel frames (128 mels, 100 Hz, 4 stacked: "
-        "25 Hz) of the audio, then fit a residual VQ with per-stage projections and cosine lookup. --type kmeans "
+        "25 Hz, floored 80 dB under each clip's peak and centred on its mean level) of the audio, then fit a residual "
+        "VQ with per-stage projections to reconstruct them; its quality on every 8th clip, held out, is printed and "
+        "saved in teacher.json. --type kmeans "
         "(MERT-v0 / HuBERT): compute MFCC (+ deltas) or log-mel frames at 50 Hz and cluster them by k-means. Writes "
         "teacher.json and teacher.safetensors to --out.",
     )

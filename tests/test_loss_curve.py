@@ -23,7 +23,7 @@ from pretrain_utils import ROOT, check, env, metrics
 pytestmark = pytest.mark.slow
 
 CURVE = Path(__file__).resolve().parent / "data" / "tiny_loss_curve.json"
-KEYS = ("loss", "ce")
+KEYS = ("loss", "ce", "prior")
 THREADS = "2"
 
 

@@ -31,6 +31,9 @@ __all__ = ["MERTModel", "MERTOutput"]
 
 logger = logging.getLogger(__name__)
 
+#: Standard deviation of the normal draw of linear layers (HF ``HubertConfig.initializer_range``'s default).
+INITIALIZER_RANGE = 0.02
+
 _ACTIVATIONS = {
     "gelu": F.gelu,
     "relu": F.relu,
@@ -300,13 +303,47 @@ class _Encoder(nn.Module):
 class MERTModel(nn.Module):
     """MERT student. ``MERTModel(MERTConfig.from_name("mert-v1-95m"))`` or ``MERTModel.from_pretrained(path)``."""
 
-    def __init__(self, config: MERTConfig) -> None:
+    def __init__(self, config: MERTConfig, *, init_weights: bool = True) -> None:
+        """``init_weights``: draw the weights as HF's ``HubertPreTrainedModel`` does (:meth:`init_weights`); False
+        leaves PyTorch's per-module defaults, for a model whose weights are loaded next."""
         super().__init__()
         self.config = config
         self.feature_extractor = _FeatureEncoder(config)
         self.feature_projection = _FeatureProjection(config)
         self.masked_spec_embed = nn.Parameter(torch.empty(config.hidden_size).uniform_())
         self.encoder = _Encoder(config)
+        if init_weights:
+            self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """Initialise every weight as HF's ``HubertPreTrainedModel._init_weights`` (and fairseq's HuBERT) does.
+
+        Conv layers: Kaiming normal (fan in, ReLU gain), zero bias; the weight-normed positional conv of the HuBERT
+        layout keeps PyTorch's default draw, as in HF, whose in-place Kaiming draw lands on the recomputed weight
+        and not on its ``weight_g`` / ``weight_v``, and gets a zero bias. Linear layers and embeddings: normal with
+        standard deviation ``initializer_range`` (0.02), zero bias. LayerNorm and GroupNorm: ones and zeros. The
+        mask embedding: uniform in ``[0, 1)``. Without it, the conv stack's outputs shrink by about 4x per layer
+        (PyTorch's default conv draw has a third of the variance Kaiming keeps), so the features reaching the
+        projection's LayerNorm are comparable to its eps.
+        """
+        std = getattr(self.config, "initializer_range", INITIALIZER_RANGE)
+        for module in self.modules():
+            if isinstance(module, nn.Conv1d):
+                if not nn.utils.parametrize.is_parametrized(module, "weight"):
+                    nn.init.kaiming_normal_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, 0.0, std)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, (nn.LayerNorm, nn.GroupNorm)):
+                if module.weight is not None:
+                    nn.init.ones_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        nn.init.uniform_(self.masked_spec_embed)
 
     # ------------------------------------------------------------------------------------------ forward
 
@@ -446,7 +483,7 @@ class MERTModel(nn.Module):
                     raise FileNotFoundError(f"path: {directory} has no config.json")
                 config = MERTConfig.from_json_file(cfg_file)
             state = _read_weights(directory, map_location)
-        model = cls(config)
+        model = cls(config, init_weights=False)
         model.load_hf_state_dict(state)
         return model.eval()
 

@@ -263,6 +263,155 @@ class ResidualVQ(nn.Module):
             perplexity=torch.stack(perplexity).detach(),
         )
 
+    @torch.no_grad()
+    def explained_variance(self, x: torch.Tensor) -> torch.Tensor:
+        """Explained variance of ``x`` ``(N, dim)`` (or ``(B, T, dim)``) after each stage, float64 ``(n_q,)``.
+
+        Entry ``s`` is ``1 - |x - q_s|^2 / |x - mean(x)|^2`` (sums over every row and dim), with ``q_s`` the decode
+        of the first ``s + 1`` codes that :meth:`encode` gives: what the quantiser reconstructs in eval mode.
+        """
+        flat = self._flat(x).to(self.codebooks.dtype)
+        codes = self.encode(flat)
+        total = (flat.double() - flat.double().mean(0)).square().sum().clamp_min(1e-30)
+        resid = flat.double()
+        out = []
+        for s in range(self.n_q):
+            resid = resid - self._up(self.codebooks[s].index_select(0, codes[:, s]), s).double()
+            out.append(1.0 - resid.square().sum() / total)
+        return torch.stack(out)
+
+    def fit(
+        self,
+        x: torch.Tensor,
+        *,
+        steps: int = 300,
+        batch_rows: int = 4096,
+        lr: float = 1e-3,
+        seed: int = 0,
+        init_rows: int = 65536,
+    ) -> list[float]:
+        """Fit the quantiser to reconstruct ``x`` (``metric="l2"``): codebooks and projections learn from ``|x - q|^2``.
+
+        1. Stage by stage on the residual ``r`` (a seeded sample of at most ``init_rows`` rows): ``in_proj`` the
+           top ``codebook_dim`` principal directions ``W`` of ``r`` (orthonormal rows), ``out_bias`` its mean ``m``,
+           the codebook by k-means on ``z = W (r - m)`` with every code the mean of its rows.
+        2. ``steps`` Adam steps on batches of ``batch_rows`` rows, minimising the reconstruction error of the
+           decode of the codes the search picks, through ``W``, ``m`` and the codebooks. The projections are tied
+           (``out_proj = W^T``, ``in_bias = -W m``) and ``W``'s rows are re-orthonormalised after every step, so
+           the nearest code of ``z`` is always the one that best reconstructs the residual: the search of
+           :meth:`encode` and the fit optimise the same error. Codes unused over the last 50 steps are re-seeded
+           on rows of their stage's ``z`` (not in the last quarter of the steps).
+
+        Without projections ``W`` is the identity and ``m`` zero. Deterministic for a seed. Leaves the module in
+        eval mode with ``initialized`` set. Returns the mean reconstruction error per step (of each batch, before
+        its update).
+        """
+        if self.metric != "l2":
+            raise ValueError(f"fit reconstructs by the l2 search; this quantiser searches by {self.metric!r}")
+        _positive_int("batch_rows", batch_rows)
+        _positive_int("init_rows", init_rows)
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+            raise ValueError(f"steps must be an integer >= 0; got {steps!r}")
+        flat = self._flat(x).detach().to(self.codebooks.dtype)
+        if flat.shape[0] < self.codebook_size:
+            raise ValueError(f"x must hold at least codebook_size = {self.codebook_size} rows; got {flat.shape[0]}")
+        gen = torch.Generator().manual_seed(seed)
+        sample = flat
+        if flat.shape[0] > init_rows:
+            sample = flat[torch.randperm(flat.shape[0], generator=gen)[:init_rows].to(flat.device)]
+        projected = self.in_proj is not None
+        resid = sample
+        for s in range(self.n_q):
+            if projected:
+                mean = resid.mean(0)
+                centred = (resid - mean).double()
+                # principal directions of the residual: the subspace whose quantisation removes the most energy
+                _, vectors = torch.linalg.eigh(centred.T @ centred)
+                w = vectors[:, -self.codebook_dim :].flip(1).T.to(flat.dtype).contiguous()
+                z = (resid - mean) @ w.T
+            else:
+                z = resid
+            centroids = kmeans(z, self.codebook_size, iters=self.kmeans_iters, seed=seed * 1000 + s)
+            labels, _ = nearest_code(z, centroids)
+            counts = torch.bincount(labels, minlength=self.codebook_size).to(z.dtype)
+            sums = torch.zeros_like(centroids).index_add_(0, labels, z)
+            book = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1)[:, None], centroids)
+            with torch.no_grad():
+                self.codebooks[s].copy_(book)
+                self.code_usage[s].copy_(counts)
+                if projected:
+                    self._set_stage(s, w, mean)
+            resid = resid - self._up(book[labels], s).detach()
+        self.initialized.fill_(True)
+        losses = self._refine(flat, steps, batch_rows, lr, gen)
+        self.eval()
+        return losses
+
+    @torch.no_grad()
+    def _set_stage(self, s: int, w: torch.Tensor, mean: torch.Tensor) -> None:
+        self.in_proj[s].copy_(w)
+        self.in_bias[s].copy_(-(w @ mean))
+        self.out_proj[s].copy_(w.T)
+        self.out_bias[s].copy_(mean)
+
+    def _refine(self, flat: torch.Tensor, steps: int, batch_rows: int, lr: float, gen: torch.Generator) -> list:
+        projected = self.in_proj is not None
+        books = self.codebooks.detach().clone().requires_grad_(True)
+        params = [books]
+        if projected:
+            w = self.in_proj.detach().clone().requires_grad_(True)
+            mean = self.out_bias.detach().clone().requires_grad_(True)
+            params += [w, mean]
+        optimizer = torch.optim.Adam(params, lr=lr)
+        window = 50
+        unused = torch.zeros(self.n_q, self.codebook_size, dtype=torch.long, device=flat.device)
+        losses = []
+        for step in range(steps):
+            idx = torch.randint(flat.shape[0], (min(batch_rows, flat.shape[0]),), generator=gen).to(flat.device)
+            batch = flat[idx]
+            with torch.no_grad():
+                proj = {}
+                if projected:
+                    proj = dict(in_proj=w, in_bias=-(w @ mean[..., None])[..., 0], out_proj=w.transpose(1, 2))
+                    proj["out_bias"] = mean
+                codes, _ = rvq_encode(batch, books.detach(), **{k: v.detach() for k, v in proj.items()})
+            resid, zs = batch, []
+            for s in range(self.n_q):
+                e = books[s].index_select(0, codes[:, s])
+                if projected:
+                    zs.append((resid.detach() - mean[s].detach()) @ w[s].detach().T)
+                    resid = resid - (e @ w[s] + mean[s])
+                else:
+                    zs.append(resid.detach())
+                    resid = resid - e
+            loss = resid.square().sum(1).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item() / self.dim)
+            with torch.no_grad():
+                if projected:
+                    # retraction onto orthonormal rows, signs kept so that the codes stay attached to their directions
+                    q, r = torch.linalg.qr(w.transpose(1, 2))
+                    w.copy_((q * torch.sign(torch.diagonal(r, dim1=1, dim2=2))[:, None, :]).transpose(1, 2))
+                for s in range(self.n_q):
+                    used = torch.bincount(codes[:, s], minlength=self.codebook_size) > 0
+                    unused[s] = torch.where(used, 0, unused[s] + 1)
+                    dead = (unused[s] >= window).nonzero()[:, 0]
+                    if dead.numel() and step < steps * 3 // 4:
+                        rows = torch.randint(zs[s].shape[0], (dead.numel(),), generator=gen).to(flat.device)
+                        books[s, dead] = zs[s][rows]
+                        unused[s, dead] = 0
+                        logger.debug("ResidualVQ.fit: stage %d re-seeded %d unused codes", s, dead.numel())
+        with torch.no_grad():
+            self.codebooks.copy_(books.detach())
+            if self.ema:
+                self.code_sum.copy_(books.detach() * self.code_usage[..., None])
+            if projected:
+                for s in range(self.n_q):
+                    self._set_stage(s, w[s].detach(), mean[s].detach())
+        return losses
+
     # ------------------------------------------------------------------------------------------ training
 
     def _detached_proj(self) -> dict:

@@ -67,6 +67,7 @@ class PretrainOutput(NamedTuple):
     features_pen: torch.Tensor
     correct: torch.Tensor  # (Q,) int64 correct predictions per codebook on masked frames
     n_masked: int
+    code_counts: torch.Tensor | None = None  # (Q, K) int64 histogram of the masked frames' codes per codebook
 
 
 class MERTPretrainer(nn.Module):
@@ -149,11 +150,12 @@ class MERTPretrainer(nn.Module):
             proj = self.final_proj(h).view(n_masked, self.n_codebooks, self.final_dim)
         else:
             proj = h[:, None, :].expand(n_masked, self.n_codebooks, self.final_dim)
+        scored = codes[mask]  # (n_masked, Q)
         ce_sum, correct = codebook_cross_entropy(
             proj,
             # copies: the loss saves them for backward, and under ZeRO-3 the parameters are released after forward
             self.label_embs_concat.to(proj.dtype, copy=True),
-            codes[mask],
+            scored,
             bias=None if self.label_bias is None else self.label_bias.to(proj.dtype, copy=True),
             temperature=self.temperature,
             normalize=self.head == "cosine",
@@ -173,4 +175,5 @@ class MERTPretrainer(nn.Module):
             features_pen=features_pen.detach(),
             correct=correct.detach(),
             n_masked=n_masked,
+            code_counts=torch.stack([torch.bincount(c, minlength=self.label_embs_concat.shape[1]) for c in scored.T]),
         )

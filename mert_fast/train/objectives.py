@@ -14,6 +14,7 @@ beside the engine's own state.
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import torch
@@ -25,11 +26,17 @@ from mert_fast.train.config import TrainConfig
 from mert_fast.train.objective import MERTPretrainer
 from mert_fast.train.step import step_inputs
 
-__all__ = ["OBJECTIVES", "CodebookObjective", "Data2VecObjective", "Objective"]
+__all__ = ["OBJECTIVES", "CodebookObjective", "Data2VecObjective", "Objective", "code_entropy"]
 
 logger = logging.getLogger(__name__)
 
 OBJECTIVES = ("mert", "muq", "data2vec")
+
+
+def code_entropy(counts: list[float]) -> float:
+    """Entropy in nats of the distribution of a histogram (0 for an empty one)."""
+    total = sum(counts)
+    return -sum(c / total * math.log(c / total) for c in counts if c > 0) if total > 0 else 0.0
 
 
 class Objective:
@@ -73,6 +80,7 @@ class CodebookObjective(Objective):
         self.name, self.cfg, self.model_cfg = name, cfg, model_cfg
         self.acoustic, self.cqt_teacher = acoustic, cqt_teacher
         self.n_q = acoustic.settings["n_q"]
+        self.codebook_size = acoustic.settings["codebook_size"]
         self.module = MERTPretrainer(
             student, n_codebooks=self.n_q, codebook_size=acoustic.settings["codebook_size"],
             cqt_bins=cqt_teacher.n_bins if cqt_teacher is not None else None, feature_grad_mult=cfg.feature_grad_mult,
@@ -92,6 +100,9 @@ class CodebookObjective(Objective):
         out = {"loss": float(result.loss.detach()), "ce": float(result.ce_sum), "masked": float(n),
                "cqt": float(result.cqt_mse) * n, "pen": float(result.features_pen) * n}  # fmt: skip
         out.update({f"correct_{q}": float(c) for q, c in enumerate(result.correct.tolist())})
+        # every code's count, zeros included: the sums of all ranks must have the same keys
+        for q, row in enumerate(result.code_counts.tolist()):
+            out.update({f"codes_{q}_{k}": float(c) for k, c in enumerate(row)})
         return out
 
     def metrics(self, totals):
@@ -99,6 +110,11 @@ class CodebookObjective(Objective):
         out = {"loss": totals["loss"] / masked, "ce": totals["ce"] / masked, "cqt_mse": totals["cqt"] / masked,
                "features_pen": totals["pen"] / masked}  # fmt: skip
         out.update({f"acc_{q}": totals[f"correct_{q}"] / masked for q in range(self.n_q)})
+        # the prior: the entropy of each codebook's code histogram over the scored frames since the last row, the CE
+        # of the best constant prediction of those frames; ``ce`` below ``prior`` is what is learnt about each frame
+        priors = [code_entropy([totals[f"codes_{q}_{k}"] for k in range(self.codebook_size)]) for q in range(self.n_q)]
+        out.update({f"prior_{q}": p for q, p in enumerate(priors)})
+        out["prior"] = sum(priors)
         return out
 
 

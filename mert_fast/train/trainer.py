@@ -181,8 +181,8 @@ def _plot(metrics: Path, png: Path) -> None:
         return
     fig, ax = plt.subplots(figsize=(7, 4))
     steps = [r["step"] for r in train_rows]
-    labels = {"loss": "loss / masked frame", "ce": "acoustic CE / frame", "cqt_mse": "CQT MSE",
-              "target_var": "target std (EMA teacher)"}  # fmt: skip
+    labels = {"loss": "loss / masked frame", "ce": "acoustic CE / frame", "prior": "code prior (entropy) / frame",
+              "cqt_mse": "CQT MSE", "target_var": "target std (EMA teacher)"}  # fmt: skip
     for key, label in labels.items():
         if key in train_rows[0] and (key != "cqt_mse" or any(r[key] for r in train_rows)):
             ax.plot(steps, [r[key] for r in train_rows], label=label)
@@ -499,7 +499,7 @@ def _finish(engine, student: MERTModel, out: Path, dist: DistributedInfo, metric
     context = deepspeed.zero.GatheredParameters(params, modifier_rank=None) if stage == 3 else contextlib.nullcontext()
     with context:
         if dist.is_main:  # an fp32 copy on the CPU: the engine's own (maybe bf16, maybe partitioned) weights stay
-            export = MERTModel(student.config)
+            export = MERTModel(student.config, init_weights=False)  # its weights are copied next
             export.load_state_dict({k: v.detach().float().cpu() for k, v in student.state_dict().items()})
             export.save_pretrained(out / "model")
     paths = {"checkpoints": str(out / "checkpoints"), "model": str(out / "model"), "metrics": str(metrics)}

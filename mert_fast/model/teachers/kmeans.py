@@ -14,8 +14,12 @@ HuBERT's ``torchaudio.compliance.kaldi.mfcc`` features:
   (512), as ``librosa.feature.melspectrogram(window="hann", win_length=400, n_fft=512, center=True,
   pad_mode="constant")``; Kaldi uses a Povey window, pre-emphasis 0.97, dither and DC removal, none done here;
 - 23 triangular HTK-mel filters from 20 Hz to Nyquist, unnormalised (Kaldi's bank; ``librosa htk=True, norm=None``);
-- decibels, ``10 log10(max(E, 1e-10))``, as ``librosa.power_to_db(top_db=None)``; Kaldi takes the natural log. The
-  two differ by a constant factor, which the per-dimension normalisation below removes (up to the floor);
+- decibels, ``10 log10(max(E, 1e-10))``; a fitted teacher floors them at ``top_db`` (80) under the clip's loudest
+  bin and centres them on the clip's mean level (:func:`~mert_fast.model.teachers.mel_rvq.log_mel_db`:
+  ``librosa.power_to_db(ref=np.max, top_db=80)`` minus its mean), so that the codes follow neither the clip's gain
+  nor a noise floor far under the music (without: ``librosa.power_to_db(top_db=None)``). Kaldi takes the natural
+  log; the two differ by a constant factor, which the per-dimension normalisation below removes (up to the floor).
+  The level only moves ``c0``;
 - no cepstral liftering (Kaldi lifters by 22; a per-coefficient scale, also removed by the normalisation);
 - deltas by torchaudio's ``compute_deltas`` rule, window 5 (``N = 2``): ``d_t = sum_n n (c_{t+n} - c_{t-n}) /
   (2 sum_n n^2)`` with the edge frames repeated, equal to ``librosa.feature.delta(width=5, mode="nearest")``
@@ -45,7 +49,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mert_fast.model.teachers.mel_rvq import MelRVQTeacher, mel_filterbank, save_teacher
+from mert_fast.model.teachers.mel_rvq import TOP_DB, MelRVQTeacher, log_mel_db, mel_filterbank, save_teacher
 from mert_fast.ops import kmeans, nearest_code
 
 __all__ = ["KMeansTeacher", "fit_kmeans_teacher", "load_teacher"]
@@ -62,8 +66,6 @@ MIN_SAMPLES = 400
 DEFAULT_MELS = {"mfcc": 23, "logmel": 80}
 #: Lowest filter edge per feature (Hz): Kaldi's 20 Hz for MFCC.
 DEFAULT_FMIN = {"mfcc": 20.0, "logmel": 0.0}
-#: Power floor before the logarithm (librosa's ``amin``).
-POWER_FLOOR = 1e-10
 #: Smallest standard deviation used to normalise a dimension (a constant dimension is only centred).
 STD_FLOOR = 1e-5
 #: Frames above which :func:`fit_kmeans_teacher` switches to mini-batch k-means when ``batch_size`` is None.
@@ -118,6 +120,10 @@ class KMeansTeacher(nn.Module):
         win_length: Hann window length, ``<= n_fft`` (default: 25 ms for MFCC, ``n_fft`` for log-mel).
         n_mfcc: cepstral coefficients kept (13).
         delta_width: delta regression window, odd (5, torchaudio's ``compute_deltas`` default, as HuBERT).
+        top_db: dB kept under each clip's loudest mel bin; ``None`` (the default, librosa's plain features): no
+            floor but ``1e-10``. :func:`fit_kmeans_teacher` fits teachers with 80.
+        centre: subtract each clip's mean log-mel level (gain invariance; :func:`fit_kmeans_teacher`'s default).
+            Teachers saved without these settings load without them, on the features they were fitted on.
 
     The centroids and the normalisation statistics are buffers set by :func:`fit_kmeans_teacher` (or :meth:`load`);
     a fresh teacher has zero centroids and maps every frame to code 0.
@@ -134,6 +140,8 @@ class KMeansTeacher(nn.Module):
         win_length: int | None = None,
         n_mfcc: int = 13,
         delta_width: int = 5,
+        top_db: float | None = None,
+        centre: bool = False,
     ) -> None:
         super().__init__()
         if feature not in FEATURES:
@@ -175,6 +183,10 @@ class KMeansTeacher(nn.Module):
         self.win_length = win_length
         self.n_mfcc = n_mfcc
         self.delta_width = delta_width
+        if top_db is not None and (isinstance(top_db, bool) or not isinstance(top_db, (int, float)) or top_db <= 0):
+            raise ValueError(f"top_db must be a positive number of dB or None; got {top_db!r}")
+        self.top_db = None if top_db is None else float(top_db)
+        self.centre = bool(centre)
         self.dim = 3 * n_mfcc if feature == "mfcc" else n_mels
         self.n_q = 1
         self.codebook_size = n_clusters
@@ -183,6 +195,7 @@ class KMeansTeacher(nn.Module):
             hop_length=self.hop_length, n_fft=n_fft, win_length=win_length, n_mels=n_mels, fmin=fmin,
             fmax=sample_rate / 2, n_mfcc=n_mfcc if feature == "mfcc" else None,
             delta_width=delta_width if feature == "mfcc" else None, log="dB", label_rate=float(LABEL_RATE),
+            top_db=self.top_db, level="clip mean" if self.centre else None,
         )  # fmt: skip
         self.register_buffer("window", torch.hann_window(win_length), persistent=False)
         # float64 projections: the mel and DCT products must not run in TF32, which would move frames across
@@ -221,7 +234,8 @@ class KMeansTeacher(nn.Module):
     def features(self, audio: torch.Tensor, *, normalize: bool = True) -> torch.Tensor:
         """Frame features ``(B, L // hop_length + 1, dim)`` float32 of audio ``(B, L)`` (any float dtype).
 
-        ``normalize=False`` gives the raw MFCC (+ deltas) or log-mel values in dB, before the fitted normalisation.
+        ``normalize=False`` gives the MFCC (+ deltas) or log-mel values in dB (floored and centred per clip), before
+        the fitted normalisation.
         """
         self._check_audio(audio)
         spec = torch.stft(
@@ -230,7 +244,7 @@ class KMeansTeacher(nn.Module):
         )  # fmt: skip
         power = spec.real.square() + spec.imag.square()  # (B, F, T)
         mel = torch.einsum("bft,fm->btm", power.double(), self.mel_fb)
-        feats = 10.0 * torch.log10(mel.clamp_min(POWER_FLOOR))  # (B, T, n_mels) float64
+        feats = log_mel_db(mel, self.top_db, centre=self.centre)  # (B, T, n_mels) float64
         if self.feature == "mfcc":
             ceps = feats @ self.dct
             delta = compute_deltas(ceps, self.delta_width)
@@ -272,6 +286,7 @@ class KMeansTeacher(nn.Module):
                 int(meta["sample_rate"]), feature=meta["feature"], n_clusters=int(meta["codebook_size"]),
                 n_mels=int(meta["n_mels"]), n_fft=int(meta["n_fft"]), win_length=int(meta["win_length"]),
                 n_mfcc=int(meta["n_mfcc"] or 13), delta_width=int(meta["delta_width"] or 5),
+                top_db=meta.get("top_db"), centre=meta.get("level") == "clip mean",
             )  # fmt: skip
         except KeyError as exc:
             raise ValueError(f"teacher: {meta_file} lacks the setting {exc.args[0]!r}") from None
@@ -357,6 +372,8 @@ def fit_kmeans_teacher(
     batch_size: int | None = None,
     seed: int = 0,
     device: str | torch.device = "cpu",
+    top_db: float | None = TOP_DB,
+    centre: bool = True,
 ) -> KMeansTeacher:
     """Fit a k-means teacher on ``clips`` (1-D waveforms ``(L,)`` at ``sample_rate``, any float dtype).
 
@@ -376,6 +393,8 @@ def fit_kmeans_teacher(
         seed: seed of the frame sample, the k-means++ initialisation and the mini-batch order; equal seeds give
             equal teachers (bitwise on the CPU).
         device: where features and k-means run.
+        top_db, centre: the per-clip level floor and centring of the log-mel energies (see :class:`KMeansTeacher`):
+            with both, the codes do not change with the clip's gain.
 
     Returns:
         the fitted :class:`KMeansTeacher` on ``device``, in eval mode.
@@ -384,7 +403,9 @@ def fit_kmeans_teacher(
     n_init = _check_positive_int("n_init", n_init)
     seed = _check_positive_int("seed", seed, 0)
     device = torch.device(device)
-    teacher = KMeansTeacher(sample_rate, feature=feature, n_clusters=n_clusters, n_mels=n_mels).to(device)
+    teacher = KMeansTeacher(
+        sample_rate, feature=feature, n_clusters=n_clusters, n_mels=n_mels, top_db=top_db, centre=centre
+    ).to(device)
     if max_frames < n_clusters:
         raise ValueError(f"max_frames must be at least n_clusters = {n_clusters}; got {max_frames}")
     frames = []
