@@ -261,7 +261,7 @@ def _adamw(module: nn.Module, cfg: TrainConfig, device: str) -> torch.optim.Adam
 
 
 def _build(case: Case) -> Setup:
-    from mert_fast.train.synth import synth_clip
+    from mert_fast.synth import synth_clip
 
     # LayerDrop off: both students run every layer in every step (the same work; HF draws its own LayerDrop)
     model_cfg = dataclasses.replace(MERTConfig.from_name(case.preset), layerdrop=0.0)
@@ -486,8 +486,8 @@ LOAD_BATCH, LOAD_SECONDS, LOAD_WORKERS, LOAD_BATCHES_PER_ROUND = 8, 5.0, 2, 8
 @pytest.fixture(scope="session")
 def corpus(tmp_path_factory):
     """A small synthetic FLAC corpus at 24 kHz: 16 clips of 6 s."""
+    from mert_fast.synth import make_corpus
     from mert_fast.train.data import AudioCorpus
-    from mert_fast.train.synth import make_corpus
 
     root = tmp_path_factory.mktemp("train_step_corpus")
     make_corpus(root, n_clips=16, seconds=6.0, sample_rate=24000, seed=0, format="flac", source="numpy")

@@ -242,7 +242,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
 
 
 def _cmd_make_corpus(args: argparse.Namespace) -> int:
-    from mert_fast.train.synth import make_corpus
+    from mert_fast.synth import make_corpus
 
     paths = make_corpus(
         args.out_dir,
@@ -327,7 +327,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_make_probe_data(args: argparse.Namespace) -> int:
-    from mert_fast.probe.data import make_probe_data
+    from mert_fast.probe.dataset import make_probe_data
 
     manifests = make_probe_data(
         args.out_dir,
