@@ -7,6 +7,8 @@ import json
 import os
 from typing import Any
 
+from mert_fast._io import write_text
+
 __all__ = ["MERTConfig", "PRESETS"]
 
 _CONV_DIM = (512,) * 7
@@ -315,9 +317,8 @@ class MERTConfig:
             raise ValueError(f"{name}: {message}") from None
 
     def to_json_file(self, path: str | os.PathLike) -> None:
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(self.to_hf_dict(), f, indent=2, sort_keys=True)
-            f.write("\n")
+        """Write the HF ``config.json`` (sorted keys) atomically."""
+        write_text(path, json.dumps(self.to_hf_dict(), indent=2, sort_keys=True) + "\n")
 
 
 PRESETS: dict[str, MERTConfig] = {
