@@ -48,6 +48,7 @@ from torch import nn
 from mert_fast.model.config import MERTConfig
 from mert_fast.model.mert import MERTModel
 from mert_fast.model.teachers import CQTTeacher, MelRVQTeacher
+from mert_fast.ops.reference import MERT_CQT_BINS_PER_OCTAVE, MERT_CQT_FMIN
 from mert_fast.testing import rel_error
 from mert_fast.train.config import TrainConfig
 from mert_fast.train.objective import MERTPretrainer, _GradMultiply
@@ -162,8 +163,8 @@ class NNAudioCQT(nn.Module):
         from nnAudio.features import CQT1992v2
 
         self.cqt = CQT1992v2(
-            sr=sample_rate, hop_length=hop_length, fmin=32.7, n_bins=n_bins, bins_per_octave=48,
-            pad_mode="constant", output_format="Magnitude", verbose=False,
+            sr=sample_rate, hop_length=hop_length, fmin=MERT_CQT_FMIN, n_bins=n_bins,
+            bins_per_octave=MERT_CQT_BINS_PER_OCTAVE, pad_mode="constant", output_format="Magnitude", verbose=False,
         )  # fmt: skip
 
     @torch.no_grad()
