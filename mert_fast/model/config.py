@@ -7,6 +7,7 @@ import json
 import os
 from typing import Any
 
+from mert_fast._checks import check_int
 from mert_fast._io import write_text
 
 __all__ = ["MERTConfig", "PRESETS"]
@@ -85,8 +86,7 @@ class MERTConfig:
         )  # fmt: skip
         for name in positive:
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive integer; got {value!r}")
+            check_int(name, value, min=1, expected="a positive integer")
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"num_attention_heads must divide hidden_size; got {self.num_attention_heads} and {self.hidden_size}"

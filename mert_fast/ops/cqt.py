@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mert_fast._checks import is_int, is_number
 from mert_fast.ops._backend import bucket, select_backend, triton_importable, tuned_backend
 from mert_fast.ops.reference import (
     MERT_CQT_BINS_PER_OCTAVE,
@@ -79,15 +80,15 @@ class CQTConfig:
         def fail(field: str, expected: str) -> None:
             raise ValueError(f"{field} must be {expected}; got {getattr(self, field)!r}")
 
-        if isinstance(self.sample_rate, bool) or not self.sample_rate > 0:
+        if not is_number(self.sample_rate) or not self.sample_rate > 0:
             fail("sample_rate", "a positive number of samples per second")
-        if isinstance(self.hop_length, bool) or not isinstance(self.hop_length, int) or self.hop_length <= 0:
+        if not is_int(self.hop_length) or self.hop_length <= 0:
             fail("hop_length", "a positive integer")
         if not (math.isfinite(self.fmin) and self.fmin > 0):
             fail("fmin", "a positive frequency in Hz")
-        if not isinstance(self.n_bins, int) or self.n_bins <= 0:
+        if not is_int(self.n_bins) or self.n_bins <= 0:
             fail("n_bins", "a positive integer")
-        if not isinstance(self.bins_per_octave, int) or self.bins_per_octave <= 0:
+        if not is_int(self.bins_per_octave) or self.bins_per_octave <= 0:
             fail("bins_per_octave", "a positive integer")
         if not (math.isfinite(self.filter_scale) and self.filter_scale > 0):
             fail("filter_scale", "a positive number")

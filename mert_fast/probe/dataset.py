@@ -50,6 +50,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mert_fast._checks import check_int
 from mert_fast.synth.corpus import check_clip_args, write_clip
 from mert_fast.synth.families import FAMILY_TIMBRES
 from mert_fast.synth.midi import fluidsynth_soundfont, render_midi
@@ -247,10 +248,8 @@ def _check_args(
     seed: int, sample_rate: int, seconds: float, notes_per_cell: int, chords_per_cell: int, source: str, fmt: str
 ) -> None:
     for name, value in (("notes_per_cell", notes_per_cell), ("chords_per_cell", chords_per_cell)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer; got {value!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be an integer >= 0; got {seed!r}")
+        check_int(name, value, min=1, expected="a positive integer")
+    check_int("seed", seed, min=0)
     check_clip_args(seconds, sample_rate, fmt, source)
     if seconds < 0.5:
         raise ValueError(f"seconds must be >= 0.5 (a note and its release); got {seconds!r}")

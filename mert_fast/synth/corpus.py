@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from mert_fast._checks import check_float, check_int
 from mert_fast.synth.midi import fluidsynth_soundfont, render_midi
 from mert_fast.synth.sounds import (
     CLOSED_HAT,
@@ -309,8 +310,7 @@ def synth_clip(index: int, seconds: float = 8.0, sample_rate: int = 24000, seed:
     Returns:
         float32 ``(round(seconds * sample_rate),)``, mono, peak in [0.5, 0.9] (unless the clip is silent).
     """
-    if isinstance(index, bool) or not isinstance(index, int) or index < 0:
-        raise ValueError(f"index must be an integer >= 0; got {index!r}")
+    check_int("index", index, min=0)
     _check_args(1, seconds, sample_rate, "flac", "numpy")
     rng = _clip_rng(seed, index)
     score = _compose(rng, seconds)
@@ -352,14 +352,8 @@ def check_clip_args(seconds: float, sample_rate: int, fmt: str, source: str) -> 
     Raises:
         ValueError: naming the argument and what it must be.
     """
-    if (
-        isinstance(seconds, bool)
-        or not isinstance(seconds, (int, float))
-        or not (math.isfinite(seconds) and seconds > 0)
-    ):
-        raise ValueError(f"seconds must be a positive number; got {seconds!r}")
-    if isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or sample_rate < 8000:
-        raise ValueError(f"sample_rate must be an integer >= 8000 (Hz); got {sample_rate!r}")
+    check_float("seconds", seconds, min=0, exclusive_min=True, finite=True)
+    check_int("sample_rate", sample_rate, min=8000, expected="an integer >= 8000 (Hz)")
     if round(seconds * sample_rate) < 1:
         raise ValueError(f"seconds={seconds} at sample_rate={sample_rate} gives no samples")
     if fmt not in FORMATS:
@@ -375,8 +369,7 @@ def write_clip(path: str | os.PathLike, audio: np.ndarray, sample_rate: int, fmt
 
 
 def _check_args(n_clips: int, seconds: float, sample_rate: int, fmt: str, source: str) -> None:
-    if isinstance(n_clips, bool) or not isinstance(n_clips, int) or n_clips <= 0:
-        raise ValueError(f"n_clips must be a positive integer; got {n_clips!r}")
+    check_int("n_clips", n_clips, min=1, expected="a positive integer")
     check_clip_args(seconds, sample_rate, fmt, source)
 
 
