@@ -162,3 +162,9 @@ def test_cli_flag(monkeypatch, tmp_path):
     monkeypatch.setattr(real, "make_real_probe_data", fake)
     assert main(["make-probe-data", str(tmp_path), "--real", "--sample-rate", "16000"]) == 0
     assert seen["sample_rate"] == 16000 and seen["seconds"] == 10.0
+    import mert_fast.probe.data as data
+
+    seen.clear()
+    monkeypatch.setattr(data, "make_probe_data", fake)
+    assert main(["make-probe-data", str(tmp_path)]) == 0
+    assert seen["seconds"] == 2.0 and "notes_per_cell" in seen  # without --real: the synthetic set, 2 s clips
