@@ -136,6 +136,7 @@ setup(
             "ninja",
         ],
         "flash": ["flash-attn"],
+        "probe": ["music21"],
     },
     entry_points={"console_scripts": ["mert-fast=mert_fast.cli:main"]},
     ext_modules=ext_modules,

@@ -326,12 +326,18 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def _cmd_make_probe_data(args: argparse.Namespace) -> int:
     from mert_fast.probe.dataset import make_probe_data
+    from mert_fast.probe.real import make_real_probe_data
 
+    if args.real:
+        manifests = make_real_probe_data(args.out_dir, seed=args.seed, sample_rate=args.sample_rate,
+                                         seconds=args.seconds or 10.0, format=args.format)  # fmt: skip
+        print(f"{args.out_dir}: probe tasks " + ", ".join(f"{n} ({p.name})" for n, p in manifests.items()))
+        return 0
     manifests = make_probe_data(
         args.out_dir,
         seed=args.seed,
         sample_rate=args.sample_rate,
-        seconds=args.seconds,
+        seconds=args.seconds or 2.0,
         notes_per_cell=args.notes_per_cell,
         chords_per_cell=args.chords_per_cell,
         source=args.source,
@@ -534,7 +540,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out_dir", metavar="OUT_DIR", help="output folder (created)")
     p.add_argument("--seed", type=int, default=0, help="data seed (default: %(default)s; it fixes the splits)")
     p.add_argument("--sample-rate", type=_positive_int, default=MERT_SAMPLE_RATE, help="Hz (default: %(default)s)")
-    p.add_argument("--seconds", type=_positive_float, default=2.0, help="seconds per clip (default: %(default)s)")
+    p.add_argument("--seconds", type=_positive_float, default=None, help="seconds per clip (default: 2; --real: 10)")
+    p.add_argument(
+        "--real",
+        action="store_true",
+        help="key/instrument/composer clips of music21's public-domain "
+        "scores rendered with fluidsynth (needs pip install 'mert_fast[probe]'); see mert_fast.probe.real",
+    )
     p.add_argument(
         "--notes-per-cell", type=_positive_int, default=10, help="notes per pitch class and family (default: 10)"
     )

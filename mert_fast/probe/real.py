@@ -1,0 +1,424 @@
+"""A probe set of real music: public-domain scores from music21's corpus, rendered with fluidsynth.
+
+``make_real_probe_data`` picks pieces by composers with many pieces in music21's bundled corpus (default
+:data:`COMPOSERS`: Bach chorales, Palestrina mass movements, Monteverdi madrigals, Mozart string-quartet movements)
+and renders clips of ``seconds`` (default 10 s) from them through a General MIDI soundfont. Each clip is one window of
+one piece, every part played by one GM program, transposed and at a tempo of its own. Three multi-class tasks, one
+manifest each (CSV ``path,label,split``, paths relative to ``out_dir``):
+
+================  ==================================================================================
+``key.csv``       global key of the piece after transposition: 24 classes, e.g. ``C# minor``
+``instrument.csv`` the family of the GM program that plays the clip (:data:`FAMILY_PROGRAMS`, 7 classes)
+``composer.csv``  the composer (:data:`COMPOSERS`)
+================  ==================================================================================
+
+How the labels and clips are made:
+
+- Pieces: the composer's scores (MusicXML and Humdrum files; Roman-numeral analyses and superseded ``_old``
+  versions left out), in an order shuffled by ``seed``, are parsed one by one and kept when music21's key analysis
+  of the whole score (``score.analyze("key")``, Krumhansl-Schmuckler) names a key with the same number of sharps or
+  flats as the score's first key signature, so the key label is one the analysis and the notation agree on (modal
+  pieces whose final the analysis misreads are skipped), up to ``pieces_per_composer`` pieces.
+- Key: the piece's key moved by the clip's transposition. Transpositions are assigned so that, within each split
+  and mode, the target tonics run through all 12 in turn (balanced and not tied to a piece); the shift is the
+  nearest one (-6 to +5 semitones). A window can modulate away from the global key, so ``key.csv`` keeps only the
+  clips whose own notes, analysed the same way, give the piece's key (63% of the default set's 10 s clips);
+  ``instrument.csv`` and ``composer.csv`` list every clip.
+- Instrument: the families take turns within each composer (so no composer is tied to a family); the program is
+  drawn from the family.
+- Tempo: scores notate at different note values (Palestrina in half notes, Mozart in sixteenths), so the tempo is
+  set from the piece's median time between onsets: each clip draws a target of 0.18-0.40 s between onsets, clamped
+  to 40-160 quarter notes per minute.
+- Window: a seeded note onset inside the piece; notes still sounding from before the window start at 0. Clips are
+  cut to ``seconds`` with a 50 ms fade and peak-normalised to a seeded level (0.5-0.9). Velocities are drawn per
+  part (60-100) with a little jitter per note.
+
+Splits are by piece: each composer's pieces go 60/20/20 % to train/valid/test (at least one each from 3 pieces on),
+so no piece is in two splits. Clip ``j`` of a composer depends only on ``(seed, composer, j)`` and the pieces
+chosen; the files and manifests are identical across runs with the same music21 corpus, soundfont and fluidsynth,
+whose versions ``probe_data.json`` records, with every clip's parameters.
+
+Needs music21 (``pip install 'mert_fast[probe]'``), the ``fluidsynth`` program and a General MIDI soundfont
+(Debian: ``fluidsynth fluid-soundfont-gm``).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from mert_fast.synth.midi import fluidsynth_soundfont, render_midi
+
+__all__ = ["COMPOSERS", "FAMILY_PROGRAMS", "KEYS", "make_real_probe_data", "piece_notes", "require_music21"]
+
+logger = logging.getLogger(__name__)
+
+#: Composers of music21's corpus with many pieces (usable at seed 0: Bach and Palestrina 40, Monteverdi 21, Mozart 16).
+COMPOSERS = ("bach", "palestrina", "monteverdi", "mozart")
+#: General MIDI programs (0-based) of each instrument family; families chosen to sound clearly different.
+FAMILY_PROGRAMS = {
+    "keyboard": (0, 1, 2),  # acoustic grand, bright acoustic, electric grand piano
+    "organ": (19, 20),  # church organ, reed organ
+    "guitar": (24, 25),  # nylon, steel
+    "strings": (40, 42, 48, 49),  # violin, cello, string ensembles 1 and 2
+    "brass": (56, 57, 61),  # trumpet, trombone, brass section
+    "woodwinds": (68, 70, 73, 74),  # oboe, bassoon, flute, recorder
+    "mallets": (11, 12),  # vibraphone, marimba
+}
+FAMILIES = tuple(FAMILY_PROGRAMS)
+PITCH_CLASSES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
+MODES = ("major", "minor")
+#: The 24 key labels, ``"<tonic> <mode>"`` with sharp names.
+KEYS = tuple(f"{pc} {mode}" for mode in MODES for pc in PITCH_CLASSES)
+_SUFFIXES = (".mxl", ".krn", ".xml", ".musicxml")
+_SPLITS = ("train", "valid", "test")
+_IOI_SECONDS = (0.18, 0.40)
+_BPM = (40.0, 160.0)
+_FADE_S = 0.05
+
+
+def require_music21():
+    """The ``music21`` module, or an ImportError saying how to install it."""
+    try:
+        import music21
+    except ImportError as exc:
+        raise ImportError(
+            "make-probe-data --real needs music21 (its corpus of public-domain scores): "
+            "pip install 'mert_fast[probe]'  (or: pip install music21)"
+        ) from exc
+    return music21
+
+
+def _fluidsynth_version() -> str:
+    exe = shutil.which("fluidsynth")
+    if exe is None:
+        return "unknown"
+    try:
+        out = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=30, check=False).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return next((line.strip() for line in out.splitlines() if "version" in line.lower()), out.strip()[:100])
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _key_of(key) -> tuple[int, str]:
+    return int(key.tonic.pitchClass), str(key.mode)
+
+
+def key_name(tonic: int, mode: str) -> str:
+    return f"{PITCH_CLASSES[tonic % 12]} {mode}"
+
+
+def piece_notes(score) -> list[tuple[float, float, int, int]]:
+    """``(onset_q, duration_q, midi, part)`` of every sounding note of a music21 score (ties merged), in quarter
+    notes from the start, sorted by onset."""
+    notes = []
+    parts = list(score.parts) or [score]
+    for k, part in enumerate(parts):
+        for n in part.stripTies().flatten().notes:
+            dur = float(n.quarterLength)
+            if dur <= 0:
+                continue
+            for p in n.pitches:
+                notes.append((float(n.offset), dur, int(round(p.ps)), k))
+    notes.sort()
+    return notes
+
+
+def _key_of_notes(notes: list[tuple[float, float, int, int]]):
+    """music21's key analysis of a list of ``(onset_q, duration_q, midi, part)`` notes."""
+    from music21 import note, stream
+
+    s = stream.Stream()
+    for onset, dur, midi, _ in notes:
+        s.insert(onset, note.Note(midi, quarterLength=dur))
+    return s.analyze("key")
+
+
+def _candidates(composer: str, seed: int) -> list[str]:
+    """The composer's score files as paths inside music21's corpus, in an order shuffled by ``seed``."""
+    from music21 import corpus
+    from music21.common import getCorpusFilePath
+
+    root = Path(getCorpusFilePath())
+    rel = sorted(
+        {
+            Path(p).relative_to(root).as_posix()
+            for p in corpus.getComposer(composer)
+            if Path(p).suffix.lower() in _SUFFIXES and not Path(p).stem.endswith("_old")
+        }
+    )
+    if not rel:
+        raise ValueError(f"music21's corpus has no scores by {composer!r}")
+    rng = np.random.default_rng(np.random.SeedSequence([seed, zlib.crc32(composer.encode()), 1]))
+    order = rng.permutation(len(rel))
+    return [rel[i] for i in order]
+
+
+def _load_piece(rel: str) -> dict | None:
+    """Parse ``rel`` (a path inside music21's corpus); None when it is unusable (no notes, no key signature, or a
+    key analysis that disagrees with the signature)."""
+    from music21 import corpus
+
+    try:
+        score = corpus.parse(rel)
+    except Exception as exc:  # noqa: BLE001  (a corpus file music21 cannot read is skipped, not fatal)
+        logger.warning("skipping %s: music21 cannot parse it (%s)", rel, exc)
+        return None
+    notes = piece_notes(score)
+    signature = next(iter(score.recurse().getElementsByClass("KeySignature")), None)
+    if len(notes) < 16 or signature is None:
+        return None
+    key = score.analyze("key")
+    if int(key.sharps) != int(signature.sharps):
+        return None
+    onsets = np.unique([n[0] for n in notes])
+    ioi = float(np.median(np.diff(onsets))) if len(onsets) > 1 else 1.0
+    tonic, mode = _key_of(key)
+    return {
+        "path": rel,
+        "key": key_name(tonic, mode),
+        "tonic": tonic,
+        "mode": mode,
+        "key_correlation": round(float(key.correlationCoefficient), 4),
+        "signature_sharps": int(signature.sharps),
+        "median_ioi_q": ioi,
+        "length_q": float(max(o + d for o, d, _, _ in notes)),
+        "parts": int(max(n[3] for n in notes) + 1),
+        "notes": notes,
+    }
+
+
+def _choose_pieces(composer: str, seed: int, n: int) -> list[dict]:
+    chosen = []
+    for rel in _candidates(composer, seed):
+        piece = _load_piece(rel)
+        if piece is not None:
+            chosen.append(piece)
+            if len(chosen) == n:
+                break
+    if not chosen:
+        raise ValueError(f"no usable piece by {composer!r} in music21's corpus")
+    if len(chosen) < n:
+        logger.info("%s: %d usable pieces (asked for %d)", composer, len(chosen), n)
+    return chosen
+
+
+def _piece_splits(seed: int, composer: str, n: int) -> list[str]:
+    n_eval = max(1, round(0.2 * n)) if n >= 3 else 0
+    names = ["valid"] * n_eval + ["test"] * n_eval + ["train"] * (n - 2 * n_eval)
+    order = np.random.default_rng(np.random.SeedSequence([seed, zlib.crc32(composer.encode()), 2])).permutation(n)
+    return [names[k] for k in order]
+
+
+def _window(
+    piece: dict, rng: np.random.Generator, seconds: float
+) -> tuple[float, float, list[tuple[float, float, int, int]]]:
+    """Tempo (seconds per quarter), window start (quarters) and the notes of one window, in quarters from its start."""
+    target = float(rng.uniform(*_IOI_SECONDS))
+    bpm = float(np.clip(60.0 * piece["median_ioi_q"] / target, *_BPM))
+    spq = 60.0 / bpm
+    span_q = seconds / spq
+    onsets = np.unique([n[0] for n in piece["notes"]])
+    starts = onsets[onsets <= max(0.0, piece["length_q"] - span_q)]
+    start = float(starts[int(rng.integers(len(starts)))]) if len(starts) else 0.0
+    window = []
+    for onset, dur, midi, part in piece["notes"]:
+        if onset >= start + span_q:
+            break
+        end = min(onset + dur, start + span_q)
+        if end > start:
+            begin = max(onset, start)
+            window.append((begin - start, end - begin, midi, part))
+    return spq, start, window
+
+
+def _render_clip(
+    window: list, spq: float, semitones: int, program: int, rng: np.random.Generator, seconds: float, sr: int, sf2
+) -> np.ndarray:
+    n_parts = 1 + max((n[3] for n in window), default=0)
+    part_velocity = rng.integers(60, 101, n_parts)
+    events = []
+    for onset, dur, midi, part in window:
+        key = midi + semitones
+        while key < 12:
+            key += 12
+        while key > 119:
+            key -= 12
+        velocity = int(np.clip(part_velocity[part] + rng.integers(-6, 7), 1, 127))
+        events.append((onset * spq, dur * spq, 0, key, velocity))
+    x = render_midi(events, tempo=120.0, programs={0: program}, volumes={0: 100}, sample_rate=sr, soundfont=sf2)
+    total = round(seconds * sr)
+    x = np.concatenate([np.asarray(x, dtype=np.float64)[:total], np.zeros(max(0, total - len(x)))])
+    fade = min(total, round(_FADE_S * sr))
+    x[total - fade :] *= np.linspace(1.0, 0.0, fade)
+    peak = float(np.abs(x).max())
+    if peak > 0:
+        x *= float(rng.uniform(0.5, 0.9)) / peak
+    return x
+
+
+def _check_args(seed, sample_rate, seconds, composers, pieces_per_composer, clips_per_composer, fmt) -> None:
+    for name, value in (
+        ("seed", seed),
+        ("pieces_per_composer", pieces_per_composer),
+        ("clips_per_composer", clips_per_composer),
+        ("sample_rate", sample_rate),
+    ):
+        low = 0 if name == "seed" else 1
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}; got {value!r}")
+    if sample_rate < 8000:
+        raise ValueError(f"sample_rate must be >= 8000 Hz; got {sample_rate!r}")
+    if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not 1.0 <= seconds <= 120.0:
+        raise ValueError(f"seconds must be between 1 and 120; got {seconds!r}")
+    if fmt not in ("flac", "wav"):
+        raise ValueError(f"format must be 'flac' or 'wav'; got {fmt!r}")
+    if not composers or len(set(composers)) != len(composers):
+        raise ValueError(f"composers must be distinct names; got {composers!r}")
+
+
+def make_real_probe_data(
+    out_dir: str | os.PathLike,
+    *,
+    seed: int = 0,
+    sample_rate: int = 24000,
+    seconds: float = 10.0,
+    composers: tuple[str, ...] = COMPOSERS,
+    pieces_per_composer: int = 40,
+    clips_per_composer: int = 120,
+    format: str = "flac",  # noqa: A002  (mirrors make_probe_data and the CLI's --format)
+) -> dict[str, Path]:
+    """Write the real-music probe set (see the module docstring) into ``out_dir``.
+
+    Args:
+        out_dir: folder to write into (created; files of the same names are overwritten).
+        seed: fixes the pieces chosen, the splits and every clip.
+        sample_rate: Hz of the files (24000 for MERT-v1; ``mert-fast probe`` resamples as its features need).
+        seconds: clip length, 1-120 s.
+        composers: names of music21 corpus composers (default :data:`COMPOSERS`).
+        pieces_per_composer: at most this many pieces per composer (fewer when the corpus has fewer usable ones).
+        clips_per_composer: clips per composer, spread evenly over its pieces.
+        format: ``"flac"`` or ``"wav"`` (16-bit PCM, mono).
+
+    Returns:
+        The manifests by task: ``key``, ``instrument`` and ``composer`` (``out_dir/<task>.csv``).
+
+    Raises:
+        ImportError: music21 is not installed (the message says how to install it).
+        ValueError: a bad argument, or no fluidsynth program or soundfont (the message says what to install).
+        RuntimeError: fluidsynth ran but failed.
+    """
+    _check_args(seed, sample_rate, seconds, composers, pieces_per_composer, clips_per_composer, format)
+    music21 = require_music21()
+    soundfont = fluidsynth_soundfont("fluidsynth")
+    t0 = time.perf_counter()
+    out = Path(out_dir)
+    subtype = {"flac": "PCM_16", "wav": "PCM_16"}[format]
+    pieces: dict[str, list[dict]] = {}
+    for composer in composers:
+        chosen = _choose_pieces(composer, seed, pieces_per_composer)
+        for piece, split in zip(chosen, _piece_splits(seed, composer, len(chosen)), strict=True):
+            piece["split"] = split
+        pieces[composer] = chosen
+        logger.info("%s: %d pieces (%.0f s)", composer, len(chosen), time.perf_counter() - t0)
+
+    tonic_start = np.random.default_rng(np.random.SeedSequence([seed, 3])).integers(12, size=len(MODES))
+    turn = {(s, m): 0 for s in _SPLITS for m in MODES}
+    clips = []
+    for composer in composers:
+        crc = zlib.crc32(composer.encode())
+        family_start = int(np.random.default_rng(np.random.SeedSequence([seed, crc, 4])).integers(len(FAMILIES)))
+        (out / "audio" / composer).mkdir(parents=True, exist_ok=True)
+        for j in range(clips_per_composer):
+            piece = pieces[composer][j % len(pieces[composer])]
+            rng = np.random.default_rng(np.random.SeedSequence([seed, crc, 0, j]))
+            split, mode = piece["split"], piece["mode"]
+            tonic = int(tonic_start[MODES.index(mode)] + turn[split, mode]) % 12
+            turn[split, mode] += 1
+            semitones = (tonic - piece["tonic"] + 6) % 12 - 6
+            family = FAMILIES[(family_start + j) % len(FAMILIES)]
+            program = int(FAMILY_PROGRAMS[family][int(rng.integers(len(FAMILY_PROGRAMS[family])))])
+            spq, start, window = _window(piece, rng, float(seconds))
+            window_key = _key_of_notes(window) if window else None
+            audio = _render_clip(window, spq, semitones, program, rng, float(seconds), sample_rate, soundfont)
+            rel = f"audio/{composer}/{composer}_{j:05d}.{format}"
+            sf.write(out / rel, audio, sample_rate, format=format.upper(), subtype=subtype)
+            own = key_name(*_key_of(window_key)) if window_key is not None else None
+            clips.append({
+                "path": rel,
+                "split": split,
+                "composer": composer,
+                "piece": piece["path"],
+                "key": key_name(tonic, mode),
+                "piece_key": piece["key"],
+                "semitones": int(semitones),
+                "window_key": own,
+                "window_key_agrees": own == piece["key"],
+                "family": family,
+                "program": program,
+                "bpm": round(60.0 / spq, 3),
+                "start_q": round(start, 4),
+                "notes": len(window),
+            })  # fmt: skip
+        logger.info("%s: %d clips written (%.0f s)", composer, clips_per_composer, time.perf_counter() - t0)
+
+    rows = {
+        "key": [(c["path"], c["key"], c["split"]) for c in clips if c["window_key_agrees"]],
+        "instrument": [(c["path"], c["family"], c["split"]) for c in clips],
+        "composer": [(c["path"], c["composer"], c["split"]) for c in clips],
+    }
+    train_keys = {label for _, label, split in rows["key"] if split == "train"}
+    unseen = [r for r in rows["key"] if r[2] != "train" and r[1] not in train_keys]
+    if unseen:  # a probe cannot score a class it never trained on
+        logger.warning("key.csv: %d valid/test clips of keys absent from train left out", len(unseen))
+        rows["key"] = [r for r in rows["key"] if r[2] == "train" or r[1] in train_keys]
+    manifests, counts = {}, {}
+    for task, task_rows in rows.items():
+        manifests[task] = out / f"{task}.csv"
+        with open(manifests[task], "w", encoding="utf-8", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["path", "label", "split"])
+            writer.writerows(task_rows)
+        counts[task] = {s: sum(r[2] == s for r in task_rows) for s in _SPLITS}
+    meta = {
+        "seed": seed,
+        "sample_rate": sample_rate,
+        "seconds": seconds,
+        "format": format,
+        "source": "music21 corpus rendered with fluidsynth",
+        "music21": music21.__version__,
+        "fluidsynth": _fluidsynth_version(),
+        "soundfont": {"path": str(soundfont), "sha256": _sha256(Path(soundfont))},
+        "composers": list(composers),
+        "families": {f: list(p) for f, p in FAMILY_PROGRAMS.items()},
+        "tasks": {
+            "key": {"manifest": "key.csv", "type": "multiclass", "labels": list(KEYS)},
+            "instrument": {"manifest": "instrument.csv", "type": "multiclass", "labels": list(FAMILIES)},
+            "composer": {"manifest": "composer.csv", "type": "multiclass", "labels": list(composers)},
+        },
+        "counts": counts,
+        "pieces": {c: [{k: v for k, v in p.items() if k != "notes"} for p in ps] for c, ps in pieces.items()},
+        "clips": clips,
+    }
+    (out / "probe_data.json").write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
+    logger.info("real probe set: %d clips in %.0f s (%s)", len(clips), time.perf_counter() - t0, counts)
+    return manifests

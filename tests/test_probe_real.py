@@ -1,0 +1,170 @@
+"""``make-probe-data --real``: key / instrument / composer clips of music21's scores rendered with fluidsynth."""
+
+from __future__ import annotations
+
+import builtins
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from mert_fast.probe.real import KEYS, PITCH_CLASSES, make_real_probe_data
+from mert_fast.synth import fluidsynth_available
+
+SR = 16000
+SECONDS = 3.0
+
+
+def _build(out):
+    return make_real_probe_data(
+        out, seed=3, sample_rate=SR, seconds=SECONDS, composers=("bach",), pieces_per_composer=3, clips_per_composer=6
+    )
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """Two builds of the same tiny set (3 chorales x 2 clips) into two folders."""
+    pytest.importorskip("music21")
+    if not fluidsynth_available():
+        pytest.skip("fluidsynth or a General MIDI soundfont is not installed")
+    a, b = tmp_path_factory.mktemp("real_a"), tmp_path_factory.mktemp("real_b")
+    _build(a)
+    _build(b)
+    return a, b
+
+
+def _rows(path):
+    with open(path, encoding="utf-8", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _meta(out):
+    return json.loads((out / "probe_data.json").read_text(encoding="utf-8"))
+
+
+def _chroma(x: np.ndarray, sr: int) -> np.ndarray:
+    """Energy per pitch class (C first) of the spectrum between 60 Hz and 2 kHz, from 4096-point frames."""
+    n = 4096
+    frames = np.lib.stride_tricks.sliding_window_view(x, n)[:: n // 2] * np.hanning(n)
+    power = (np.abs(np.fft.rfft(frames, axis=1)) ** 2).sum(axis=0)
+    freqs = np.fft.rfftfreq(n, 1 / sr)
+    keep = (freqs > 60) & (freqs < 2000)
+    pcs = np.round(12 * np.log2(freqs[keep] / 440.0) + 69).astype(int) % 12
+    return np.bincount(pcs, weights=power[keep], minlength=12)
+
+
+def test_manifests_and_audio_are_deterministic(built):
+    a, b = built
+    for name in ("key.csv", "instrument.csv", "composer.csv", "probe_data.json"):
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+    for clip in _meta(a)["clips"]:
+        xa, _ = sf.read(a / clip["path"])
+        xb, _ = sf.read(b / clip["path"])
+        np.testing.assert_array_equal(xa, xb)
+
+
+def test_audio_is_at_the_rate_and_length_and_sounds(built):
+    a, _ = built
+    meta = _meta(a)
+    assert meta["sample_rate"] == SR and len(meta["clips"]) == 6
+    assert meta["music21"] and "version" in meta["fluidsynth"].lower() and meta["soundfont"]["sha256"]
+    for clip in meta["clips"]:
+        x, sr = sf.read(a / clip["path"])
+        assert sr == SR and x.shape == (round(SECONDS * SR),)
+        assert np.sqrt(np.mean(x**2)) > 0.01, clip
+
+
+def test_split_by_piece(built):
+    a, _ = built
+    meta = _meta(a)
+    split_of = {}
+    for clip in meta["clips"]:
+        assert split_of.setdefault(clip["piece"], clip["split"]) == clip["split"], clip["piece"]
+    assert sorted(split_of.values()) == ["test", "train", "valid"]  # 3 pieces: one per split
+    clips = {c["path"]: c for c in meta["clips"]}
+    for task in ("key", "instrument", "composer"):
+        for row in _rows(a / f"{task}.csv"):
+            assert row["split"] == clips[row["path"]]["split"]
+    assert {r["path"] for r in _rows(a / "composer.csv")} == set(clips)
+
+
+def test_key_labels_follow_the_transposition(built):
+    """The label is the key music21 finds in the score after music21 transposes it; and the rendered audio's
+    chroma lines up with the score window's pitch classes moved by the same number of semitones."""
+    from music21 import corpus
+
+    a, _ = built
+    meta = _meta(a)
+    labels = {r["path"]: r["label"] for r in _rows(a / "key.csv")}
+    shifts = set()
+    for clip in meta["clips"]:
+        score = corpus.parse(clip["piece"])
+        key = score.transpose(clip["semitones"]).analyze("key")
+        assert clip["key"] == f"{PITCH_CLASSES[key.tonic.pitchClass]} {key.mode}", clip
+        assert clip["key"] in KEYS
+        if clip["path"] in labels:
+            assert labels[clip["path"]] == clip["key"]
+        # the window's notes, duration-weighted, straight from the score
+        span = SECONDS * clip["bpm"] / 60.0
+        hist = np.zeros(12)
+        for part in score.parts:
+            for n in part.stripTies().flatten().notes:
+                lo, hi = (
+                    max(float(n.offset), clip["start_q"]),
+                    min(float(n.offset + n.quarterLength), clip["start_q"] + span),
+                )
+                for p in n.pitches:
+                    if hi > lo:
+                        hist[(int(p.ps) + clip["semitones"]) % 12] += hi - lo
+        x, sr = sf.read(a / clip["path"])
+        chroma = _chroma(x, sr)
+        corr = [np.dot(np.roll(hist, s), chroma) / np.linalg.norm(hist) for s in range(12)]
+        assert int(np.argmax(corr)) == 0, (clip, np.round(corr / max(corr), 2))
+        shifts.add(clip["semitones"])
+    assert len(shifts) > 1
+
+
+def test_missing_music21_says_what_to_install(tmp_path, monkeypatch):
+    real_import = builtins.__import__
+
+    def no_music21(name, *args, **kwargs):
+        if name == "music21" or name.startswith("music21."):
+            raise ImportError("No module named 'music21'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_music21)
+    with pytest.raises(ImportError, match=r"pip install 'mert_fast\[probe\]'"):
+        make_real_probe_data(tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_fluidsynth_says_what_to_install(tmp_path, monkeypatch):
+    pytest.importorskip("music21")
+    monkeypatch.setattr(shutil, "which", lambda *args, **kwargs: None)
+    with pytest.raises(ValueError, match="fluidsynth"):
+        make_real_probe_data(tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_flag(monkeypatch, tmp_path):
+    import mert_fast.probe.real as real
+    from mert_fast.cli import main
+
+    seen = {}
+
+    def fake(out_dir, **kwargs):
+        seen.update(kwargs, out_dir=out_dir)
+        return {"key": tmp_path / "key.csv"}
+
+    monkeypatch.setattr(real, "make_real_probe_data", fake)
+    assert main(["make-probe-data", str(tmp_path), "--real", "--sample-rate", "16000"]) == 0
+    assert seen["sample_rate"] == 16000 and seen["seconds"] == 10.0
+    import mert_fast.probe.dataset as data
+
+    seen.clear()
+    monkeypatch.setattr(data, "make_probe_data", fake)
+    assert main(["make-probe-data", str(tmp_path)]) == 0
+    assert seen["seconds"] == 2.0 and "notes_per_cell" in seen  # without --real: the synthetic set, 2 s clips
