@@ -23,10 +23,10 @@ import pytest
 import torch
 
 from mert_fast.ops import cqt
-from mert_fast.ops.reference import cqt_ref
+from mert_fast.ops.reference import MERT_CQT, MERT_CQT_SAMPLE_RATE, cqt_ref
 from mert_fast.testing import rel_error
 
-MERT = {"sample_rate": 24000, "hop_length": 320, "fmin": 32.7, "n_bins": 336, "bins_per_octave": 48}
+MERT = {"sample_rate": MERT_CQT_SAMPLE_RATE, **MERT_CQT}
 #: The same for nnAudio: zero padding (MERT's; nnAudio defaults to reflect) and magnitude output.
 NNAUDIO = {
     "sr": MERT["sample_rate"],

@@ -145,7 +145,7 @@ class M2VSetup:
 
 
 def _build_m2v(case: Case) -> M2VSetup:
-    from mert_fast.train.synth import synth_clip
+    from mert_fast.synth import synth_clip
 
     model_cfg = MERTConfig.from_name(M2V_PRESET)
     if case.size == "tiny":

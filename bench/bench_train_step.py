@@ -48,6 +48,7 @@ from torch import nn
 from mert_fast.model.config import MERTConfig
 from mert_fast.model.mert import MERTModel
 from mert_fast.model.teachers import CQTTeacher, MelRVQTeacher
+from mert_fast.ops.reference import MERT_CQT_BINS_PER_OCTAVE, MERT_CQT_FMIN
 from mert_fast.testing import rel_error
 from mert_fast.train.config import TrainConfig
 from mert_fast.train.objective import MERTPretrainer, _GradMultiply
@@ -162,8 +163,8 @@ class NNAudioCQT(nn.Module):
         from nnAudio.features import CQT1992v2
 
         self.cqt = CQT1992v2(
-            sr=sample_rate, hop_length=hop_length, fmin=32.7, n_bins=n_bins, bins_per_octave=48,
-            pad_mode="constant", output_format="Magnitude", verbose=False,
+            sr=sample_rate, hop_length=hop_length, fmin=MERT_CQT_FMIN, n_bins=n_bins,
+            bins_per_octave=MERT_CQT_BINS_PER_OCTAVE, pad_mode="constant", output_format="Magnitude", verbose=False,
         )  # fmt: skip
 
     @torch.no_grad()
@@ -261,7 +262,7 @@ def _adamw(module: nn.Module, cfg: TrainConfig, device: str) -> torch.optim.Adam
 
 
 def _build(case: Case) -> Setup:
-    from mert_fast.train.synth import synth_clip
+    from mert_fast.synth import synth_clip
 
     # LayerDrop off: both students run every layer in every step (the same work; HF draws its own LayerDrop)
     model_cfg = dataclasses.replace(MERTConfig.from_name(case.preset), layerdrop=0.0)
@@ -486,8 +487,8 @@ LOAD_BATCH, LOAD_SECONDS, LOAD_WORKERS, LOAD_BATCHES_PER_ROUND = 8, 5.0, 2, 8
 @pytest.fixture(scope="session")
 def corpus(tmp_path_factory):
     """A small synthetic FLAC corpus at 24 kHz: 16 clips of 6 s."""
+    from mert_fast.synth import make_corpus
     from mert_fast.train.data import AudioCorpus
-    from mert_fast.train.synth import make_corpus
 
     root = tmp_path_factory.mktemp("train_step_corpus")
     make_corpus(root, n_clips=16, seconds=6.0, sample_rate=24000, seed=0, format="flac", source="numpy")

@@ -65,10 +65,10 @@ for c in encodec mel-rvq; do
     for b in torch cuda triton auto; do RVQ+=("bench/bench_rvq.py::test_rvq_mert_fast[$c-cuda-$b]"); done
 done
 CE_CASE="cuda-S4096-Q8-K1024-D64-bfloat16-fwd+bwd"
-CE=("bench/bench_codebook_loss.py::test_codebook_loss_materialised[$CE_CASE]"
-    "bench/bench_codebook_loss.py::test_codebook_loss_mert_fast[$CE_CASE-torch]"
-    "bench/bench_codebook_loss.py::test_codebook_loss_mert_fast[$CE_CASE-triton]"
-    "bench/bench_codebook_loss.py::test_codebook_loss_mert_fast[$CE_CASE-auto]")
+CE=("bench/bench_codebook_ce.py::test_codebook_ce_materialised[$CE_CASE]"
+    "bench/bench_codebook_ce.py::test_codebook_ce_mert_fast[$CE_CASE-torch]"
+    "bench/bench_codebook_ce.py::test_codebook_ce_mert_fast[$CE_CASE-triton]"
+    "bench/bench_codebook_ce.py::test_codebook_ce_mert_fast[$CE_CASE-auto]")
 EXTRACT=("bench/bench_model.py::test_transformers[mert-v1-95m-cuda-64x5s-eager-fp32]"
     "bench/bench_model.py::test_transformers[mert-v1-95m-cuda-64x5s-sdpa-bf16]"
     "bench/bench_model.py::test_mert_fast[mert-v1-95m-cuda-64x5s]")

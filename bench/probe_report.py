@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from mert_fast.model.mert import MERTModel  # noqa: E402
-from mert_fast.probe.data import make_probe_data  # noqa: E402
+from mert_fast.probe.dataset import make_probe_data  # noqa: E402
 from mert_fast.probe.probe import run_probe  # noqa: E402
 
 logger = logging.getLogger("probe_report")

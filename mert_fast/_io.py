@@ -1,9 +1,10 @@
 """Atomic file writes shared by every writer of the package (features, sidecars, manifests, teachers, checkpoints).
 
 A file is written under a temporary name in its own folder and renamed over the target, so a reader (or a rerun
-after a crash) never sees half a file. The temporary file gets the mode a plain ``open(path, "w")`` would give
-(``0o666`` minus the umask, e.g. ``0644`` under umask 022), not ``mkstemp``'s private ``0600``: outputs on a
-shared machine stay readable by the group and others exactly as the user's umask says.
+after a crash) never sees half a file. The file keeps the permission bits of the file it replaces, as an in-place
+rewrite would; a new file gets the mode a plain ``open(path, "w")`` would give (``0o666`` minus the umask, e.g.
+``0644`` under umask 022), not ``mkstemp``'s private ``0600``: outputs on a shared machine stay readable by the
+group and others exactly as the user's umask (or an earlier ``chmod``) says.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,13 +41,21 @@ def default_file_mode() -> int:
     return 0o666 & ~_umask()
 
 
+def _target_mode(path: Path) -> int:
+    """The permission bits ``path`` has now (links followed), or :func:`default_file_mode` for a new file."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return default_file_mode()
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; when the block succeeds it replaces ``path`` atomically.
 
     The parent folder is created. On any exception the temporary file is removed and ``path`` is left as it was.
-    The file ends with the mode a plain ``open`` would give it (see :func:`default_file_mode`), whatever the
-    writer inside the block did to the temporary file's mode.
+    Whatever the writer inside the block did to the temporary file's mode, the file ends with the permission bits
+    of the file it replaces, or for a new file the mode a plain ``open`` would give it (:func:`default_file_mode`).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -53,7 +63,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
-        os.chmod(tmp, default_file_mode())
+        os.chmod(tmp, _target_mode(path))
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

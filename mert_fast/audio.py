@@ -1,8 +1,8 @@
 """Audio input: decode files to the float32 waveforms the models take, and a synthesized demo clip.
 
 MERT models read 24 kHz mono. :func:`load_audio` decodes with libsndfile (through ``soundfile``),
-averages the channels and resamples with soxr; :func:`synth_demo` makes a short, deterministic piece
-of music so that examples and tests need no downloads.
+averages the channels and resamples with soxr; :func:`synth_demo` (from :mod:`mert_fast.synth.demo`) makes a
+short, deterministic piece of music so that examples and tests need no downloads.
 """
 
 from __future__ import annotations
@@ -10,8 +10,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import logging
-import math
-import numbers
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -21,14 +19,14 @@ import soundfile as sf
 import soxr
 import torch
 
+from mert_fast._checks import check_float
+from mert_fast.synth.demo import synth_demo
+
 __all__ = ["audio_info", "load_audio", "synth_demo"]
 
 logger = logging.getLogger(__name__)
 
-
-def _check_positive(value: float, name: str, expected: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be {expected}; got {value!r}")
+_RATE = "a positive number of samples per second"
 
 
 #: What libsndfile is asked to read for each file name ending (it also sniffs the header of most formats).
@@ -100,7 +98,7 @@ def load_audio(path: str | os.PathLike, sample_rate: float = 24000, *, mono: boo
         ValueError: ``sample_rate`` is not positive, ``path`` is not a file or cannot be decoded,
             or it holds no samples or non-finite (NaN/inf) samples.
     """
-    _check_positive(sample_rate, "sample_rate", "a positive number of samples per second")
+    check_float("sample_rate", sample_rate, min=0, exclusive_min=True, finite=True, expected=_RATE)
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"audio file not found: {path!r}")
@@ -120,85 +118,6 @@ def load_audio(path: str | os.PathLike, sample_rate: float = 24000, *, mono: boo
         data = soxr.resample(np.ascontiguousarray(data), file_rate, sample_rate, quality="HQ")
         logger.debug("resampled %s from %d Hz to %s Hz: %d frames", path, file_rate, sample_rate, data.shape[0])
     return torch.from_numpy(np.ascontiguousarray(data if mono else data.T))
-
-
-# The demo piece: I-vi-IV-V in C major (C, Am, F, G), one chord per 1.5 s, a bass note on each root and a melody
-# of eighth notes over it (MIDI note numbers; A4 = 69 = 440 Hz).
-_CHORD_SECONDS = 1.5
-_PROGRESSION = (
-    (36, (60, 64, 67), (76, 79, 84, 79)),  # C major: C2 | C4 E4 G4 | E5 G5 C6 G5
-    (33, (57, 60, 64), (81, 76, 72, 76)),  # A minor: A1 | A3 C4 E4 | A5 E5 C5 E5
-    (29, (53, 57, 60), (77, 81, 84, 81)),  # F major: F1 | F3 A3 C4 | F5 A5 C6 A5
-    (31, (55, 59, 62), (79, 74, 71, 74)),  # G major: G1 | G3 B3 D4 | G5 D5 B4 D5
-)
-# Per voice: gain, relative amplitude of each harmonic, decay time (s) of the fundamental, release (s).
-# The gains keep the sum of every partial's peak below 1 (0.27 + 0.33 + 0.28), so no sample can clip.
-_BASS = (0.12, (1.0, 0.5, 1 / 3, 0.25, 0.2), 1.2, 0.08)
-_PAD = (0.05, (1.0, 0.6, 0.36, 0.216, 0.1296), 1.6, 0.08)
-_LEAD = (0.15, (1.0, 0.5, 0.25, 0.125), 0.5, 0.04)
-_ATTACK = 0.012
-
-
-def _note(midi: int, n_samples: int, slot: int, sample_rate: float, voice: tuple) -> np.ndarray:
-    """One note of ``slot`` samples (only the first ``n_samples`` rendered): decaying harmonics, soft edges."""
-    gain, harmonics, decay, release = voice
-    t = np.arange(n_samples) / sample_rate
-    freq = 440.0 * 2.0 ** ((midi - 69) / 12)
-    tone = np.zeros(n_samples)
-    for h, amp in enumerate(harmonics, start=1):
-        if h * freq >= 0.45 * sample_rate:
-            break
-        # higher harmonics die away sooner, as on a plucked or struck string
-        tone += amp * np.exp(-t * math.sqrt(h) / decay) * np.sin(2 * math.pi * h * freq * t)
-    # raised-cosine attack and release, so notes start and stop without clicks
-    n_attack = max(1, round(_ATTACK * sample_rate))
-    n_release = max(1, round(release * sample_rate))
-    env = np.ones(n_samples)
-    ramp = 0.5 - 0.5 * np.cos(np.pi * np.arange(n_attack) / n_attack)
-    env[: min(n_attack, n_samples)] = ramp[:n_samples]
-    start = slot - n_release
-    fall = 0.5 + 0.5 * np.cos(np.pi * np.arange(n_release) / n_release)
-    if start < n_samples:
-        env[max(start, 0) :] *= fall[max(0, -start) : n_samples - start]
-    return gain * tone * env
-
-
-def synth_demo(sample_rate: float = 24000, seconds: float = 6.0) -> torch.Tensor:
-    """A short piece of music synthesized on the spot: a I-vi-IV-V chord progression in C major with a bass line
-    and a melody, built from notes with decaying harmonics and soft attacks and releases.
-
-    Deterministic (no randomness), and a shorter clip is a prefix of a longer one; the progression repeats every
-    6 s. Samples stay strictly inside [-1, 1] (the peak is about 0.5).
-
-    Args:
-        sample_rate: samples per second (> 0).
-        seconds: length (> 0).
-
-    Returns:
-        float32 ``(round(seconds * sample_rate),)``.
-    """
-    _check_positive(sample_rate, "sample_rate", "a positive number of samples per second")
-    _check_positive(seconds, "seconds", "a positive duration")
-    total = round(seconds * sample_rate)
-    if total == 0:
-        raise ValueError(f"seconds={seconds} at sample_rate={sample_rate} gives no samples")
-    out = np.zeros(total)
-
-    def add(start_s: float, length_s: float, midi: int, voice: tuple) -> None:
-        n0, n1 = round(start_s * sample_rate), round((start_s + length_s) * sample_rate)
-        if n0 < total:
-            out[n0 : min(n1, total)] += _note(midi, min(n1, total) - n0, n1 - n0, sample_rate, voice)
-
-    eighth = _CHORD_SECONDS / 4
-    for i in range(math.ceil(total / (_CHORD_SECONDS * sample_rate))):
-        bass, chord, melody = _PROGRESSION[i % len(_PROGRESSION)]
-        t0 = i * _CHORD_SECONDS
-        add(t0, _CHORD_SECONDS, bass, _BASS)
-        for midi in chord:
-            add(t0, _CHORD_SECONDS, midi, _PAD)
-        for j, midi in enumerate(melody):
-            add(t0 + j * eighth, eighth, midi, _LEAD)
-    return torch.from_numpy(out.astype(np.float32))
 
 
 # ------------------------------------------------------------------------------------------------ finding audio

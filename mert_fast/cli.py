@@ -31,9 +31,7 @@ logger = logging.getLogger(__name__)
 
 PROG = "mert-fast"
 
-# MERT's musical teacher (DESIGN.md): nnAudio CQT1992v2 at 24 kHz, hop 320, 336 bins from C1, 48 per octave.
 MERT_SAMPLE_RATE = 24000
-MERT_CQT = {"hop_length": 320, "fmin": 32.7, "n_bins": 336, "bins_per_octave": 48}
 
 #: Dynamic range of the CQT picture: magnitudes below this many dB under the clip's peak are drawn as the floor.
 _DB_RANGE = 80.0
@@ -161,7 +159,7 @@ def _plot_cqt(mag: np.ndarray, freqs: np.ndarray, seconds_per_frame: float, titl
 def _cmd_cqt(args: argparse.Namespace) -> int:
     from mert_fast.audio import load_audio, synth_demo
     from mert_fast.ops import cqt
-    from mert_fast.ops.reference import cqt_frequencies
+    from mert_fast.ops.reference import MERT_CQT, cqt_frequencies
 
     out = Path(args.out)
     if out.suffix.lower() != ".png":
@@ -242,7 +240,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
 
 
 def _cmd_make_corpus(args: argparse.Namespace) -> int:
-    from mert_fast.train.synth import make_corpus
+    from mert_fast.synth import make_corpus
 
     paths = make_corpus(
         args.out_dir,
@@ -327,7 +325,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_make_probe_data(args: argparse.Namespace) -> int:
-    from mert_fast.probe.data import make_probe_data
+    from mert_fast.probe.dataset import make_probe_data
     from mert_fast.probe.real import make_real_probe_data
 
     if args.real:

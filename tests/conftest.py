@@ -76,8 +76,8 @@ def pretrain_data(tmp_path_factory):
     """A small synthetic corpus (24 clips of 5 s at 24 kHz) and a Mel-RVQ teacher (8 x 128 codes) fitted on it,
     shared by the end-to-end pre-training tests: ``root / "corpus"``, ``root / "teacher"``."""
     from mert_fast.model.teachers import fit_mel_rvq
+    from mert_fast.synth import make_corpus
     from mert_fast.train.data import AudioCorpus
-    from mert_fast.train.synth import make_corpus
 
     root = tmp_path_factory.mktemp("pretrain")
     make_corpus(root / "corpus", n_clips=24, seconds=5.0, sample_rate=24000, seed=0)

@@ -44,7 +44,7 @@ def test_quick_cases_are_few_and_exist():
     cases = _run("--list-cases").split("\n")
     cases = [c for c in cases if c]
     assert 20 <= len(cases) <= 60 and len(set(cases)) == len(cases)
-    for name in ("cqt", "rvq", "attention", "codebook_loss", "model", "train_step"):
+    for name in ("cqt", "rvq", "attention", "codebook_ce", "model", "train_step"):
         assert any(c.startswith(f"bench/bench_{name}.py::") for c in cases), name
     assert all("cuda" in c for c in cases)
     proc = subprocess.run(

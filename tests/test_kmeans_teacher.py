@@ -20,8 +20,8 @@ from mert_fast.model.teachers import (
     load_teacher,
 )
 from mert_fast.model.teachers.kmeans import MIN_SAMPLES, compute_deltas
+from mert_fast.synth import make_corpus
 from mert_fast.testing import rel_error
-from mert_fast.train.synth import make_corpus
 
 SR = 16000
 #: Fundamentals (Hz) of the harmonic tones the fitting tests cluster.

@@ -29,7 +29,7 @@ THREADS = "2"
 
 def run_main_command(out: Path) -> list[dict]:
     """``python train.py --output-dir OUT`` on the default synthetic corpus (numpy-rendered), 2 threads."""
-    from mert_fast.train.synth import make_corpus
+    from mert_fast.synth import make_corpus
 
     make_corpus(out / "corpus", n_clips=64, seconds=8.0, sample_rate=24000, seed=0, source="numpy")
     cmd = [sys.executable, str(ROOT / "train.py"), "--output-dir", str(out)]

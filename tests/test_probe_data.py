@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from mert_fast.probe import data, make_probe_data
-from mert_fast.probe.data import CHORD_FAMILIES, CHORD_INTERVALS, FAMILIES, FAMILY_RANGES, PITCH_CLASSES, QUALITIES
-from mert_fast.train import midi
+from mert_fast.probe import dataset as data
+from mert_fast.probe import make_probe_data
+from mert_fast.probe.dataset import CHORD_FAMILIES, CHORD_INTERVALS, FAMILIES, FAMILY_RANGES, PITCH_CLASSES, QUALITIES
+from mert_fast.synth import midi
 
 SR, SECONDS, PER_CELL = 16000, 1.0, 3
 TASKS = {"pitch_class": "notes", "instrument": "notes", "pitch": "notes", "chord_quality": "chords",

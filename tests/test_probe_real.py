@@ -12,7 +12,7 @@ import pytest
 import soundfile as sf
 
 from mert_fast.probe.real import KEYS, PITCH_CLASSES, make_real_probe_data
-from mert_fast.train.midi import fluidsynth_available
+from mert_fast.synth import fluidsynth_available
 
 SR = 16000
 SECONDS = 3.0
@@ -162,7 +162,7 @@ def test_cli_flag(monkeypatch, tmp_path):
     monkeypatch.setattr(real, "make_real_probe_data", fake)
     assert main(["make-probe-data", str(tmp_path), "--real", "--sample-rate", "16000"]) == 0
     assert seen["sample_rate"] == 16000 and seen["seconds"] == 10.0
-    import mert_fast.probe.data as data
+    import mert_fast.probe.dataset as data
 
     seen.clear()
     monkeypatch.setattr(data, "make_probe_data", fake)

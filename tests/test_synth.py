@@ -12,8 +12,8 @@ import pytest
 import soundfile as sf
 
 from mert_fast.cli import main
-from mert_fast.train import midi, sounds, synth
-from mert_fast.train.synth import fluidsynth_available, make_corpus, synth_clip, write_midi
+from mert_fast.synth import corpus as synth
+from mert_fast.synth import fluidsynth_available, make_corpus, midi, sounds, synth_clip, write_midi
 
 SR = 24000
 
@@ -124,7 +124,7 @@ def test_compositions_vary():
         assert len(s.parts) >= 2 and {"lead", "pad", "arp"} & set(s.parts)
         assert all(-1.0 < start < 8.0 and gate > 0 for start, gate, *_ in s.events)
         drums = {int(m) for _, _, m, _, p in s.events if p == "drums"}
-        assert drums <= {synth.KICK, synth.SNARE, synth.CLOSED_HAT, synth.OPEN_HAT, synth.CRASH}
+        assert drums <= {sounds.KICK, sounds.SNARE, sounds.CLOSED_HAT, sounds.OPEN_HAT, sounds.CRASH}
 
 
 # ------------------------------------------------------------------------------------------------ sounds
@@ -135,16 +135,16 @@ def test_compositions_vary():
 def test_harmonic_note_matches_direct_sum_of_partials(kind, midi):
     """The float32 Chebyshev recursion equals a float64 sum of sines (band-limited below 0.45 x the rate)."""
     rng = np.random.default_rng(int(midi) * 7 + len(kind))
-    tim = sounds._timbre(kind, rng, "bass")
+    tim = sounds.part_timbre(kind, rng, "bass")
     tim.vib_cents = 0.0
-    x = sounds._render_note(midi, 0.4, 0.8, tim, SR)
+    x = sounds.render_note(midi, 0.4, 0.8, tim, SR)
     t = np.arange(len(x)) / SR
     f0 = 440.0 * 2 ** ((midi - 69) / 12)
     ref = np.zeros(len(x))
     for h, a in enumerate(tim.amps, start=1):
         if h * f0 < 0.45 * SR:
             ref += a * np.exp(-t * tim.tilt * (h - 1)) * np.sin(2 * np.pi * h * f0 * t)
-    ref *= 0.8 * sounds._envelope(len(x), round(0.4 * SR), SR, tim)
+    ref *= 0.8 * sounds.envelope(len(x), round(0.4 * SR), SR, tim)
     assert np.abs(x - ref).max() <= 1e-4 * np.abs(ref).max()
     spec = np.abs(np.fft.rfft(x))
     f = np.fft.rfftfreq(len(x), 1 / SR)
@@ -153,37 +153,37 @@ def test_harmonic_note_matches_direct_sum_of_partials(kind, midi):
 
 def test_vibrato_and_bell_pitch():
     rng = np.random.default_rng(5)
-    tim = sounds._timbre("sine", rng, "lead")
+    tim = sounds.part_timbre("sine", rng, "lead")
     tim.vib_cents, tim.sustain, tim.amps = 25.0, 1.0, np.array([1.0])
-    x = sounds._render_note(69.0, 1.0, 1.0, tim, SR)
+    x = sounds.render_note(69.0, 1.0, 1.0, tim, SR)
     # instantaneous frequency from zero crossings: centred on 440 Hz and swinging by about +-25 cents
     up = np.flatnonzero((x[:-1] < 0) & (x[1:] >= 0))[20:-20]
     up = up + x[up] / (x[up] - x[up + 1])  # sub-sample crossing by linear interpolation
     freq = SR / np.diff(up)
     assert abs(np.median(freq) - 440.0) < 2.0
     assert 1.005 < freq.max() / 440.0 < 1.03 and 0.97 < freq.min() / 440.0 < 0.995
-    bell = sounds._timbre("bell", rng, "lead")
-    y = sounds._render_note(69.0, 0.5, 1.0, bell, SR)
+    bell = sounds.part_timbre("bell", rng, "lead")
+    y = sounds.render_note(69.0, 0.5, 1.0, bell, SR)
     spec = np.abs(np.fft.rfft(y * np.hanning(len(y))))
     f = np.fft.rfftfreq(len(y), 1 / SR)
     peak = f[np.argmax(spec)]
     ratios = peak / 440.0
-    assert np.min(np.abs(sounds._timbre("bell", rng, "lead").ratios - ratios)) < 0.01  # an inharmonic partial
+    assert np.min(np.abs(sounds.part_timbre("bell", rng, "lead").ratios - ratios)) < 0.01  # an inharmonic partial
 
 
 def test_drum_kit_spectra():
-    kit = sounds._drum_kit(np.random.default_rng(2), SR)
-    assert _band_energy(kit[synth.KICK], SR, 20, 250) > 0.8  # a low, pitched thump
-    assert _band_energy(kit[synth.CLOSED_HAT], SR, 5000, SR / 2) > 0.8  # high-passed noise
-    assert _band_energy(kit[synth.OPEN_HAT], SR, 5000, SR / 2) > 0.8
-    snare = kit[synth.SNARE]
+    kit = sounds.drum_kit(np.random.default_rng(2), SR)
+    assert _band_energy(kit[sounds.KICK], SR, 20, 250) > 0.8  # a low, pitched thump
+    assert _band_energy(kit[sounds.CLOSED_HAT], SR, 5000, SR / 2) > 0.8  # high-passed noise
+    assert _band_energy(kit[sounds.OPEN_HAT], SR, 5000, SR / 2) > 0.8
+    snare = kit[sounds.SNARE]
     assert _band_energy(snare, SR, 150, 300) > 0.05 and _band_energy(snare, SR, 700, 10000) > 0.3  # tone + noise
     for key, x in kit.items():
         x = np.abs(x)
         n = max(1, len(x) // 10)
         assert x[-n:].max() < 0.01 * x.max(), key  # decayed to silence: no click where the sample ends
         assert x[:n].max() == x.max(), key  # loudest at the start
-    assert len(kit[synth.CLOSED_HAT]) < len(kit[synth.OPEN_HAT])
+    assert len(kit[sounds.CLOSED_HAT]) < len(kit[sounds.OPEN_HAT])
 
 
 def test_speed():
@@ -288,7 +288,7 @@ def test_fluidsynth_plumbing_with_a_stand_in_program(tmp_path, monkeypatch):
     soundfont.write_bytes(b"fake soundfont")
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
     monkeypatch.setenv("MERT_FAST_SOUNDFONT", str(soundfont))
-    assert fluidsynth_available() and synth.find_soundfont() == soundfont
+    assert fluidsynth_available() and midi.find_soundfont() == soundfont
     paths = make_corpus(tmp_path / "out", n_clips=2, seconds=2.5, sample_rate=16000, source="auto")
     for path in paths:
         x, sr = sf.read(path)

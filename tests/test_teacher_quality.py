@@ -13,7 +13,7 @@ import torch
 from mert_fast.model.teachers import MelRVQTeacher, fit_kmeans_teacher, fit_mel_rvq, load_teacher
 from mert_fast.model.teachers.mel_rvq import log_mel_db, quality_warnings
 from mert_fast.ops import ResidualVQ, rvq_decode
-from mert_fast.train.synth import synth_clip
+from mert_fast.synth import synth_clip
 
 SR = 24000
 
@@ -260,7 +260,7 @@ def test_kmeans_logmel_matches_librosa_top_db_minus_the_mean():
 
 def test_fit_teacher_command_prints_and_saves_the_quality(tmp_path, capsys):
     from mert_fast.cli import main
-    from mert_fast.train.synth import make_corpus
+    from mert_fast.synth import make_corpus
 
     make_corpus(tmp_path / "audio", n_clips=4, seconds=3.0, sample_rate=SR, seed=0, source="numpy")
     argv = ["fit-teacher", "--type", "mel-rvq", str(tmp_path / "audio"), "--out", str(tmp_path / "t"),

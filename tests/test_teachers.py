@@ -9,7 +9,7 @@ from mert_fast.cli import main as cli_main
 from mert_fast.model.config import PRESETS
 from mert_fast.model.teachers import CQTTeacher, MelRVQTeacher, align_to_frames, fit_mel_rvq
 from mert_fast.model.teachers.mel_rvq import mel_filterbank
-from mert_fast.train.synth import make_corpus, synth_clip
+from mert_fast.synth import make_corpus, synth_clip
 
 
 @pytest.fixture(scope="module")

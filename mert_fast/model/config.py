@@ -7,6 +7,9 @@ import json
 import os
 from typing import Any
 
+from mert_fast._checks import check_int
+from mert_fast._io import write_text
+
 __all__ = ["MERTConfig", "PRESETS"]
 
 _CONV_DIM = (512,) * 7
@@ -83,8 +86,7 @@ class MERTConfig:
         )  # fmt: skip
         for name in positive:
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive integer; got {value!r}")
+            check_int(name, value, min=1, expected="a positive integer")
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"num_attention_heads must divide hidden_size; got {self.num_attention_heads} and {self.hidden_size}"
@@ -315,9 +317,8 @@ class MERTConfig:
             raise ValueError(f"{name}: {message}") from None
 
     def to_json_file(self, path: str | os.PathLike) -> None:
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(self.to_hf_dict(), f, indent=2, sort_keys=True)
-            f.write("\n")
+        """Write the HF ``config.json`` (sorted keys) atomically."""
+        write_text(path, json.dumps(self.to_hf_dict(), indent=2, sort_keys=True) + "\n")
 
 
 PRESETS: dict[str, MERTConfig] = {

@@ -30,12 +30,12 @@ from __future__ import annotations
 import importlib.util
 import logging
 import math
-import numbers
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from mert_fast._checks import check_float, check_int, is_number
 from mert_fast.ops._backend import bucket, select_backend, triton_importable, tuned_backend
 
 __all__ = ["attention", "dropout_keep_mask", "HEAD_DIMS"]
@@ -281,8 +281,7 @@ def _flash_attn_installed() -> bool:
 
 
 def _check_dropout_p(dropout_p) -> None:
-    if isinstance(dropout_p, bool) or not isinstance(dropout_p, numbers.Real) or not 0.0 <= dropout_p < 1.0:
-        raise ValueError(f"dropout_p must be a float in [0, 1); got {dropout_p!r}")
+    check_float("dropout_p", dropout_p, min=0.0, max=1.0, exclusive_max=True, expected="a float in [0, 1)")
 
 
 def _seed_tensor(seed, device: torch.device) -> torch.Tensor:
@@ -293,8 +292,8 @@ def _seed_tensor(seed, device: torch.device) -> torch.Tensor:
                 f"{tuple(seed.shape)}"
             )
         return seed.reshape(1).to(device=device, dtype=torch.int64)
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise TypeError(f"seed must be an int, a one-element integer tensor or None; got {type(seed).__name__}")
+    expected = "an int, a one-element integer tensor or None"
+    check_int("seed", seed, integral=True, expected=expected, error=TypeError, show_type=True)
     if not 0 <= seed < _SEED_HIGH:
         raise ValueError(f"seed must be in [0, 2**63); got {seed}")
     return torch.tensor([int(seed)], dtype=torch.int64, device=device)
@@ -429,16 +428,13 @@ def attention(
     head_dim = q.shape[-1]
     if softmax_scale is None:
         softmax_scale = 1.0 / math.sqrt(head_dim)
-    elif isinstance(softmax_scale, bool) or not isinstance(softmax_scale, numbers.Real):
+    elif not is_number(softmax_scale):
         raise TypeError(f"softmax_scale must be a positive float or None; got {type(softmax_scale).__name__}")
     elif not (math.isfinite(softmax_scale) and softmax_scale > 0):
         raise ValueError(f"softmax_scale must be a positive finite float; got {softmax_scale}")
-    if relax_alpha is not None and (
-        isinstance(relax_alpha, bool)
-        or not isinstance(relax_alpha, numbers.Real)
-        or not (math.isfinite(relax_alpha) and relax_alpha > 0)
-    ):
-        raise ValueError(f"relax_alpha must be a positive number or None; got {relax_alpha!r}")
+    if relax_alpha is not None:
+        expected = "a positive number or None"
+        check_float("relax_alpha", relax_alpha, min=0, exclusive_min=True, finite=True, expected=expected)
     dropout_p = float(dropout_p)
     softmax_scale = float(softmax_scale)
 

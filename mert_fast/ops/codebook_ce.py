@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 
+from mert_fast._checks import check_float, check_int
 from mert_fast.ops._backend import bucket, select_backend, triton_importable, tuned_backend
 
 __all__ = ["codebook_cross_entropy", "EPS"]
@@ -291,12 +292,10 @@ def _check_inputs(x, codebooks, targets, bias, temperature, reduction, ignore_in
     for name, t in (("codebooks", codebooks), ("targets", targets), ("bias", bias)):
         if t is not None and t.device != x.device:
             raise ValueError(f"{name} must be on x's device {x.device}; got {t.device}")
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
-        raise ValueError(f"temperature must be a positive number; got {temperature!r}")
+    check_float("temperature", temperature, min=0, exclusive_min=True)
     if reduction not in _REDUCTIONS:
         raise ValueError(f"reduction must be 'sum', 'mean' or 'none'; got {reduction!r}")
-    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
-        raise TypeError(f"ignore_index must be an int; got {ignore_index!r}")
+    check_int("ignore_index", ignore_index, expected="an int", error=TypeError)
 
 
 def tuning_key(dtype: torch.dtype, frames: int, n_codebooks: int, n_codes: int, dim: int) -> str:

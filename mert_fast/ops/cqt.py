@@ -25,8 +25,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mert_fast._checks import is_int, is_number
 from mert_fast.ops._backend import bucket, select_backend, triton_importable, tuned_backend
-from mert_fast.ops.reference import cqt_frequencies, cqt_kernels
+from mert_fast.ops.reference import (
+    MERT_CQT_BINS_PER_OCTAVE,
+    MERT_CQT_FMIN,
+    MERT_CQT_HOP_LENGTH,
+    MERT_CQT_N_BINS,
+    MERT_CQT_SAMPLE_RATE,
+    cqt_frequencies,
+    cqt_kernels,
+)
 
 __all__ = ["CQT", "cqt", "clear_plan_cache", "DEFAULT_THRESHOLD"]
 
@@ -42,15 +51,15 @@ _PAD_MODES = ("constant", "reflect")
 class CQTConfig:
     """A validated CQT configuration (the arguments of :func:`cqt`)."""
 
-    sample_rate: float = 24000
+    sample_rate: float = MERT_CQT_SAMPLE_RATE
     """Sampling rate of the input in Hz."""
-    hop_length: int = 320
+    hop_length: int = MERT_CQT_HOP_LENGTH
     """Samples between frames."""
-    fmin: float = 32.7
+    fmin: float = MERT_CQT_FMIN
     """Centre frequency of the lowest bin in Hz."""
-    n_bins: int = 336
+    n_bins: int = MERT_CQT_N_BINS
     """Number of bins."""
-    bins_per_octave: int = 48
+    bins_per_octave: int = MERT_CQT_BINS_PER_OCTAVE
     """Bins per octave."""
     filter_scale: float = 1.0
     """Filter length multiplier (Q = filter_scale / (2 ** (1 / bins_per_octave) - 1))."""
@@ -71,15 +80,15 @@ class CQTConfig:
         def fail(field: str, expected: str) -> None:
             raise ValueError(f"{field} must be {expected}; got {getattr(self, field)!r}")
 
-        if isinstance(self.sample_rate, bool) or not self.sample_rate > 0:
+        if not is_number(self.sample_rate) or not self.sample_rate > 0:
             fail("sample_rate", "a positive number of samples per second")
-        if isinstance(self.hop_length, bool) or not isinstance(self.hop_length, int) or self.hop_length <= 0:
+        if not is_int(self.hop_length) or self.hop_length <= 0:
             fail("hop_length", "a positive integer")
         if not (math.isfinite(self.fmin) and self.fmin > 0):
             fail("fmin", "a positive frequency in Hz")
-        if not isinstance(self.n_bins, int) or self.n_bins <= 0:
+        if not is_int(self.n_bins) or self.n_bins <= 0:
             fail("n_bins", "a positive integer")
-        if not isinstance(self.bins_per_octave, int) or self.bins_per_octave <= 0:
+        if not is_int(self.bins_per_octave) or self.bins_per_octave <= 0:
             fail("bins_per_octave", "a positive integer")
         if not (math.isfinite(self.filter_scale) and self.filter_scale > 0):
             fail("filter_scale", "a positive number")
@@ -407,11 +416,11 @@ def _cqt(x: torch.Tensor, cfg: CQTConfig) -> torch.Tensor:
 def cqt(
     audio: torch.Tensor,
     *,
-    sample_rate: float = 24000,
-    hop_length: int = 320,
-    fmin: float = 32.7,
-    n_bins: int = 336,
-    bins_per_octave: int = 48,
+    sample_rate: float = MERT_CQT_SAMPLE_RATE,
+    hop_length: int = MERT_CQT_HOP_LENGTH,
+    fmin: float = MERT_CQT_FMIN,
+    n_bins: int = MERT_CQT_N_BINS,
+    bins_per_octave: int = MERT_CQT_BINS_PER_OCTAVE,
     filter_scale: float = 1.0,
     norm: int | None = 1,
     window: str | tuple = "hann",
@@ -468,11 +477,11 @@ class CQT(torch.nn.Module):
 
     def __init__(
         self,
-        sample_rate: float = 24000,
-        hop_length: int = 320,
-        fmin: float = 32.7,
-        n_bins: int = 336,
-        bins_per_octave: int = 48,
+        sample_rate: float = MERT_CQT_SAMPLE_RATE,
+        hop_length: int = MERT_CQT_HOP_LENGTH,
+        fmin: float = MERT_CQT_FMIN,
+        n_bins: int = MERT_CQT_N_BINS,
+        bins_per_octave: int = MERT_CQT_BINS_PER_OCTAVE,
         filter_scale: float = 1.0,
         norm: int | None = 1,
         window: str | tuple = "hann",

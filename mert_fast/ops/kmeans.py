@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable, Iterator
 import torch
 import torch.nn.functional as F
 
+from mert_fast._checks import check_float, check_int
 from mert_fast.ops.rvq import METRICS, nearest_code
 
 __all__ = ["kmeans"]
@@ -57,12 +58,6 @@ def _check_rows(name: str, t, dim: int | None = None) -> torch.Tensor:
     if t.numel() and not bool(torch.isfinite(t).all()):
         raise ValueError(f"{name} contains NaN or inf values")
     return t
-
-
-def _check_int(name: str, value, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}; got {value!r}")
-    return value
 
 
 # ---------------------------------------------------------------------------------------------- pieces
@@ -329,15 +324,14 @@ def kmeans(
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {', '.join(repr(m) for m in METRICS)}; got {metric!r}")
     cosine = metric == "cosine"
-    k = _check_int("k", k, 1)
-    iters = _check_int("iters", iters, 0)
-    seed = _check_int("seed", seed, 0)
+    k = check_int("k", k, min=1)
+    iters = check_int("iters", iters, min=0)
+    seed = check_int("seed", seed, min=0)
     if not isinstance(init, torch.Tensor) and init not in INITS:
         raise ValueError(f"init must be one of {', '.join(repr(i) for i in INITS)} or a (k, D) tensor; got {init!r}")
-    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol >= 0:
-        raise ValueError(f"tol must be a number >= 0; got {tol!r}")
+    check_float("tol", tol, min=0)
     if batch_size is not None:
-        batch_size = _check_int("batch_size", batch_size, 1)
+        batch_size = check_int("batch_size", batch_size, min=1)
     elif not isinstance(x, torch.Tensor):
         raise TypeError(
             f"x must be a torch.Tensor (N, D) without batch_size; iterables of batches need batch_size (got "

@@ -7,6 +7,7 @@ with the fast paths beyond the filter definitions themselves.
 from __future__ import annotations
 
 import math
+from types import MappingProxyType
 
 import numpy as np
 import scipy.signal
@@ -14,6 +15,12 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "MERT_CQT",
+    "MERT_CQT_BINS_PER_OCTAVE",
+    "MERT_CQT_FMIN",
+    "MERT_CQT_HOP_LENGTH",
+    "MERT_CQT_N_BINS",
+    "MERT_CQT_SAMPLE_RATE",
     "attention_ref",
     "codebook_cross_entropy_ref",
     "cqt_frequencies",
@@ -24,6 +31,24 @@ __all__ = [
     "rvq_decode_ref",
     "rvq_encode_ref",
 ]
+
+# MERT's musical teacher (nnAudio CQT1992v2 as MERT trains it), the defaults of every CQT in the package (this
+# reference, mert_fast.ops.cqt, the CQT teacher) and of the benchmarks and the CLI: 24 kHz, hop 320 (75 Hz),
+# 336 bins = 7 octaves from 32.7 Hz (C1), 48 per octave.
+MERT_CQT_SAMPLE_RATE = 24000
+MERT_CQT_HOP_LENGTH = 320
+MERT_CQT_FMIN = 32.7
+MERT_CQT_N_BINS = 336
+MERT_CQT_BINS_PER_OCTAVE = 48
+#: The same as keyword arguments of ``cqt`` / ``CQT`` / ``cqt_ref`` (the sample rate is the audio's).
+MERT_CQT = MappingProxyType(
+    {
+        "hop_length": MERT_CQT_HOP_LENGTH,
+        "fmin": MERT_CQT_FMIN,
+        "n_bins": MERT_CQT_N_BINS,
+        "bins_per_octave": MERT_CQT_BINS_PER_OCTAVE,
+    }
+)
 
 
 def cqt_frequencies(fmin: float, n_bins: int, bins_per_octave: int) -> np.ndarray:
@@ -71,11 +96,11 @@ def cqt_kernels(
 def cqt_ref(
     audio: torch.Tensor,
     *,
-    sample_rate: float = 24000,
-    hop_length: int = 320,
-    fmin: float = 32.7,
-    n_bins: int = 336,
-    bins_per_octave: int = 48,
+    sample_rate: float = MERT_CQT_SAMPLE_RATE,
+    hop_length: int = MERT_CQT_HOP_LENGTH,
+    fmin: float = MERT_CQT_FMIN,
+    n_bins: int = MERT_CQT_N_BINS,
+    bins_per_octave: int = MERT_CQT_BINS_PER_OCTAVE,
     filter_scale: float = 1.0,
     norm: int | None = 1,
     window: str | tuple = "hann",

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mert_fast._checks import check_int
 from mert_fast.ops.kmeans import kmeans
 from mert_fast.ops.rvq import METRICS, nearest_code, rvq_decode, rvq_encode
 
@@ -51,12 +52,6 @@ class ResidualVQOutput(NamedTuple):
     commitment_loss: torch.Tensor
     codebook_loss: torch.Tensor
     perplexity: torch.Tensor
-
-
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1; got {value!r}")
-    return value
 
 
 def _number(name: str, value, low: float, high: float = math.inf, *, open_high: bool = False) -> float:
@@ -111,10 +106,10 @@ class ResidualVQ(nn.Module):
         kmeans_iters: int = 10,
     ) -> None:
         super().__init__()
-        self.dim = _positive_int("dim", dim)
-        self.n_q = _positive_int("n_q", n_q)
-        self.codebook_size = _positive_int("codebook_size", codebook_size)
-        self.codebook_dim = None if codebook_dim is None else _positive_int("codebook_dim", codebook_dim)
+        self.dim = check_int("dim", dim, min=1)
+        self.n_q = check_int("n_q", n_q, min=1)
+        self.codebook_size = check_int("codebook_size", codebook_size, min=1)
+        self.codebook_dim = None if codebook_dim is None else check_int("codebook_dim", codebook_dim, min=1)
         if metric not in METRICS:
             raise ValueError(f"metric must be one of {', '.join(repr(m) for m in METRICS)}; got {metric!r}")
         self.metric = metric
@@ -125,7 +120,7 @@ class ResidualVQ(nn.Module):
         self.codebook_weight = _number("codebook_weight", codebook_weight, 0.0)
         self.dead_code_threshold = _number("dead_code_threshold", dead_code_threshold, 0.0)
         self.kmeans_init = bool(kmeans_init)
-        self.kmeans_iters = _positive_int("kmeans_iters", kmeans_iters)
+        self.kmeans_iters = check_int("kmeans_iters", kmeans_iters, min=1)
 
         code_dim = self.codebook_dim or dim
         books = torch.randn(n_q, codebook_size, code_dim)
@@ -199,7 +194,7 @@ class ResidualVQ(nn.Module):
                 f"x must hold at least codebook_size = {self.codebook_size} rows to initialise the codebooks by "
                 f"k-means; got {flat.shape[0]} (pass more rows to init_from_data, or kmeans_init=False)"
             )
-        iters = self.kmeans_iters if iters is None else _positive_int("iters", iters)
+        iters = self.kmeans_iters if iters is None else check_int("iters", iters, min=1)
         resid = flat
         for s in range(self.n_q):
             z = self._down(resid, s)
@@ -308,10 +303,9 @@ class ResidualVQ(nn.Module):
         """
         if self.metric != "l2":
             raise ValueError(f"fit reconstructs by the l2 search; this quantiser searches by {self.metric!r}")
-        _positive_int("batch_rows", batch_rows)
-        _positive_int("init_rows", init_rows)
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-            raise ValueError(f"steps must be an integer >= 0; got {steps!r}")
+        check_int("batch_rows", batch_rows, min=1)
+        check_int("init_rows", init_rows, min=1)
+        check_int("steps", steps, min=0)
         flat = self._flat(x).detach().to(self.codebooks.dtype)
         if flat.shape[0] < self.codebook_size:
             raise ValueError(f"x must hold at least codebook_size = {self.codebook_size} rows; got {flat.shape[0]}")

@@ -44,6 +44,7 @@ import logging
 import torch
 import torch.nn.functional as F
 
+from mert_fast._checks import check_int
 from mert_fast.ops._backend import bucket, select_backend, triton_importable, tuned_backend
 
 __all__ = ["METRICS", "nearest_code", "rvq_decode", "rvq_encode"]
@@ -98,12 +99,6 @@ def _check_metric(metric) -> bool:
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {', '.join(repr(m) for m in METRICS)}; got {metric!r}")
     return metric == "cosine"
-
-
-def _check_int(name: str, value, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise ValueError(f"{name} must be an integer in [{low}, {high}]; got {value!r}")
-    return value
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -409,7 +404,7 @@ def nearest_code(
         raise ValueError(
             f"codebook must have x's dimension D = {x.shape[1]} (shape (K, D)); got {tuple(codebook.shape)}"
         )
-    k = _check_int("k", k, 1, codebook.shape[0])
+    k = check_int("k", k, min=1, max=codebook.shape[0])
     (books, *_) = _prepare_codebooks(x, codebook[None], None, None, None, None)
     book = books[0]
     if k == 1:
@@ -478,7 +473,7 @@ def rvq_encode(
     _check_features(x, (2, 3), "(N, D) or (B, T, D)")
     cosine = _check_metric(metric)
     books, w_in, b_in, w_out, b_out = _prepare_codebooks(x, codebooks, in_proj, in_bias, out_proj, out_bias)
-    n_q = books.shape[0] if n_q is None else _check_int("n_q", n_q, 1, books.shape[0])
+    n_q = books.shape[0] if n_q is None else check_int("n_q", n_q, min=1, max=books.shape[0])
     flat = x.reshape(-1, x.shape[-1])
     backend = _backend(x, books.shape[1], books.shape[2], w_in is not None or w_out is not None, cosine)
     logger.debug(

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mert_fast._checks import check_int
 from mert_fast.probe.manifest import SPLITS, ProbeTask
 from mert_fast.probe.metrics import classes_left_out, scores
 
@@ -58,8 +59,7 @@ class ProbeConfig:
     def __post_init__(self) -> None:
         for name in ("hidden", "batch_size", "max_epochs", "patience"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer; got {value!r}")
+            check_int(name, value, min=1, expected="a positive integer")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1); got {self.dropout!r}")
         if not (math.isfinite(self.lr) and self.lr > 0):

@@ -58,7 +58,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from mert_fast.train.midi import fluidsynth_soundfont, render_midi
+from mert_fast.synth.midi import fluidsynth_soundfont, render_midi
 
 __all__ = ["COMPOSERS", "FAMILY_PROGRAMS", "KEYS", "make_real_probe_data", "piece_notes", "require_music21"]
 

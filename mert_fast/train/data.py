@@ -34,6 +34,7 @@ import soxr
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from mert_fast._checks import check_float, check_int
 from mert_fast.audio import AUDIO_EXTENSIONS, audio_info, find_audio, load_audio
 
 __all__ = [
@@ -79,8 +80,7 @@ def seed_for(seed: int, step: int, rank: int, sample: int = 0, purpose: str = ""
         An int in ``[0, 2**63)``: valid for ``torch.manual_seed``, ``numpy.random.default_rng`` and ``random.seed``.
     """
     for name, value in (("seed", seed), ("step", step), ("rank", rank), ("sample", sample)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-            raise TypeError(f"{name} must be an integer; got {type(value).__name__}")
+        check_int(name, value, integral=True, error=TypeError, show_type=True)
     if not isinstance(purpose, str):
         raise TypeError(f"purpose must be a string; got {type(purpose).__name__}")
     text = f"{int(seed)}:{int(step)}:{int(rank)}:{int(sample)}:{purpose}".encode()
@@ -225,10 +225,8 @@ class AudioCorpus(Dataset):
         min_seconds: float = 3.0,
         verify: bool = False,
     ) -> None:
-        if isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or sample_rate <= 0:
-            raise ValueError(f"sample_rate must be a positive integer (Hz); got {sample_rate!r}")
-        if isinstance(min_seconds, bool) or not isinstance(min_seconds, (int, float)) or not min_seconds >= 0:
-            raise ValueError(f"min_seconds must be a number >= 0; got {min_seconds!r}")
+        check_int("sample_rate", sample_rate, min=1, expected="a positive integer (Hz)")
+        check_float("min_seconds", min_seconds, min=0)
         self.source = source
         self.sample_rate = sample_rate
         self.min_seconds = float(min_seconds)
@@ -453,19 +451,16 @@ class CropBatches(Dataset):
             ("start_step", start_step, 0),
             ("rank", rank, 0),
         ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{name} must be an integer >= {low}; got {value!r}")
+            check_int(name, value, min=low)
         if rank >= world_size:
             raise ValueError(f"rank must be in [0, world_size={world_size}); got {rank}")
-        if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 0):
-            raise ValueError(f"max_steps must be None or an integer >= 0; got {max_steps!r}")
+        if max_steps is not None:
+            check_int("max_steps", max_steps, min=0, expected="None or an integer >= 0")
         for name, value in (("crop_seconds", crop_seconds), ("min_crop_seconds", min_crop_seconds)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
-                raise ValueError(f"{name} must be a positive number of seconds; got {value!r}")
+            check_float(name, value, min=0, exclusive_min=True, finite=True, expected="a positive number of seconds")
         if min_crop_seconds > crop_seconds:
             raise ValueError(f"min_crop_seconds ({min_crop_seconds}) must be <= crop_seconds ({crop_seconds})")
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ValueError(f"seed must be an integer; got {seed!r}")
+        check_int("seed", seed)
         self.corpus = corpus
         self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, rank, world_size
         self.crop_seconds, self.min_crop_seconds = float(crop_seconds), float(min_crop_seconds)

@@ -8,11 +8,11 @@ MERT-v0, ``Data2VecAudioModel`` for music2vec) and loads with no missing or unex
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
 
+from mert_fast._io import write_json
 from mert_fast.model.config import MERTConfig
 from mert_fast.model.mert import MERTModel
 from mert_fast.train.checkpoint import find_checkpoint, read_meta
@@ -49,6 +49,6 @@ def export_checkpoint(source: str | os.PathLike, out_dir: str | os.PathLike) -> 
     out = Path(out_dir)
     model.save_pretrained(out)
     info = {k: meta[k] for k in ("step", "run", "teacher", "teacher_sha256", "dtype") if k in meta}
-    (out / "training.json").write_text(json.dumps({"checkpoint": str(checkpoint), **info}, indent=2) + "\n")
+    write_json(out / "training.json", {"checkpoint": str(checkpoint), **info})
     logger.info("exported %s (step %s) -> %s", checkpoint, meta["step"], out)
     return out

@@ -76,7 +76,7 @@ def _corpora(
     if source is None:
         source = out / "corpus"
         if dist.is_main and not (source / "manifest.csv").is_file():
-            from mert_fast.train.synth import make_corpus
+            from mert_fast.synth import make_corpus
 
             logger.info("no --data: generating a synthetic corpus of %d clips in %s", cfg.synthetic_clips, source)
             make_corpus(

@@ -6,14 +6,21 @@ import torch
 from torch import nn
 
 from mert_fast.ops.cqt import CQT
+from mert_fast.ops.reference import (
+    MERT_CQT_BINS_PER_OCTAVE,
+    MERT_CQT_FMIN,
+    MERT_CQT_HOP_LENGTH,
+    MERT_CQT_N_BINS,
+    MERT_CQT_SAMPLE_RATE,
+)
 
 
 def mert_cqt_bins(sample_rate: float) -> int:
     """336 bins (7 octaves from 32.7 Hz, 48 per octave) at 24 kHz; whole octaves fewer where the top bin would
     pass Nyquist (16 kHz presets)."""
-    bins = 336
-    while 32.7 * 2 ** ((bins - 1) / 48) > sample_rate / 2:
-        bins -= 48
+    bins = MERT_CQT_N_BINS
+    while MERT_CQT_FMIN * 2 ** ((bins - 1) / MERT_CQT_BINS_PER_OCTAVE) > sample_rate / 2:
+        bins -= MERT_CQT_BINS_PER_OCTAVE
     return bins
 
 
@@ -24,12 +31,18 @@ class CQTTeacher(nn.Module):
     other sample rates the hop is the student's (e.g. 320 at 16 kHz: 50 Hz) and the bins stop below Nyquist.
     """
 
-    def __init__(self, sample_rate: int = 24000, hop_length: int = 320, n_bins: int = 336, bins_per_octave: int = 48):
+    def __init__(
+        self,
+        sample_rate: int = MERT_CQT_SAMPLE_RATE,
+        hop_length: int = MERT_CQT_HOP_LENGTH,
+        n_bins: int = MERT_CQT_N_BINS,
+        bins_per_octave: int = MERT_CQT_BINS_PER_OCTAVE,
+    ):
         super().__init__()
         self.cqt = CQT(
             sample_rate=sample_rate,
             hop_length=hop_length,
-            fmin=32.7,
+            fmin=MERT_CQT_FMIN,
             n_bins=n_bins,
             bins_per_octave=bins_per_octave,
             pad_mode="constant",

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from mert_fast._checks import is_number
 from mert_fast.ops import rvq_encode
 
 if TYPE_CHECKING:
@@ -39,7 +40,7 @@ MIN_SAMPLES = 400
 def _num_quantizers(config, bandwidth: float, name: str) -> int:
     """The stages EnCodec uses at ``bandwidth`` kbps (transformers' ``get_num_quantizers_for_bandwidth``)."""
     offered = [float(b) for b in config.target_bandwidths]
-    if isinstance(bandwidth, bool) or not isinstance(bandwidth, (int, float)) or float(bandwidth) not in offered:
+    if not is_number(bandwidth) or float(bandwidth) not in offered:
         raise ValueError(f"{name}: the EnCodec model offers bandwidths {offered} (kbps); got {bandwidth!r}")
     bits_per_second = math.log2(config.codebook_size) * config.frame_rate
     n_q = int(max(1, math.floor(float(bandwidth) * 1000 / bits_per_second)))

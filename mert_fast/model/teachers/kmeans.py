@@ -49,6 +49,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from mert_fast._checks import check_float, check_int, is_int
 from mert_fast.model.teachers.mel_rvq import TOP_DB, MelRVQTeacher, log_mel_db, mel_filterbank, save_teacher
 from mert_fast.ops import kmeans, nearest_code
 
@@ -91,7 +92,7 @@ def compute_deltas(x: torch.Tensor, width: int = 5) -> torch.Tensor:
     ``d_t = sum_{n=1}^{N} n (x_{t+n} - x_{t-n}) / (2 sum_{n=1}^{N} n^2)`` with ``N = (width - 1) // 2``: torchaudio's
     ``compute_deltas(win_length=width)`` and ``librosa.feature.delta(width=width, mode="nearest")``.
     """
-    if isinstance(width, bool) or not isinstance(width, int) or width < 3 or width % 2 == 0:
+    if not is_int(width) or width < 3 or width % 2 == 0:
         raise ValueError(f"width must be an odd integer >= 3; got {width!r}")
     n = (width - 1) // 2
     t = x.shape[1]
@@ -100,12 +101,6 @@ def compute_deltas(x: torch.Tensor, width: int = 5) -> torch.Tensor:
     for i in range(1, n + 1):
         out = out + i * (padded[:, n + i : n + i + t] - padded[:, n - i : n - i + t])
     return out / (2 * sum(i * i for i in range(1, n + 1)))
-
-
-def _check_positive_int(name: str, value, low: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}; got {value!r}")
-    return value
 
 
 class KMeansTeacher(nn.Module):
@@ -146,26 +141,26 @@ class KMeansTeacher(nn.Module):
         super().__init__()
         if feature not in FEATURES:
             raise ValueError(f"feature must be one of {', '.join(repr(f) for f in FEATURES)}; got {feature!r}")
-        sample_rate = _check_positive_int("sample_rate", sample_rate, LABEL_RATE)
+        sample_rate = check_int("sample_rate", sample_rate, min=LABEL_RATE)
         if sample_rate % LABEL_RATE:
             raise ValueError(
                 f"sample_rate must be a multiple of {LABEL_RATE} Hz (hop = sample_rate // 50); got {sample_rate}"
             )
-        n_clusters = _check_positive_int("n_clusters", n_clusters)
-        n_mels = _check_positive_int("n_mels", DEFAULT_MELS[feature] if n_mels is None else n_mels)
+        n_clusters = check_int("n_clusters", n_clusters, min=1)
+        n_mels = check_int("n_mels", DEFAULT_MELS[feature] if n_mels is None else n_mels, min=1)
         window_25ms = round(0.025 * sample_rate)
         if n_fft is None:
             n_fft = 1 << (window_25ms - 1).bit_length() if feature == "mfcc" else 1024
-        n_fft = _check_positive_int("n_fft", n_fft, 2)
+        n_fft = check_int("n_fft", n_fft, min=2)
         if win_length is None:
             win_length = min(window_25ms, n_fft) if feature == "mfcc" else n_fft
-        win_length = _check_positive_int("win_length", win_length, 2)
+        win_length = check_int("win_length", win_length, min=2)
         if win_length > n_fft:
             raise ValueError(f"win_length must be at most n_fft = {n_fft}; got {win_length}")
-        n_mfcc = _check_positive_int("n_mfcc", n_mfcc)
+        n_mfcc = check_int("n_mfcc", n_mfcc, min=1)
         if feature == "mfcc" and n_mfcc > n_mels:
             raise ValueError(f"n_mfcc must be at most n_mels = {n_mels}; got {n_mfcc}")
-        if isinstance(delta_width, bool) or not isinstance(delta_width, int) or delta_width < 3 or delta_width % 2 == 0:
+        if not is_int(delta_width) or delta_width < 3 or delta_width % 2 == 0:
             raise ValueError(f"delta_width must be an odd integer >= 3; got {delta_width!r}")
 
         fmin = DEFAULT_FMIN[feature]
@@ -183,8 +178,8 @@ class KMeansTeacher(nn.Module):
         self.win_length = win_length
         self.n_mfcc = n_mfcc
         self.delta_width = delta_width
-        if top_db is not None and (isinstance(top_db, bool) or not isinstance(top_db, (int, float)) or top_db <= 0):
-            raise ValueError(f"top_db must be a positive number of dB or None; got {top_db!r}")
+        if top_db is not None:
+            check_float("top_db", top_db, min=0, exclusive_min=True, expected="a positive number of dB or None")
         self.top_db = None if top_db is None else float(top_db)
         self.centre = bool(centre)
         self.dim = 3 * n_mfcc if feature == "mfcc" else n_mels
@@ -399,9 +394,9 @@ def fit_kmeans_teacher(
     Returns:
         the fitted :class:`KMeansTeacher` on ``device``, in eval mode.
     """
-    max_frames = _check_positive_int("max_frames", max_frames)
-    n_init = _check_positive_int("n_init", n_init)
-    seed = _check_positive_int("seed", seed, 0)
+    max_frames = check_int("max_frames", max_frames, min=1)
+    n_init = check_int("n_init", n_init, min=1)
+    seed = check_int("seed", seed, min=0)
     device = torch.device(device)
     teacher = KMeansTeacher(
         sample_rate, feature=feature, n_clusters=n_clusters, n_mels=n_mels, top_db=top_db, centre=centre

@@ -181,16 +181,16 @@ def run(benchmark, measure, case: Case, implementation: str, loss_fn, rounds: in
 
 
 @pytest.mark.parametrize("backend", ["triton", "torch", "auto"])
-def test_codebook_loss_mert_fast(benchmark, measure, monkeypatch, case, backend):
+def test_codebook_ce_mert_fast(benchmark, measure, monkeypatch, case, backend):
     if backend == "triton" and case.device != "cuda":
         pytest.skip("the Triton kernels run on CPU tensors only through their interpreter: not a speed path")
     monkeypatch.setenv("MERT_FAST_BACKEND", backend)
     run(benchmark, measure, case, f"mert_fast ({backend})", mert_fast_loss)
 
 
-def test_codebook_loss_compute_nce(benchmark, measure, case):
+def test_codebook_ce_compute_nce(benchmark, measure, case):
     run(benchmark, measure, case, BASELINE, compute_nce_loss, rounds=5)
 
 
-def test_codebook_loss_materialised(benchmark, measure, case):
+def test_codebook_ce_materialised(benchmark, measure, case):
     run(benchmark, measure, case, "materialised logits + F.cross_entropy", materialised_loss)

@@ -7,7 +7,7 @@ and a tone, hi-hats from high-passed noise) on a 16th-note grid with fills, swin
 differ per part and per clip (harmonic profiles from sine-like to saw-, square- and triangle-like, organ
 drawbars, plucked strings whose upper partials fade first, bells and bars with inharmonic partials) with ADSR
 envelopes and vibrato; a short synthetic reverb, the occasional silence gap, and a peak between 0.5 and 0.9.
-The sounds themselves (timbres, notes, drums, room) are :mod:`mert_fast.train.sounds`; this module composes.
+The sounds themselves (timbres, notes, drums, room) are :mod:`mert_fast.synth.sounds`; this module composes.
 
 Clip ``i`` of seed ``s`` depends on ``(s, i)`` only (not on how many clips are made) and is the same on every
 run with the same numpy version. 64 clips of 8 s take a few seconds on one core.
@@ -31,28 +31,32 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from mert_fast.train.midi import find_soundfont, fluidsynth_available, fluidsynth_soundfont, render_midi, write_midi
-from mert_fast.train.sounds import (
-    _TIMBRE_CHOICES,
+from mert_fast._checks import check_float, check_int
+from mert_fast.synth.midi import fluidsynth_soundfont, render_midi
+from mert_fast.synth.sounds import (
     CLOSED_HAT,
     CRASH,
     KICK,
     OPEN_HAT,
+    PART_TIMBRES,
     SNARE,
-    _add,
-    _drum_kit,
-    _finish,
-    _render_note,
-    _reverb,
-    _timbre,
+    drum_kit,
+    finish,
+    fit_length,
+    mix_in,
+    part_timbre,
+    render_note,
+    reverb,
 )
 
-__all__ = ["find_soundfont", "fluidsynth_available", "make_corpus", "synth_clip", "write_midi"]
+__all__ = ["FORMATS", "SOURCES", "check_clip_args", "make_corpus", "synth_clip", "write_clip"]
 
 logger = logging.getLogger(__name__)
 
-_FORMATS = {"flac": ("FLAC", "PCM_16"), "wav": ("WAV", "PCM_16")}
-_SOURCES = ("auto", "numpy", "fluidsynth")
+#: Audio file formats written: name -> (libsndfile container, subtype).
+FORMATS = {"flac": ("FLAC", "PCM_16"), "wav": ("WAV", "PCM_16")}
+#: Renderer choices: the numpy synthesizer, fluidsynth with a General MIDI soundfont, or fluidsynth when available.
+SOURCES = ("auto", "numpy", "fluidsynth")
 
 # ------------------------------------------------------------------------------------------------ composition
 
@@ -283,17 +287,17 @@ def _compose(rng: np.random.Generator, seconds: float) -> _Score:
 def _render_numpy(rng: np.random.Generator, score: _Score, seconds: float, sr: float) -> np.ndarray:
     total = round(seconds * sr)
     mix = np.zeros(total)
-    timbres = {p: _timbre(str(rng.choice(_TIMBRE_CHOICES[p])), rng, p) for p in score.parts if p != "drums"}
+    timbres = {p: part_timbre(str(rng.choice(PART_TIMBRES[p])), rng, p) for p in score.parts if p != "drums"}
     gains = {"lead": rng.uniform(0.7, 1.0), "pad": rng.uniform(0.25, 0.5), "bass": rng.uniform(0.6, 0.9)}
     gains |= {"arp": rng.uniform(0.3, 0.5), "drums": rng.uniform(0.6, 1.0)}
-    kit = _drum_kit(rng, sr) if "drums" in score.parts else {}
+    kit = drum_kit(rng, sr) if "drums" in score.parts else {}
     for start, gate, midi, vel, part in score.events:
         if part == "drums":
             x = kit[int(midi)] * vel
         else:
-            x = _render_note(midi, gate, vel, timbres[part], sr)
-        _add(mix, round(start * sr), gains[part] * x)
-    return _finish(rng, _reverb(rng, mix, sr), sr, score.gaps)
+            x = render_note(midi, gate, vel, timbres[part], sr)
+        mix_in(mix, round(start * sr), gains[part] * x)
+    return finish(rng, reverb(rng, mix, sr), sr, score.gaps)
 
 
 def _clip_rng(seed: int, index: int) -> np.random.Generator:
@@ -306,8 +310,7 @@ def synth_clip(index: int, seconds: float = 8.0, sample_rate: int = 24000, seed:
     Returns:
         float32 ``(round(seconds * sample_rate),)``, mono, peak in [0.5, 0.9] (unless the clip is silent).
     """
-    if isinstance(index, bool) or not isinstance(index, int) or index < 0:
-        raise ValueError(f"index must be an integer >= 0; got {index!r}")
+    check_int("index", index, min=0)
     _check_args(1, seconds, sample_rate, "flac", "numpy")
     rng = _clip_rng(seed, index)
     score = _compose(rng, seconds)
@@ -336,31 +339,38 @@ def _render_fluidsynth(rng: np.random.Generator, score: _Score, seconds: float, 
             gate, start = gate + start, 0.0
         notes.append((start, gate, _CHANNELS[part], int(round(midi)), round(vel * 127)))
     x = render_midi(notes, tempo=score.tempo, programs=programs, volumes=volumes, sample_rate=sr, soundfont=soundfont)
-    total = round(seconds * sr)
-    x = np.concatenate([x[:total], np.zeros(max(0, total - len(x)))])
-    return _finish(rng, x, sr, score.gaps)
+    return finish(rng, fit_length(x, round(seconds * sr)), sr, score.gaps)
 
 
 # ------------------------------------------------------------------------------------------------ the corpus
 
 
-def _check_args(n_clips: int, seconds: float, sample_rate: int, fmt: str, source: str) -> None:
-    if isinstance(n_clips, bool) or not isinstance(n_clips, int) or n_clips <= 0:
-        raise ValueError(f"n_clips must be a positive integer; got {n_clips!r}")
-    if (
-        isinstance(seconds, bool)
-        or not isinstance(seconds, (int, float))
-        or not (math.isfinite(seconds) and seconds > 0)
-    ):
-        raise ValueError(f"seconds must be a positive number; got {seconds!r}")
-    if isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or sample_rate < 8000:
-        raise ValueError(f"sample_rate must be an integer >= 8000 (Hz); got {sample_rate!r}")
+def check_clip_args(seconds: float, sample_rate: int, fmt: str, source: str) -> None:
+    """Check the clip length, sample rate (an integer >= 8000), file format (:data:`FORMATS`) and renderer
+    (:data:`SOURCES`) of a synthesized clip set.
+
+    Raises:
+        ValueError: naming the argument and what it must be.
+    """
+    check_float("seconds", seconds, min=0, exclusive_min=True, finite=True)
+    check_int("sample_rate", sample_rate, min=8000, expected="an integer >= 8000 (Hz)")
     if round(seconds * sample_rate) < 1:
         raise ValueError(f"seconds={seconds} at sample_rate={sample_rate} gives no samples")
-    if fmt not in _FORMATS:
-        raise ValueError(f"format must be one of {sorted(_FORMATS)}; got {fmt!r}")
-    if source not in _SOURCES:
-        raise ValueError(f"source must be one of {list(_SOURCES)}; got {source!r}")
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {sorted(FORMATS)}; got {fmt!r}")
+    if source not in SOURCES:
+        raise ValueError(f"source must be one of {list(SOURCES)}; got {source!r}")
+
+
+def write_clip(path: str | os.PathLike, audio: np.ndarray, sample_rate: int, fmt: str) -> None:
+    """Write a mono clip as 16-bit PCM in format ``fmt`` (a name of :data:`FORMATS`)."""
+    container, subtype = FORMATS[fmt]
+    sf.write(path, audio, sample_rate, format=container, subtype=subtype)
+
+
+def _check_args(n_clips: int, seconds: float, sample_rate: int, fmt: str, source: str) -> None:
+    check_int("n_clips", n_clips, min=1, expected="a positive integer")
+    check_clip_args(seconds, sample_rate, fmt, source)
 
 
 def make_corpus(
@@ -398,7 +408,6 @@ def make_corpus(
     use_fluidsynth = soundfont is not None
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    container, subtype = _FORMATS[format]
     logger.info(
         "writing %d synthetic clips of %.2f s at %d Hz to %s (%s)",
         n_clips,
@@ -416,7 +425,7 @@ def make_corpus(
         else:
             audio = _render_numpy(rng, score, seconds, sample_rate)
         path = out / f"clip_{i:05d}.{format}"
-        sf.write(path, audio, sample_rate, format=container, subtype=subtype)
+        write_clip(path, audio, sample_rate, format)
         logger.debug(
             "%s: %.0f bpm, key %d %s, parts %s, %d events, gaps %s",
             path.name,

@@ -34,7 +34,7 @@ by the seed; a clip has the same split in every manifest of its set. ``probe_dat
 rate, length, the source (the numpy synthesizer, or fluidsynth and its soundfont), the counts per task and split,
 the label lists and every clip's generation parameters.
 
-Sources: ``"numpy"`` renders with the synthesizer of :mod:`mert_fast.train.synth` and one timbre model per family;
+Sources: ``"numpy"`` renders with the synthesizer of :mod:`mert_fast.synth` and one timbre model per family;
 ``"fluidsynth"`` renders the same notes through a General MIDI soundfont with a random program of the family
 (:data:`GM_PROGRAMS`); ``"auto"`` picks fluidsynth when it and a soundfont are installed.
 """
@@ -49,12 +49,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 
-from mert_fast.train.midi import fluidsynth_soundfont, render_midi
-from mert_fast.train.sounds import _envelope, _finish, _noise_band, _render_note, _reverb, _Timbre
-from mert_fast.train.synth import _FORMATS
-from mert_fast.train.synth import _check_args as check_corpus_args
+from mert_fast._checks import check_int
+from mert_fast.synth.corpus import check_clip_args, write_clip
+from mert_fast.synth.families import FAMILY_TIMBRES
+from mert_fast.synth.midi import fluidsynth_soundfont, render_midi
+from mert_fast.synth.sounds import envelope, finish, fit_length, noise_band, render_note, reverb
 
 __all__ = [
     "CHORD_FAMILIES",
@@ -143,102 +143,6 @@ _LABELS = {
     "chord_notes": PITCH_CLASSES,
 }
 
-# ------------------------------------------------------------------------------------------------ timbres
-
-_H = np.arange(1, 17, dtype=np.float64)
-
-
-def _harmonic(
-    amps: np.ndarray,
-    rng: np.random.Generator,
-    attack: tuple,
-    decay: tuple,
-    sustain: tuple,
-    release: tuple,
-    vib_cents: tuple = (0.0, 0.0),
-    vib_rate: tuple = (4.5, 6.5),
-    tilt: tuple = (0.0, 0.0),
-) -> _Timbre:
-    """A harmonic timbre with envelope and vibrato parameters drawn uniformly from the given ``(low, high)``."""
-    amps = np.asarray(amps, dtype=np.float64)
-    amps = amps / np.abs(amps).sum() * 1.5  # the level convention of mert_fast.train.synth
-    draw = [float(rng.uniform(*r)) for r in (tilt, attack, decay, sustain, release, vib_cents, vib_rate)]
-    return _Timbre(np.arange(1.0, len(amps) + 1), amps, True, *draw)
-
-
-def _keyboard(rng: np.random.Generator) -> _Timbre:
-    amps = _H ** -rng.uniform(1.0, 1.5) * rng.uniform(0.6, 1.0, len(_H))  # hammered: bright, uneven partials
-    return _harmonic(amps, rng, (0.002, 0.008), (0.5, 1.5), (0.0, 0.0), (0.1, 0.3), tilt=(1.0, 4.0))
-
-
-def _organ(rng: np.random.Generator) -> _Timbre:
-    amps = np.zeros(8)
-    for k in (0, 1, 2, 3, 5, 7):  # drawbars 8', 4', 2 2/3', 2', 1 1/3', 1' (harmonics 1, 2, 3, 4, 6, 8)
-        amps[k] = rng.uniform(0.0, 0.8) if k else 1.0
-    leslie = (4.0, 12.0) if rng.random() < 0.4 else (0.0, 0.0)
-    return _harmonic(amps, rng, (0.004, 0.015), (1.0, 1.0), (1.0, 1.0), (0.03, 0.1), leslie, (5.5, 7.0))
-
-
-def _guitar(rng: np.random.Generator) -> _Timbre:
-    where = rng.uniform(0.08, 0.3)  # plucking point: a comb over the partials
-    amps = _H ** -rng.uniform(0.8, 1.2) * (np.abs(np.sin(np.pi * _H * where)) + 0.05)
-    return _harmonic(amps, rng, (0.002, 0.005), (0.6, 1.5), (0.0, 0.0), (0.05, 0.15), tilt=(3.0, 8.0))
-
-
-def _bass(rng: np.random.Generator) -> _Timbre:
-    if rng.random() < 0.5:  # plucked electric / upright
-        amps = _H[:10] ** -rng.uniform(1.0, 1.5)
-        return _harmonic(amps, rng, (0.003, 0.01), (0.8, 2.0), (0.0, 0.0), (0.05, 0.15), tilt=(2.0, 6.0))
-    amps = np.array([1.0, rng.uniform(0.1, 0.4), rng.uniform(0.0, 0.15), rng.uniform(0.0, 0.05)])  # sine-ish synth
-    return _harmonic(amps, rng, (0.005, 0.02), (0.2, 0.6), (0.6, 0.9), (0.05, 0.15))
-
-
-def _string(rng: np.random.Generator) -> _Timbre:
-    amps = _H ** -rng.uniform(0.9, 1.3)  # bowed: saw-like
-    return _harmonic(amps, rng, (0.08, 0.25), (0.3, 0.8), (0.75, 0.95), (0.15, 0.4), (10.0, 25.0), (5.0, 6.5))
-
-
-def _brass(rng: np.random.Generator) -> _Timbre:
-    amps = _H[:12] ** -rng.uniform(0.5, 0.9)  # saw-like and bright
-    return _harmonic(amps, rng, (0.03, 0.08), (0.1, 0.3), (0.7, 0.9), (0.05, 0.15), (0.0, 10.0))
-
-
-def _reed(rng: np.random.Generator) -> _Timbre:
-    if rng.random() < 0.5:  # clarinet: odd harmonics dominate
-        amps = np.where(_H % 2 == 1, 1.0, rng.uniform(0.02, 0.1)) / _H
-    else:  # saxophone: a full spectrum
-        amps = _H[:14] ** -rng.uniform(0.7, 1.0)
-    return _harmonic(amps, rng, (0.02, 0.06), (0.2, 0.5), (0.75, 0.95), (0.05, 0.15), (0.0, 15.0))
-
-
-def _flute(rng: np.random.Generator) -> _Timbre:
-    amps = np.array([1.0, rng.uniform(0.05, 0.3), rng.uniform(0.02, 0.12), rng.uniform(0.0, 0.05)])
-    return _harmonic(amps, rng, (0.05, 0.12), (0.3, 0.3), (0.8, 0.95), (0.08, 0.2), (10.0, 25.0), (4.5, 5.5))
-
-
-def _mallet(rng: np.random.Generator) -> _Timbre:
-    """A struck bar: marimba (partials 1, 3.93, 9.54) or vibraphone-like (1, 2.76, 5.4), upper partials dying first."""
-    if rng.random() < 0.5:
-        ratios, decay, partial_decay, release = np.array([1.0, 3.93, 9.54]), rng.uniform(0.15, 0.5), 1.0, 0.05
-    else:
-        ratios, decay, partial_decay, release = np.array([1.0, 2.76, 5.4]), rng.uniform(0.6, 1.5), 0.8, 0.3
-    amps = np.array([1.0, rng.uniform(0.1, 0.5), rng.uniform(0.05, 0.15)])
-    amps = amps / amps.sum() * 1.5
-    return _Timbre(ratios, amps, False, 0.0, 0.002, float(decay), 0.0, release, 0.0, 0.0, partial_decay)
-
-
-_TIMBRES = {
-    "bass": _bass,
-    "brass": _brass,
-    "flute": _flute,
-    "guitar": _guitar,
-    "keyboard": _keyboard,
-    "mallet": _mallet,
-    "organ": _organ,
-    "reed": _reed,
-    "string": _string,
-}
-
 # ------------------------------------------------------------------------------------------------ clips
 
 
@@ -300,18 +204,18 @@ def _chord_params(rng: np.random.Generator, i: int, seconds: float) -> dict:
 
 
 def _render_numpy(rng: np.random.Generator, p: dict, seconds: float, sr: int) -> np.ndarray:
-    tim = _TIMBRES[p["family"]](rng)
+    tim = FAMILY_TIMBRES[p["family"]](rng)
     mix = np.zeros(round(seconds * sr))
     for midi, vel, onset in zip(p["midi"], p["velocity"], p["onsets"], strict=True):
-        x = _render_note(midi, p["gate"], vel / 127, tim, sr)
+        x = render_note(midi, p["gate"], vel / 127, tim, sr)
         if p["family"] == "flute":  # breath noise following the note's envelope
-            env = _envelope(len(x), max(1, round(p["gate"] * sr)), sr, tim)
-            noise = _noise_band(rng, len(x), sr, min(1500.0, 0.2 * sr), min(6000.0, 0.45 * sr))
+            env = envelope(len(x), max(1, round(p["gate"] * sr)), sr, tim)
+            noise = noise_band(rng, len(x), sr, min(1500.0, 0.2 * sr), min(6000.0, 0.45 * sr))
             x = x + rng.uniform(0.02, 0.05) * (vel / 127) * env * noise
         start = round(onset * sr)
         n = min(len(x), len(mix) - start)
         mix[start : start + n] += x[:n]
-    return _finish(rng, _reverb(rng, mix, sr), sr, [])
+    return finish(rng, reverb(rng, mix, sr), sr, [])
 
 
 def _render_fluidsynth(rng: np.random.Generator, p: dict, seconds: float, sr: int, soundfont: Path) -> np.ndarray:
@@ -321,9 +225,8 @@ def _render_fluidsynth(rng: np.random.Generator, p: dict, seconds: float, sr: in
     x = render_midi(
         notes, tempo=120.0, programs={0: p["program"]}, volumes={0: 100}, sample_rate=sr, soundfont=soundfont
     )
-    total = round(seconds * sr)
-    x = np.concatenate([np.asarray(x, dtype=np.float64)[:total], np.zeros(max(0, total - len(x)))])
-    return _finish(rng, _reverb(rng, x, sr), sr, [])
+    x = fit_length(np.asarray(x, dtype=np.float64), round(seconds * sr))
+    return finish(rng, reverb(rng, x, sr), sr, [])
 
 
 def _splits(seed: int, set_id: int, n_cells: int, per_cell: int) -> list[str]:
@@ -345,11 +248,9 @@ def _check_args(
     seed: int, sample_rate: int, seconds: float, notes_per_cell: int, chords_per_cell: int, source: str, fmt: str
 ) -> None:
     for name, value in (("notes_per_cell", notes_per_cell), ("chords_per_cell", chords_per_cell)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer; got {value!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be an integer >= 0; got {seed!r}")
-    check_corpus_args(1, seconds, sample_rate, fmt, source)  # sample rate, seconds, format and source as a corpus
+        check_int(name, value, min=1, expected="a positive integer")
+    check_int("seed", seed, min=0)
+    check_clip_args(seconds, sample_rate, fmt, source)
     if seconds < 0.5:
         raise ValueError(f"seconds must be >= 0.5 (a note and its release); got {seconds!r}")
 
@@ -393,7 +294,6 @@ def make_probe_data(
     if min(notes_per_cell, chords_per_cell) < 3:
         logger.warning("cells of fewer than 3 clips go to train only: no valid or test clips for them")
     out = Path(out_dir)
-    container, subtype = _FORMATS[format]
     sizes = {"notes": notes_per_cell, "chords": chords_per_cell}
     make_params = {"notes": _note_params, "chords": _chord_params}
     rendered_by = f"fluidsynth with {soundfont}" if use_fluidsynth else "the numpy synthesizer"
@@ -413,7 +313,7 @@ def make_probe_data(
                 audio = _render_numpy(rng, params, seconds, sample_rate)
                 del params["program"]
             rel = f"audio/{set_name}/{set_name[:-1]}_{i:05d}.{format}"
-            sf.write(out / rel, audio, sample_rate, format=container, subtype=subtype)
+            write_clip(out / rel, audio, sample_rate, format)
             clips[set_name].append({"path": rel, "split": splits[i], **params})
         logger.info("%s: %d clips written", set_name, len(clips[set_name]))
 

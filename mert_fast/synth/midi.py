@@ -1,8 +1,9 @@
-"""Standard MIDI files and the optional fluidsynth renderer of the synthetic corpus (:mod:`mert_fast.train.synth`).
+"""Standard MIDI files and the optional fluidsynth renderer of the synthetic corpus (:mod:`mert_fast.synth.corpus`)
+and the probe set (:mod:`mert_fast.probe.dataset`).
 
 fluidsynth and a General MIDI soundfont (Debian's ``fluidsynth`` and ``fluid-soundfont-gm``) are optional: when
-both are present, ``make_corpus(source="auto")`` renders its scores through them; otherwise the numpy
-synthesizer is used.
+both are present, ``make_corpus(source="auto")`` and ``make_probe_data(source="auto")`` render through them;
+otherwise the numpy synthesizer is used.
 """
 
 from __future__ import annotations

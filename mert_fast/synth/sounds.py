@@ -1,6 +1,7 @@
 """Instrument sounds of the numpy synthesizer: harmonic and inharmonic timbres with ADSR envelopes and vibrato,
 a drum kit made from sweeps and filtered noise, a synthetic room, and the final level. Shared by the synthetic
-pre-training corpus (:mod:`mert_fast.train.synth`) and the probe set (:mod:`mert_fast.probe.data`)."""
+pre-training corpus (:mod:`mert_fast.synth.corpus`), the instrument families (:mod:`mert_fast.synth.families`)
+and the probe set (:mod:`mert_fast.probe.dataset`)."""
 
 from __future__ import annotations
 
@@ -10,12 +11,33 @@ from collections.abc import Sequence
 
 import numpy as np
 
+__all__ = [
+    "CLOSED_HAT",
+    "CRASH",
+    "KICK",
+    "OPEN_HAT",
+    "PART_TIMBRES",
+    "SNARE",
+    "Timbre",
+    "drum_kit",
+    "envelope",
+    "finish",
+    "fit_length",
+    "mix_in",
+    "noise_band",
+    "part_timbre",
+    "render_note",
+    "reverb",
+]
+
 #: General MIDI percussion keys of the drum kit.
 KICK, SNARE, CLOSED_HAT, OPEN_HAT, CRASH = 36, 38, 42, 46, 49
 
 
 @dataclasses.dataclass
-class _Timbre:
+class Timbre:
+    """What :func:`render_note` plays: the partials, their decay, the ADSR envelope and the vibrato."""
+
     ratios: np.ndarray  # partial frequencies / fundamental
     amps: np.ndarray  # partial amplitudes
     harmonic: bool  # ratios are 1, 2, ..., K: rendered by the Chebyshev recursion
@@ -29,7 +51,9 @@ class _Timbre:
     partial_decay: float = 0.0  # inharmonic partial k decays with time constant decay / ratio_k**partial_decay
 
 
-def _timbre(kind: str, rng: np.random.Generator, part: str) -> _Timbre:
+def part_timbre(kind: str, rng: np.random.Generator, part: str) -> Timbre:
+    """A random instance of timbre ``kind`` (a name of :data:`PART_TIMBRES`) for a part of the corpus
+    (``"lead"``, ``"pad"``, ``"bass"`` or ``"arp"``: the part sets the envelope's character)."""
     h = np.arange(1, 17, dtype=np.float64)
     tilt = 0.0
     if kind == "sine":
@@ -53,12 +77,12 @@ def _timbre(kind: str, rng: np.random.Generator, part: str) -> _Timbre:
         ratios = np.array([0.56, 0.92, 1.19, 1.71, 2.0, 2.74, 3.0, 3.76, 4.07])
         amps = np.array([1.0, 0.67, 1.0, 1.8, 2.67, 1.67, 1.46, 1.33, 1.33])
         amps = amps / amps.sum() * 1.5
-        return _Timbre(ratios, amps, False, 0.0, 0.002, rng.uniform(0.6, 1.6), 0.0, 0.3, 0.0, 0.0, 0.8)
+        return Timbre(ratios, amps, False, 0.0, 0.002, rng.uniform(0.6, 1.6), 0.0, 0.3, 0.0, 0.0, 0.8)
     elif kind == "bar":  # marimba-like: a struck bar's partials
         ratios = np.array([1.0, 3.93, 9.54])
         amps = np.array([1.0, rng.uniform(0.2, 0.5), rng.uniform(0.05, 0.15)])
         amps = amps / amps.sum() * 1.5
-        return _Timbre(ratios, amps, False, 0.0, 0.002, rng.uniform(0.15, 0.5), 0.0, 0.05, 0.0, 0.0, 1.0)
+        return Timbre(ratios, amps, False, 0.0, 0.002, rng.uniform(0.15, 0.5), 0.0, 0.05, 0.0, 0.0, 1.0)
     else:
         raise ValueError(f"unknown timbre {kind!r}")
     amps = amps / np.abs(amps).sum() * 1.5  # the same peak level for every timbre
@@ -70,10 +94,11 @@ def _timbre(kind: str, rng: np.random.Generator, part: str) -> _Timbre:
     vibrato = part == "lead" and not percussive and rng.random() < 0.6
     vib_cents = float(rng.uniform(8.0, 30.0)) if vibrato else 0.0
     ratios = np.arange(1, len(amps) + 1, dtype=np.float64)
-    return _Timbre(ratios, amps, True, tilt, attack, decay, sustain, release, vib_cents, float(rng.uniform(4.5, 6.5)))
+    return Timbre(ratios, amps, True, tilt, attack, decay, sustain, release, vib_cents, float(rng.uniform(4.5, 6.5)))
 
 
-_TIMBRE_CHOICES = {
+#: The timbre kinds each part of a corpus clip may be played with.
+PART_TIMBRES = {
     "lead": ("sine", "saw", "square", "triangle", "pluck", "reed", "organ", "bell", "bar"),
     "pad": ("saw", "square", "organ", "triangle", "sine", "reed"),
     "bass": ("sine", "saw", "square", "pluck", "triangle"),
@@ -81,7 +106,7 @@ _TIMBRE_CHOICES = {
 }
 
 
-def _envelope(n: int, gate: int, sr: float, tim: _Timbre) -> np.ndarray:
+def envelope(n: int, gate: int, sr: float, tim: Timbre) -> np.ndarray:
     """ADSR: raised-cosine attack, exponential decay to the sustain level, raised-cosine release after the gate."""
     t = np.arange(n, dtype=np.float32) / np.float32(sr)
     env = np.exp(-np.maximum(t - np.float32(tim.attack), 0.0) / np.float32(tim.decay))
@@ -94,7 +119,9 @@ def _envelope(n: int, gate: int, sr: float, tim: _Timbre) -> np.ndarray:
     return env
 
 
-def _render_note(midi: float, gate_s: float, vel: float, tim: _Timbre, sr: float) -> np.ndarray:
+def render_note(midi: float, gate_s: float, vel: float, tim: Timbre, sr: float) -> np.ndarray:
+    """One note of MIDI pitch ``midi`` (fractional allowed) held ``gate_s`` seconds at velocity ``vel`` (0-1),
+    then released: float ``(gate + release samples,)``."""
     gate = max(1, round(gate_s * sr))
     n = gate + max(1, round(tim.release * sr))
     f0 = 440.0 * 2.0 ** ((midi - 69.0) / 12.0)
@@ -139,10 +166,10 @@ def _render_note(midi: float, gate_s: float, vel: float, tim: _Timbre, sr: float
             if ratio < nyquist:
                 decay = np.exp(-t * ratio**tim.partial_decay / tim.decay)
                 out += a * decay * np.sin(ratio * phase)
-    return vel * out * _envelope(n, gate, sr, tim)
+    return vel * out * envelope(n, gate, sr, tim)
 
 
-def _noise_band(rng: np.random.Generator, n: int, sr: float, low: float, high: float) -> np.ndarray:
+def noise_band(rng: np.random.Generator, n: int, sr: float, low: float, high: float) -> np.ndarray:
     """White noise band-limited to [low, high] Hz with soft (Gaussian in log-frequency) edges, unit RMS."""
     m = 1 << max(n - 1, 1).bit_length()  # a power of two: pocketfft is slow on sizes with large prime factors
     spec = np.fft.rfft(rng.standard_normal(m))
@@ -165,7 +192,7 @@ def _decaying(tau: float, sr: float) -> tuple[np.ndarray, np.ndarray]:
     return t, env
 
 
-def _drum_kit(rng: np.random.Generator, sr: float) -> dict[int, np.ndarray]:
+def drum_kit(rng: np.random.Generator, sr: float) -> dict[int, np.ndarray]:
     """One sample per drum for this clip's kit: kick, snare, closed and open hi-hat, crash."""
     kit = {}
     t, env = _decaying(rng.uniform(0.08, 0.25), sr)
@@ -179,7 +206,7 @@ def _drum_kit(rng: np.random.Generator, sr: float) -> dict[int, np.ndarray]:
 
     t, env = _decaying(rng.uniform(0.05, 0.15), sr)
     centre = rng.uniform(1500.0, min(5000.0, 0.2 * sr))
-    noise = _noise_band(rng, len(t), sr, centre / 2, centre * 2) * env
+    noise = noise_band(rng, len(t), sr, centre / 2, centre * 2) * env
     tone = np.sin(2 * np.pi * rng.uniform(170.0, 250.0) * t) * np.exp(-t / 0.05) * env / env.max()
     mix = rng.uniform(0.2, 0.6)
     kit[SNARE] = 0.3 * ((1 - mix) * noise + mix * 3.0 * tone)
@@ -187,19 +214,20 @@ def _drum_kit(rng: np.random.Generator, sr: float) -> dict[int, np.ndarray]:
     cutoff = rng.uniform(0.6, 1.0) * min(10000.0, 0.4 * sr)
     for key, tau in ((CLOSED_HAT, rng.uniform(0.01, 0.03)), (OPEN_HAT, rng.uniform(0.1, 0.25))):
         t, env = _decaying(tau, sr)
-        kit[key] = 0.12 * _noise_band(rng, len(t), sr, cutoff, 0.49 * sr) * env
+        kit[key] = 0.12 * noise_band(rng, len(t), sr, cutoff, 0.49 * sr) * env
     t, env = _decaying(rng.uniform(0.3, 0.6), sr)
-    kit[CRASH] = 0.1 * _noise_band(rng, len(t), sr, 0.5 * cutoff, 0.49 * sr) * env
+    kit[CRASH] = 0.1 * noise_band(rng, len(t), sr, 0.5 * cutoff, 0.49 * sr) * env
     return kit
 
 
-def _add(out: np.ndarray, start: int, x: np.ndarray) -> None:
+def mix_in(out: np.ndarray, start: int, x: np.ndarray) -> None:
+    """Add ``x`` into ``out`` from sample ``start`` on (negative allowed), cut to ``out``'s bounds."""
     lo, hi = max(start, 0), min(start + len(x), len(out))
     if lo < hi:
         out[lo:hi] += x[lo - start : hi - start]
 
 
-def _reverb(rng: np.random.Generator, x: np.ndarray, sr: float) -> np.ndarray:
+def reverb(rng: np.random.Generator, x: np.ndarray, sr: float) -> np.ndarray:
     """A synthetic room: exponentially decaying noise as impulse response, mixed in at a random level."""
     rt60 = rng.uniform(0.2, 1.5)
     n_ir = round(min(rt60, 1.0) * sr)
@@ -212,7 +240,7 @@ def _reverb(rng: np.random.Generator, x: np.ndarray, sr: float) -> np.ndarray:
     return x + rng.uniform(0.05, 0.35) * wet
 
 
-def _finish(rng: np.random.Generator, x: np.ndarray, sr: float, gaps: Sequence[tuple[float, float]]) -> np.ndarray:
+def finish(rng: np.random.Generator, x: np.ndarray, sr: float, gaps: Sequence[tuple[float, float]]) -> np.ndarray:
     """Silence the gaps (10 ms fades) and scale the peak to a random level in [0.5, 0.9]."""
     for start_s, length_s in gaps:
         gain = np.ones(len(x))
@@ -225,3 +253,8 @@ def _finish(rng: np.random.Generator, x: np.ndarray, sr: float, gaps: Sequence[t
     peak = float(np.max(np.abs(x))) if x.size else 0.0
     target = rng.uniform(0.5, 0.9)
     return (x * (target / peak) if peak > 0 else x).astype(np.float32)
+
+
+def fit_length(x: np.ndarray, n: int) -> np.ndarray:
+    """``x`` cut or zero-padded to ``n`` samples."""
+    return np.concatenate([x[:n], np.zeros(max(0, n - len(x)))])
