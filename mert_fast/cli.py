@@ -199,7 +199,7 @@ def _rank_and_world() -> tuple[int, int]:
 
 
 def _cmd_extract(args: argparse.Namespace) -> int:
-    from mert_fast.model.extract_run import load_model, run_extraction, weights_sha256
+    from mert_fast.model.extract_files import load_model, run_extraction, weights_sha256
 
     rank, world = _rank_and_world()
     if args.device == "auto":
