@@ -4,8 +4,9 @@ Two workloads, each end to end (decode + model + write, files on disk) and model
 a folder of 5 s FLAC clips and one 10-minute FLAC track. Every hidden state is kept, as the loop keeps them.
 
 - mert_fast: :func:`mert_fast.model.extract_files.run_extraction` (end to end: padded batches of similar-length
-  clips, decoding the next batch in threads while the model runs, atomic writes) and ``MERTModel.extract``
-  (model-only: full context with the chunked conv encoder; for the track also 5 s windows, hop 2.5 s);
+  clips, decoding the next batch in threads while the model runs, atomic writes) and
+  :func:`mert_fast.model.extract_tensors.extract` (model-only: full context with the chunked conv encoder; for the
+  track also 5 s windows, hop 2.5 s);
 - the baseline: transformers ``HubertModel`` (SDPA attention; eager attention would need ~90 GB for the track
   at 95M), the same weights, one file at a time: ``soundfile`` + ``soxr`` decode, forward with
   ``output_hidden_states``, ``np.save``;
