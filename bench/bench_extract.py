@@ -3,9 +3,10 @@
 Two workloads, each end to end (decode + model + write, files on disk) and model-only (decoded audio in memory):
 a folder of 5 s FLAC clips and one 10-minute FLAC track. Every hidden state is kept, as the loop keeps them.
 
-- mert_fast: :func:`mert_fast.model.extract_run.run_extraction` (end to end: padded batches of similar-length
-  clips, decoding the next batch in threads while the model runs, atomic writes) and ``MERTModel.extract``
-  (model-only: full context with the chunked conv encoder; for the track also 5 s windows, hop 2.5 s);
+- mert_fast: :func:`mert_fast.model.extract_files.run_extraction` (end to end: padded batches of similar-length
+  clips, decoding the next batch in threads while the model runs, atomic writes) and
+  :func:`mert_fast.model.extract_tensors.extract` (model-only: full context with the chunked conv encoder; for the
+  track also 5 s windows, hop 2.5 s);
 - the baseline: transformers ``HubertModel`` (SDPA attention; eager attention would need ~90 GB for the track
   at 95M), the same weights, one file at a time: ``soundfile`` + ``soxr`` decode, forward with
   ``output_hidden_states``, ``np.save``;
@@ -39,7 +40,8 @@ import torch
 
 from mert_fast.audio import load_audio, synth_demo
 from mert_fast.model.config import MERTConfig
-from mert_fast.model.extract_run import run_extraction
+from mert_fast.model.extract_files import run_extraction
+from mert_fast.model.extract_tensors import extract
 from mert_fast.model.mert import MERTModel
 from mert_fast.testing import rel_error
 
@@ -228,11 +230,11 @@ def _model_only_fn(case: Case, impl: str):
     window_s = 5.0 if impl == "mert_fast-window" else None
     if case.workload == "track":
         track = waves[0].to(case.device, case.dtype)
-        return lambda: [ours.extract(track, window_s=window_s)[-1]]
+        return lambda: [extract(ours, track, window_s=window_s)[-1]]
     batches = []
     for i in range(0, len(waves), case.batch_size):
         batches.append(torch.stack(waves[i : i + case.batch_size]).to(case.device, case.dtype))  # equal lengths
-    return lambda: [o[-1] for b in batches for o in ours.extract(b)]
+    return lambda: [o[-1] for b in batches for o in extract(ours, b)]
 
 
 # ---------------------------------------------------------------------------------------------- benchmarks

@@ -46,12 +46,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from mert_fast.model.config import MERTConfig
-from mert_fast.model.mert import MERTModel
+from mert_fast.model.mert import MERTModel, grad_multiply
 from mert_fast.model.teachers import CQTTeacher, MelRVQTeacher
 from mert_fast.ops.reference import MERT_CQT_BINS_PER_OCTAVE, MERT_CQT_FMIN
 from mert_fast.testing import rel_error
 from mert_fast.train.config import TrainConfig
-from mert_fast.train.objective import MERTPretrainer, _GradMultiply
+from mert_fast.train.objective import MERTPretrainer
 from mert_fast.train.step import StepInputs, cqt_bins, step_inputs
 from mert_fast.train.trainer import _PEAK_FLOPS, _model_flops
 
@@ -193,7 +193,7 @@ class HubertPretrainer(nn.Module):
 
     def _grab_features(self, module, args, out):
         if self.feature_grad_mult != 1.0:
-            out = _GradMultiply.apply(out, self.feature_grad_mult)
+            out = grad_multiply(out, self.feature_grad_mult)
         self._features.append(out)
         return out
 

@@ -12,7 +12,8 @@ import pytest
 import soundfile as sf
 
 from mert_fast.audio import synth_demo
-from mert_fast.cli import _c_ticks, main, note_name
+from mert_fast.cli import main
+from mert_fast.cli.cqt import c_ticks, note_name
 from mert_fast.ops.reference import cqt_frequencies
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,7 +44,7 @@ def test_note_names_and_ticks():
     assert note_name(32.7) == "C1"
     assert note_name(261.63) == "C4"
     assert note_name(466.16) == "A#4"
-    ticks, labels = _c_ticks(cqt_frequencies(32.7, 336, 48))
+    ticks, labels = c_ticks(cqt_frequencies(32.7, 336, 48))
     assert ticks == [0, 48, 96, 144, 192, 240, 288]
     assert labels == ["C1", "C2", "C3", "C4", "C5", "C6", "C7"]
 

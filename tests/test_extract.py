@@ -17,8 +17,8 @@ import torch
 from mert_fast.audio import load_audio, synth_demo
 from mert_fast.cli import main
 from mert_fast.model.config import MERTConfig
-from mert_fast.model.extract import window_owners, window_starts
-from mert_fast.model.extract_run import iter_audio_files, load_model
+from mert_fast.model.extract_files import iter_audio_files, load_model
+from mert_fast.model.extract_tensors import extract, window_owners, window_starts
 from mert_fast.model.mert import MERTModel
 from mert_fast.testing import assert_rel_close, rel_error
 
@@ -43,7 +43,7 @@ def test_chunked_encoder_full_context_equals_model_on_60s():
     audio = 0.1 * torch.randn(60 * SR + 173)
     calls = []
     model.feature_extractor.conv_layers[0].conv.register_forward_hook(lambda *_: calls.append(1))
-    out = model.extract(audio, chunk_s=7.0)  # 9 chunks of output frames, each pass
+    out = extract(model, audio, chunk_s=7.0)  # 9 chunks of output frames, each pass
     assert len(calls) >= 2 * 9, "the clip was not split into chunks"
     with torch.no_grad():
         ref = model(audio, output_hidden_states=True).hidden_states
@@ -61,9 +61,9 @@ def test_padded_batch_layers_and_mean():
     for b, n in enumerate(lengths):
         audio[b, :n] = 0.1 * torch.randn(n)
         mask[b, :n] = True
-    out = model.extract(audio, attention_mask=mask, layers=[0, -1], chunk_s=1.5)
-    one_chunk = model.extract(audio, attention_mask=mask, layers=[0, -1])  # layer 0 computed once
-    mean = model.extract(audio, attention_mask=mask, layers="mean", chunk_s=1.5)
+    out = extract(model, audio, attention_mask=mask, layers=[0, -1], chunk_s=1.5)
+    one_chunk = extract(model, audio, attention_mask=mask, layers=[0, -1])  # layer 0 computed once
+    mean = extract(model, audio, attention_mask=mask, layers="mean", chunk_s=1.5)
     for b, n in enumerate(lengths):
         with torch.no_grad():
             alone = model(audio[b : b + 1, :n], output_hidden_states=True).hidden_states
@@ -89,7 +89,7 @@ def test_chunked_layer_norm_conv_layout():
         num_conv_pos_embedding_groups=2,
     )
     audio = 0.1 * torch.randn(3 * 16000 + 33)
-    out = model.extract(audio, layers=[1], chunk_s=0.5)
+    out = extract(model, audio, layers=[1], chunk_s=0.5)
     with torch.no_grad():
         ref = model(audio, output_hidden_states=True).hidden_states[1][0]
     assert_rel_close(out[0], ref, bound=1e-5)
@@ -108,7 +108,7 @@ def test_stitched_windows_take_each_frame_from_its_owner():
     cfg = model.config
     audio = 0.1 * torch.randn(20 * SR + 111)
     n = cfg.num_frames(audio.numel())
-    out = model.extract(audio, layers=[0, 2], window_s=4.0, hop_s=1.0)  # ties between windows occur
+    out = extract(model, audio, layers=[0, 2], window_s=4.0, hop_s=1.0)  # ties between windows occur
     assert out.shape == (2, n, cfg.hidden_size)  # frame count n(L), as with full context
     width = 300  # 4 s at 75 Hz
     starts = window_starts(n, width, 75)
@@ -126,7 +126,7 @@ def test_stitched_windows_take_each_frame_from_its_owner():
     # a clip shorter than the window is one window: full context
     short = audio[: 3 * SR]
     torch.testing.assert_close(
-        model.extract(short, layers=[2], window_s=4.0), model.extract(short, layers=[2]), rtol=0, atol=0
+        extract(model, short, layers=[2], window_s=4.0), extract(model, short, layers=[2]), rtol=0, atol=0
     )
 
 
@@ -134,17 +134,17 @@ def test_extract_argument_errors():
     model = _perturbed()
     audio = torch.zeros(SR)
     with pytest.raises(ValueError, match="layers"):
-        model.extract(audio, layers=[3])
+        extract(model, audio, layers=[3])
     with pytest.raises(ValueError, match="layers"):
-        model.extract(audio, layers="max")
+        extract(model, audio, layers="max")
     with pytest.raises(ValueError, match="window_s"):
-        model.extract(audio, window_s=-1.0)
+        extract(model, audio, window_s=-1.0)
     with pytest.raises(ValueError, match="hop_s"):
-        model.extract(audio, window_s=1.0, hop_s=2.0)
+        extract(model, audio, window_s=1.0, hop_s=2.0)
     with pytest.raises(ValueError, match="chunk_s"):
-        model.extract(audio, chunk_s=0)
+        extract(model, audio, chunk_s=0)
     with pytest.raises(ValueError, match="at least 400 samples"):
-        model.extract(torch.zeros(399))
+        extract(model, torch.zeros(399))
 
 
 @pytest.mark.cuda
@@ -157,7 +157,7 @@ def test_ten_minute_track_95m_bf16_on_gpu_under_8_gib():
     try:
         with torch.no_grad():
             ref = model(audio[: 60 * SR], output_hidden_states=True).hidden_states
-        assert_rel_close(model.extract(audio[: 60 * SR], chunk_s=7.0), torch.stack(ref)[:, 0], bound=1e-5)
+        assert_rel_close(extract(model, audio[: 60 * SR], chunk_s=7.0), torch.stack(ref)[:, 0], bound=1e-5)
         with torch.no_grad():
             ref_last = model(audio).last_hidden_state[0].float().cpu()  # fp32, unchunked: tens of GB
     finally:
@@ -166,7 +166,7 @@ def test_ten_minute_track_95m_bf16_on_gpu_under_8_gib():
     model.bfloat16()
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
-    out = model.extract(audio.bfloat16(), layers="all")
+    out = extract(model, audio.bfloat16(), layers="all")
     peak = torch.cuda.max_memory_allocated()
     assert peak < 8 * 2**30, f"peak {peak / 2**30:.2f} GiB"
     assert_rel_close(out[-1].float().cpu(), ref_last, bound=5e-2, name="bf16 10 min vs fp32")
@@ -177,7 +177,8 @@ _RSS_SCRIPT = textwrap.dedent(
     import json, sys
     import torch
     torch.set_num_threads(1)
-    from mert_fast.model.extract_run import load_model
+    from mert_fast.model.extract_files import load_model
+    from mert_fast.model.extract_tensors import extract
     from mert_fast.testing import rel_error
 
     def status(key):  # this process's own memory, in bytes (ru_maxrss would include the parent's, from fork)
@@ -187,16 +188,16 @@ _RSS_SCRIPT = textwrap.dedent(
     seconds, window = float(sys.argv[1]), float(sys.argv[2])
     model, _ = load_model("tiny")
     audio = 0.1 * torch.randn(int(seconds * 24000), generator=torch.Generator().manual_seed(0))
-    model.extract(audio[: 2 * 24000], layers=[-1], window_s=window)  # lazy initialisation, one small window
+    extract(model, audio[: 2 * 24000], layers=[-1], window_s=window)  # lazy initialisation, one small window
     base = status("VmRSS")
     try:  # restart the peak here, so set-up peaks above the extraction's cannot hide it (Linux >= 4.0)
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
     except OSError:
         pass
-    out = model.extract(audio, layers=[-1], window_s=window)
+    out = extract(model, audio, layers=[-1], window_s=window)
     peak = status("VmHWM")
-    full = model.extract(audio, layers=[-1]) if len(sys.argv) > 3 else None
+    full = extract(model, audio, layers=[-1]) if len(sys.argv) > 3 else None
     print(json.dumps({
         "base": base, "peak": peak, "output_bytes": out.numel() * out.element_size(),
         "window_vs_full": rel_error(out, full) if full is not None else None,
@@ -272,7 +273,7 @@ def _statuses(out: Path, name: str = "manifest.json") -> dict[str, str]:
 
 
 def test_cli_end_to_end_resume_and_redo(tmp_path, collection, capsys, monkeypatch):
-    import mert_fast.model.extract_run as ex
+    import mert_fast.model.extract_files as ex
 
     batches = []
     real_extract = ex.extract
@@ -305,7 +306,7 @@ def test_cli_end_to_end_resume_and_redo(tmp_path, collection, capsys, monkeypatc
         assert meta["frame_rate"] == 75.0 and meta["frame_offset_s"] == 200 / SR
         assert meta["duration_s"] == pytest.approx(wave.numel() / SR)
         # the batched run gives what each clip gets alone
-        assert_rel_close(torch.from_numpy(array), model.extract(wave, layers=[0, 2]), bound=1e-5, name=name)
+        assert_rel_close(torch.from_numpy(array), extract(model, wave, layers=[0, 2]), bound=1e-5, name=name)
     assert np.isfinite(np.load(out / "silent.wav.npy")).all()
     assert json.loads((out / "stereo.flac.json").read_text())["num_samples"] == 4 * SR  # resampled to 24 kHz
     assert json.loads((out / "a/x.wav.json").read_text())["model_sha256"] != ""
@@ -343,7 +344,7 @@ def test_cli_pooled_safetensors_float16_windows_and_manifests(tmp_path, collecti
     for name in GOOD:
         array = load_file(str(out / f"{name}.safetensors"))["features"]
         assert array.shape == (1, model.config.hidden_size) and array.dtype == np.float16
-        full = model.extract(load_audio(collection / name, SR), layers="mean", window_s=2.0, hop_s=0.75)
+        full = extract(model, load_audio(collection / name, SR), layers="mean", window_s=2.0, hop_s=0.75)
         assert_rel_close(torch.from_numpy(array.astype(np.float32)), full.mean(1), bound=4e-3, name=name)
         meta = json.loads((out / f"{name}.json").read_text())
         assert meta["window_s"] == 2.0 and meta["hop_s"] == 0.75 and meta["pool"] == "mean"
@@ -404,7 +405,7 @@ def test_window_vs_full_difference_is_reported(record_property):
     run that secretly ran full context would hide the seams this mode exists to trade)."""
     model = _perturbed()
     audio = synth_demo(SR, 12.0)
-    err = rel_error(model.extract(audio, layers=[-1], window_s=4.0), model.extract(audio, layers=[-1]))
+    err = rel_error(extract(model, audio, layers=[-1], window_s=4.0), extract(model, audio, layers=[-1]))
     record_property("window_vs_full_rel_error_12s_demo", err)
     assert np.isfinite(err) and err > 0
 

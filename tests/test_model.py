@@ -84,6 +84,46 @@ def test_parity_with_transformers_hubert(tmp_path, stable):
     _compare_states(mine, theirs, SMALL["num_hidden_layers"], stable)
 
 
+@pytest.mark.parametrize("stable", [False, True], ids=["post-LN-95M-layout", "pre-LN-330M-layout"])
+def test_masked_frames_match_transformers_hubert(tmp_path, stable):
+    """The mask embedding replaces the projected features of the masked frames before the positional conv, as in
+    HF's HubertModel (the pre-training input of MERTModel.encode)."""
+    hf = _hf_hubert(tmp_path, stable)
+    ours = MERTModel.from_pretrained(tmp_path)
+    audio = 0.1 * torch.randn(2, 24000 + 137)
+    frames = ours.config.num_frames(audio.shape[-1])
+    mask = torch.rand(2, frames, generator=torch.Generator().manual_seed(0)) < 0.5
+    with torch.no_grad():
+        theirs = hf(audio, mask_time_indices=mask, output_hidden_states=True)
+        mine = ours(audio, mask_time_indices=mask, output_hidden_states=True)
+        unmasked = ours(audio).last_hidden_state
+    _compare_states(mine, theirs, SMALL["num_hidden_layers"], stable)
+    assert not torch.allclose(mine.last_hidden_state, unmasked)  # the mask changed what the encoder saw
+
+
+def test_encode_streams_the_hidden_states_forward_returns():
+    """``on_state`` (what the chunked extraction keeps) sees the same states, in the same order, as
+    ``output_hidden_states`` returns, padded frames zeroed; the features come back only with a feature_grad_mult."""
+    config = dataclasses.replace(PRESETS["tiny"], hidden_dropout=0.0, attention_dropout=0.0, feat_proj_dropout=0.0)
+    model = MERTModel(config).eval()
+    _perturb(model)
+    audio = 0.1 * torch.randn(2, 9000)
+    mask = torch.ones_like(audio, dtype=torch.bool)
+    mask[1, 6000:] = False
+    streamed: list[tuple[int, torch.Tensor]] = []
+    with torch.no_grad():
+        out = model(audio, attention_mask=mask, output_hidden_states=True)
+        feats, frame_mask = model.extract_features(audio, mask)
+        enc = model.encode(feats, frame_mask=frame_mask, on_state=lambda i, x: streamed.append((i, x)))
+        scaled = model.encode(feats, frame_mask=frame_mask, feature_grad_mult=0.1)
+    assert [i for i, _ in streamed] == list(range(config.num_hidden_layers + 1))
+    for (_, state), ref in zip(streamed, out.hidden_states, strict=True):
+        assert torch.equal(state, ref)
+    assert torch.equal(enc.last_hidden_state, out.last_hidden_state) and enc.hidden_states is None
+    assert enc.features is None and out.features is None and torch.equal(scaled.features, feats)
+    assert torch.count_nonzero(out.last_hidden_state[1, int(frame_mask[1].sum()) :]) == 0
+
+
 @pytest.mark.parametrize("stable", [False, True])
 def test_save_pretrained_loads_in_transformers(tmp_path, stable):
     config = MERTConfig.from_hf_dict({**SMALL, "do_stable_layer_norm": stable, "model_type": "hubert"})

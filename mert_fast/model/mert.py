@@ -13,21 +13,21 @@ state dict moves between them unchanged. What differs from the reference impleme
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
-from collections.abc import Mapping
-from pathlib import Path
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from mert_fast.model import hf_checkpoint
 from mert_fast.model.config import MERTConfig
+from mert_fast.model.inputs import check_audio_inputs
 from mert_fast.ops.attention import attention
 
-__all__ = ["MERTModel", "MERTOutput"]
+__all__ = ["MERTModel", "MERTOutput", "grad_multiply"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,17 +46,20 @@ _ACTIVATIONS = {
 
 @dataclasses.dataclass
 class MERTOutput:
-    """What :meth:`MERTModel.forward` returns.
+    """What :meth:`MERTModel.forward` and :meth:`MERTModel.encode` return.
 
     ``last_hidden_state`` ``(B, T, H)``; ``hidden_states`` a tuple of ``num_hidden_layers + 1`` tensors ``(B, T, H)``
     (HF semantics: the encoder input, then each layer's output; for the pre-LN layout the last one is after the
     final LayerNorm and the others are un-normalised) when asked for; ``frame_mask`` ``(B, T)`` bool, True on the
     frames each clip really has (None without an ``attention_mask``). Padded frames are 0 in every state.
+    ``features``: the conv features ``(B, T, C)`` the encoder read, after their gradient scaling, when
+    :meth:`MERTModel.encode` was given a ``feature_grad_mult`` (None otherwise).
     """
 
     last_hidden_state: torch.Tensor
     hidden_states: tuple[torch.Tensor, ...] | None = None
     frame_mask: torch.Tensor | None = None
+    features: torch.Tensor | None = None
 
 
 # ---------------------------------------------------------------------------------------------- conv encoder
@@ -250,6 +253,8 @@ class _EncoderLayer(nn.Module):
 
 
 class _Encoder(nn.Module):
+    """The positional conv, the transformer layers and the encoder LayerNorm; :meth:`MERTModel.encode` runs them."""
+
     def __init__(self, config: MERTConfig) -> None:
         super().__init__()
         self.config = config
@@ -261,40 +266,21 @@ class _Encoder(nn.Module):
         self.layers = nn.ModuleList(_EncoderLayer(config) for _ in range(config.num_hidden_layers))
         self.gradient_checkpointing = False
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        frame_mask: torch.Tensor | None,
-        output_hidden_states: bool,
-        layer_keep: list[bool] | None = None,
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
-        """``layer_keep``: which layers run in training (LayerDrop); None draws them here with ``layerdrop``. Data
-        parallel training passes one draw shared by every rank, so all ranks use the same parameters."""
-        zero_pad = (lambda y: y * frame_mask[..., None].to(y.dtype)) if frame_mask is not None else (lambda y: y)
-        x = zero_pad(x)
-        x = x + self.pos_conv_embed(x, frame_mask)
-        if not self.config.do_stable_layer_norm:
-            x = self.layer_norm(x)
-        x = self.dropout(x)
-        states = [] if output_hidden_states else None
-        for i, layer in enumerate(self.layers):
-            if states is not None:
-                states.append(zero_pad(x))
-            if self.training and layer_keep is not None:
-                if not layer_keep[i]:
-                    continue
-            elif self.training and self.config.layerdrop > 0 and torch.rand(()) < self.config.layerdrop:
-                continue
-            if self.gradient_checkpointing and self.training:
-                x = checkpoint(layer, x, frame_mask, use_reentrant=False)
-            else:
-                x = layer(x, frame_mask)
-        if self.config.do_stable_layer_norm:
-            x = self.layer_norm(x)
-        x = zero_pad(x)
-        if states is not None:
-            states.append(x)
-        return x, (tuple(states) if states is not None else None)
+
+class _GradMultiply(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad * ctx.scale, None
+
+
+def grad_multiply(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """``x`` unchanged in forward; its gradient multiplied by ``scale`` in backward (fairseq's ``GradMultiply``)."""
+    return _GradMultiply.apply(x, scale)
 
 
 # ---------------------------------------------------------------------------------------------- the model
@@ -358,9 +344,19 @@ class MERTModel(nn.Module):
             n = torch.div(n - k, s, rounding_mode="floor") + 1
         return n.clamp_min(0)
 
+    def check_inputs(
+        self, audio: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """:func:`~mert_fast.model.inputs.check_audio_inputs` against this model's receptive field, device and
+        dtype: ``(B, L)`` audio in the model's dtype and the real samples per clip (None without a mask)."""
+        param = self.masked_spec_embed
+        return check_audio_inputs(
+            audio, attention_mask, min_samples=self.config.receptive_field, device=param.device, dtype=param.dtype
+        )
+
     def extract_features(self, audio: torch.Tensor, attention_mask: torch.Tensor | None = None):
         """Conv features ``(B, T, C)`` and the frame mask ``(B, T)`` (None without ``attention_mask``)."""
-        audio, lengths = self._check_inputs(audio, attention_mask)
+        audio, lengths = self.check_inputs(audio, attention_mask)
         feats = self.feature_extractor(audio, lengths).transpose(1, 2)
         if lengths is None:
             return feats, None
@@ -375,7 +371,7 @@ class MERTModel(nn.Module):
         output_hidden_states: bool = False,
         mask_time_indices: torch.Tensor | None = None,
     ) -> MERTOutput:
-        """Encode audio.
+        """Encode audio: the conv features (:meth:`extract_features`), then :meth:`encode`.
 
         Args:
             audio: ``(B, L)`` (or ``(L,)``) mono waveform at ``config.sample_rate``, float.
@@ -390,71 +386,88 @@ class MERTModel(nn.Module):
             mask_time_indices: ``(B, T)`` bool frames to replace by the learned mask embedding (pre-training).
         """
         feats, frame_mask = self.extract_features(audio, attention_mask)
-        x = self.feature_projection(feats)
-        if mask_time_indices is not None:
-            if mask_time_indices.shape != x.shape[:2]:
-                raise ValueError(
-                    f"mask_time_indices must be (B, T) = {tuple(x.shape[:2])}; got {tuple(mask_time_indices.shape)}"
-                )
-            x = torch.where(mask_time_indices[..., None], self.masked_spec_embed.to(x.dtype), x)
-        last, states = self.encoder(x, frame_mask, output_hidden_states)
-        return MERTOutput(last_hidden_state=last, hidden_states=states, frame_mask=frame_mask)
-
-    def extract(
-        self,
-        audio: torch.Tensor,
-        *,
-        layers: list[int] | tuple[int, ...] | str | None = None,
-        window_s: float | None = None,
-        hop_s: float | None = None,
-        chunk_s: float = 30.0,
-        attention_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Hidden states of audio of any length in memory linear in its length; see
-        :func:`mert_fast.model.extract.extract` for every argument.
-
-        ``audio`` ``(L,)`` -> ``(S, T, H)``; ``(B, L)`` -> ``(B, S, T, H)``; ``layers`` None (all
-        ``num_hidden_layers + 1`` states), indices or ``"mean"``; ``window_s`` None for full context (the same
-        states as :meth:`forward`), else sliding windows stitched by owner frame.
-        """
-        from mert_fast.model.extract import extract
-
-        return extract(
-            self, audio, layers=layers, window_s=window_s, hop_s=hop_s, chunk_s=chunk_s, attention_mask=attention_mask
+        return self.encode(
+            feats, frame_mask=frame_mask, mask=mask_time_indices, output_hidden_states=output_hidden_states
         )
 
-    def _check_inputs(self, audio: torch.Tensor, attention_mask: torch.Tensor | None):
-        if not isinstance(audio, torch.Tensor):
-            raise TypeError(f"audio must be a torch.Tensor; got {type(audio).__name__}")
-        if not audio.is_floating_point():
-            raise TypeError(f"audio must be a floating-point waveform; got {audio.dtype}")
-        if audio.dim() == 1:
-            audio = audio[None]
-        if audio.dim() != 2:
-            raise ValueError(f"audio must be mono, (B, L) or (L,); got shape {tuple(audio.shape)} (downmix first)")
-        need = self.config.receptive_field
-        if audio.shape[-1] < need:
-            raise ValueError(f"audio must hold at least {need} samples (one frame); got {audio.shape[-1]}")
-        if not torch.isfinite(audio).all():
-            raise ValueError("audio contains NaN or inf values")
-        param = self.masked_spec_embed
-        if audio.device != param.device:
-            raise ValueError(f"audio is on {audio.device} but the model is on {param.device}")
-        audio = audio.to(param.dtype)
-        if attention_mask is None:
-            return audio, None
-        if attention_mask.shape != audio.shape:
-            raise ValueError(
-                f"attention_mask must match audio's shape {tuple(audio.shape)}; got {tuple(attention_mask.shape)}"
-            )
-        mask = attention_mask.to(device=audio.device, dtype=torch.bool)
-        lengths = mask.sum(-1)
-        prefix = torch.arange(mask.shape[-1], device=mask.device)[None, :] < lengths[:, None]
-        if not torch.equal(prefix, mask):
-            raise ValueError("attention_mask must mark a prefix of each row (real samples first, then padding)")
-        if int(lengths.min()) < need:
-            raise ValueError(f"attention_mask: every clip needs at least {need} real samples; got {int(lengths.min())}")
-        return audio * mask.to(audio.dtype), lengths
+    def encode(
+        self,
+        features: torch.Tensor,
+        *,
+        frame_mask: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        layer_keep: Sequence[bool] | None = None,
+        feature_grad_mult: float | None = None,
+        output_hidden_states: bool = False,
+        on_state: Callable[[int, torch.Tensor], None] | None = None,
+    ) -> MERTOutput:
+        """Everything after the conv feature encoder, in the one order every caller uses.
+
+        ``features`` (gradient scaled by ``feature_grad_mult``) -> feature projection -> ``mask``ed frames replaced
+        by ``masked_spec_embed`` -> padded frames zeroed -> ``+ pos_conv_embed`` -> encoder LayerNorm (post-LN
+        layout) -> dropout -> the transformer layers (LayerDrop in training) -> encoder LayerNorm (pre-LN layout)
+        -> padded frames zeroed.
+
+        Args:
+            features: conv features ``(B, T, C)`` (:meth:`extract_features` or a chunked equivalent).
+            frame_mask: ``(B, T)`` bool, True on each clip's real frames; None when every frame is real.
+            mask: ``(B, T)`` bool frames to replace by the learned mask embedding (pre-training), or None.
+            layer_keep: which layers run in training (LayerDrop); None draws them here with ``layerdrop``. Data
+                parallel training passes one draw shared by every rank, so all ranks use the same parameters.
+            feature_grad_mult: multiply the gradient reaching ``features`` by this (fairseq's ``feature_grad_mult``;
+                1.0 leaves it) and return those features as ``features``, so that a loss on them (the L2 penalty)
+                is scaled the same way, as in fairseq. None: the features are used as given and not returned.
+            output_hidden_states: return the ``num_hidden_layers + 1`` hidden states (see :meth:`forward`).
+            on_state: called as ``on_state(index, state)`` with each hidden state as it is computed (padded frames
+                zeroed), for a caller that keeps only some of them or a running sum; the states are not kept.
+
+        Returns:
+            :class:`MERTOutput` (``frame_mask`` as given).
+        """
+        if feature_grad_mult is not None and feature_grad_mult != 1.0:
+            features = grad_multiply(features, feature_grad_mult)
+        x = self.feature_projection(features)
+        if mask is not None:
+            if mask.shape != x.shape[:2]:
+                raise ValueError(f"mask_time_indices must be (B, T) = {tuple(x.shape[:2])}; got {tuple(mask.shape)}")
+            x = torch.where(mask[..., None], self.masked_spec_embed.to(x.dtype), x)
+        enc = self.encoder
+        zero_pad = (lambda y: y * frame_mask[..., None].to(y.dtype)) if frame_mask is not None else (lambda y: y)
+        states: list[torch.Tensor] | None = [] if output_hidden_states else None
+
+        def emit(index: int, state: torch.Tensor) -> None:
+            if states is not None:
+                states.append(state)
+            if on_state is not None:
+                on_state(index, state)
+
+        x = zero_pad(x)
+        x = x + enc.pos_conv_embed(x, frame_mask)
+        if not self.config.do_stable_layer_norm:
+            x = enc.layer_norm(x)
+        x = enc.dropout(x)
+        for i, layer in enumerate(enc.layers):
+            if states is not None or on_state is not None:
+                emit(i, zero_pad(x))
+            if enc.training and layer_keep is not None:
+                if not layer_keep[i]:
+                    continue
+            elif enc.training and self.config.layerdrop > 0 and torch.rand(()) < self.config.layerdrop:
+                continue
+            if enc.gradient_checkpointing and enc.training:
+                x = checkpoint(layer, x, frame_mask, use_reentrant=False)
+            else:
+                x = layer(x, frame_mask)
+        if self.config.do_stable_layer_norm:
+            x = enc.layer_norm(x)
+        x = zero_pad(x)
+        emit(len(enc.layers), x)
+        return MERTOutput(
+            last_hidden_state=x,
+            hidden_states=tuple(states) if states is not None else None,
+            frame_mask=frame_mask,
+            features=features if feature_grad_mult is not None else None,
+        )
 
     # ------------------------------------------------------------------------------------------ checkpoints
 
@@ -468,119 +481,17 @@ class MERTModel(nn.Module):
     ) -> MERTModel:
         """Load a local HF directory (``config.json`` + ``model.safetensors`` / ``pytorch_model.bin``, sharded or not)
         or a state dict (with ``config``). Either weight-norm key style; a missing, unexpected or misshapen key is a
-        ``ValueError`` listing them. The model is returned in eval mode."""
-        if isinstance(path, Mapping):
-            if config is None:
-                raise ValueError("config is required when loading from a state dict")
-            state = dict(path)
-        else:
-            directory = Path(path)
-            if not directory.is_dir():
-                raise FileNotFoundError(f"path: no such model directory: {directory}")
-            if config is None:
-                cfg_file = directory / "config.json"
-                if not cfg_file.is_file():
-                    raise FileNotFoundError(f"path: {directory} has no config.json")
-                config = MERTConfig.from_json_file(cfg_file)
-            state = _read_weights(directory, map_location)
+        ``ValueError`` listing them. The model is returned in eval mode. See :mod:`mert_fast.model.hf_checkpoint`."""
+        config, state = hf_checkpoint.read_pretrained(path, config, map_location=map_location)
         model = cls(config, init_weights=False)
         model.load_hf_state_dict(state)
         return model.eval()
 
     def load_hf_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
         """Load HF-style weights strictly (see :meth:`from_pretrained`)."""
-        state = _normalise_keys(dict(state))
-        own = self.state_dict()
-        missing = sorted(set(own) - set(state))
-        unexpected = sorted(set(state) - set(own))
-        wrong = sorted(
-            f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-            for k in set(own) & set(state)
-            if state[k].shape != own[k].shape
-        )
-        if missing or unexpected or wrong:
-            parts = []
-            if missing:
-                parts.append(f"missing keys: {', '.join(missing)}")
-            if unexpected:
-                parts.append(f"unexpected keys: {', '.join(unexpected)}")
-            if wrong:
-                parts.append(f"wrong shapes: {'; '.join(wrong)}")
-            raise ValueError("checkpoint does not match the model: " + " | ".join(parts))
-        self.load_state_dict(state, strict=True)
+        hf_checkpoint.load_hf_state_dict(self, state)
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
         """Write ``config.json`` + ``model.safetensors`` that ``transformers.HubertModel`` (``Data2VecAudioModel`` for
         the data2vec layout) loads with no missing or unexpected keys."""
-        from safetensors.torch import save_file
-
-        directory = Path(path)
-        directory.mkdir(parents=True, exist_ok=True)
-        self.config.to_json_file(directory / "config.json")
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
-
-
-_PREFIXES = ("hubert.", "data2vec_audio.", "mert.", "model.")
-
-
-def _normalise_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Strip a common model prefix and map the old weight-norm names (``weight_g``/``weight_v``) or a fused weight
-    onto the parametrization names this model (and current torch/transformers) uses."""
-    for prefix in _PREFIXES:
-        if state and all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix) :]: v for k, v in state.items()}
-    base = "encoder.pos_conv_embed.conv."
-    renames = {
-        base + "weight_g": base + "parametrizations.weight.original0",
-        base + "weight_v": base + "parametrizations.weight.original1",
-    }
-    state = {renames.get(k, k): v for k, v in state.items()}
-    fused = base + "weight"
-    if fused in state and base + "parametrizations.weight.original0" not in state:
-        weight = state.pop(fused)
-        state[base + "parametrizations.weight.original0"] = torch.linalg.vector_norm(weight, dim=(0, 1), keepdim=True)
-        state[base + "parametrizations.weight.original1"] = weight
-    return state
-
-
-def _read_weights(directory: Path, map_location) -> dict[str, torch.Tensor]:
-    for index_name, single_name in (
-        ("model.safetensors.index.json", "model.safetensors"),
-        ("pytorch_model.bin.index.json", "pytorch_model.bin"),
-    ):
-        index = directory / index_name
-        if index.is_file():
-            try:
-                with open(index, encoding="utf-8") as f:
-                    files = sorted({str(v) for v in json.load(f)["weight_map"].values()})
-            except (ValueError, KeyError, TypeError, AttributeError) as exc:
-                raise ValueError(
-                    f"{index}: expected a JSON object whose 'weight_map' maps weight names to files "
-                    f"({type(exc).__name__}: {exc})"
-                ) from None
-        elif (directory / single_name).is_file():
-            files = [single_name]
-        else:
-            continue
-        state: dict[str, torch.Tensor] = {}
-        for name in files:
-            file = directory / name
-            if not file.is_file():
-                raise FileNotFoundError(f"{file}: weight file missing (named in {index})")
-            try:
-                if name.endswith(".safetensors"):
-                    from safetensors.torch import load_file
-
-                    state.update(load_file(str(file), device=str(map_location)))
-                else:
-                    state.update(torch.load(file, map_location=map_location, weights_only=True))
-            except Exception as exc:  # safetensors and torch raise their own types for truncated or foreign bytes
-                kind = "safetensors" if name.endswith(".safetensors") else "PyTorch"
-                reason = " ".join(str(exc).split())[:200]
-                raise ValueError(
-                    f"{file}: not a readable {kind} weight file ({file.stat().st_size} bytes; truncated, empty or "
-                    f"another format): {type(exc).__name__}: {reason}"
-                ) from None
-        return state
-    raise FileNotFoundError(f"path: {directory} has no model.safetensors or pytorch_model.bin (sharded or not)")
+        hf_checkpoint.save_pretrained(self, path)

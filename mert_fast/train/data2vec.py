@@ -252,7 +252,6 @@ class EMATeacher(nn.Module):
         """
         model = self.model
         feats, frame_mask = model.extract_features(audio, attention_mask)
-        x = model.feature_projection(feats)
         total: list[torch.Tensor] = []
 
         def accumulate(module: nn.Module, args: Any, out: torch.Tensor) -> None:
@@ -265,7 +264,7 @@ class EMATeacher(nn.Module):
         layers = model.encoder.layers[len(model.encoder.layers) - self.top_k :]
         hooks = [layer.feed_forward.register_forward_hook(accumulate) for layer in layers]
         try:
-            model.encoder(x, frame_mask, False)
+            model.encode(feats, frame_mask=frame_mask)
         finally:
             for hook in hooks:
                 hook.remove()

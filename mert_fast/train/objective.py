@@ -31,30 +31,16 @@ from mert_fast.ops import codebook_cross_entropy
 __all__ = ["MERTPretrainer", "PretrainOutput", "masked_student"]
 
 
-class _GradMultiply(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:
-        ctx.scale = scale
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        return grad * ctx.scale, None
-
-
 def masked_student(
     model: MERTModel, feats: torch.Tensor, mask: torch.Tensor, layer_keep: list[bool] | None, feature_grad_mult: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The student on masked input, from its conv features ``feats`` ``(B, T, C)``: the gradient into the conv
-    encoder scaled by ``feature_grad_mult``, the projection, masked frames (``mask`` ``(B, T)``) replaced by the
-    learned ``masked_spec_embed``, the encoder with the step's LayerDrop draw. Returns ``(feats, hidden)``: the
+    """The student on masked input, from its conv features ``feats`` ``(B, T, C)``: :meth:`MERTModel.encode` with
+    the gradient into the conv encoder scaled by ``feature_grad_mult``, masked frames (``mask`` ``(B, T)``) replaced
+    by the learned ``masked_spec_embed`` and the step's LayerDrop draw. Returns ``(feats, hidden)``: the
     (gradient-scaled) features and the encoder's output ``(B, T, H)``. Every objective's forward runs this."""
-    if feature_grad_mult != 1.0:  # before any loss on the features, as fairseq: every gradient into them is scaled
-        feats = _GradMultiply.apply(feats, feature_grad_mult)
-    x = model.feature_projection(feats)
-    x = torch.where(mask[..., None], model.masked_spec_embed.to(x.dtype), x)
-    hidden, _ = model.encoder(x, None, False, layer_keep)
-    return feats, hidden
+    # the gradient scaling comes before any loss on the features, as in fairseq: every gradient into them is scaled
+    out = model.encode(feats, mask=mask, layer_keep=layer_keep, feature_grad_mult=feature_grad_mult)
+    return out.features, out.last_hidden_state
 
 
 class PretrainOutput(NamedTuple):
@@ -112,8 +98,9 @@ class MERTPretrainer(nn.Module):
     def zero3_external_parameters(self) -> list[tuple[nn.Module, nn.Parameter]]:
         """Parameters used outside their own module's forward, which ZeRO-3 must gather for another module.
 
-        ``masked_spec_embed`` is read here, not in ``MERTModel.forward``; the positional conv's weight-norm factors
-        live in a parametrization submodule and are read when the conv computes its weight.
+        ``masked_spec_embed`` is read in ``MERTModel.encode``, which this module's forward calls outside
+        ``MERTModel.forward``; the positional conv's weight-norm factors live in a parametrization submodule and are
+        read when the conv computes its weight.
         """
         pairs: list[tuple[nn.Module, nn.Parameter]] = [(self, self.model.masked_spec_embed)]
         pos = self.model.encoder.pos_conv_embed

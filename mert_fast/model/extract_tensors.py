@@ -1,4 +1,4 @@
-"""Feature extraction at scale: long audio in bounded memory, sliding windows, and the ``mert-fast extract`` driver.
+"""In-memory feature extraction: hidden states of audio tensors of any length in bounded memory, sliding windows.
 
 Full context (the default) gives exactly what :meth:`MERTModel.forward` gives, with memory linear in length:
 
@@ -9,16 +9,16 @@ Full context (the default) gives exactly what :meth:`MERTModel.forward` gives, w
   runs the rest of the conv stack. Output frame ``t`` depends only on samples ``[t * hop, t * hop + rf)``
   (hop 320, receptive field 400), so chunks of output frames read audio slices that overlap by
   ``rf - hop`` samples and every frame is computed exactly once, as in the unchunked encoder;
-- the feature projection, positional conv and transformer then run over the whole clip, attention through
-  :func:`mert_fast.ops.attention` (flash attention: memory linear in length), keeping only the requested
-  layers.
+- :meth:`MERTModel.encode` (feature projection, positional conv, transformer) then runs over the whole clip,
+  attention through :func:`mert_fast.ops.attention` (flash attention: memory linear in length), keeping only the
+  requested layers as they are computed.
 
 With a window (``window_s``), the clip is cut into equal windows on the frame grid, ``hop_s`` apart (the last
 one ends at the clip's end), each window runs with full context inside it, and each output frame is taken
 from the window that owns it: the one where it is farthest from either edge (the earlier one on a tie). The
 result has the full-context frame count n(L).
 
-The file driver behind ``mert-fast extract`` is :mod:`mert_fast.model.extract_run`.
+The file driver behind ``mert-fast extract`` is :mod:`mert_fast.model.extract_files`.
 """
 
 from __future__ import annotations
@@ -185,7 +185,7 @@ def encode_full_context(
     *,
     chunk_frames: int = 2250,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Chunked conv encoder, then projection, positional conv and transformer over the whole clip.
+    """Chunked conv encoder, then :meth:`MERTModel.encode` over the whole clip, keeping the requested states.
 
     Args:
         model: the MERT student, in eval mode.
@@ -198,41 +198,28 @@ def encode_full_context(
         ``(B, S, T, H)`` in the model's dtype (``S = len(layers)``, 1 for ``"mean"``; padded frames are 0) and the
         ``(B, T)`` bool frame mask (None without ``lengths``).
     """
-    cfg = model.config
+    num_states = model.config.num_hidden_layers + 1
     feats = conv_features_chunked(model, audio, lengths, chunk_frames=chunk_frames)
     frame_mask = None
     if lengths is not None:
         n = model.frame_lengths(lengths.to(audio.device))
         frame_mask = torch.arange(feats.shape[1], device=feats.device)[None, :] < n[:, None]
-    x = model.feature_projection(feats)
-    del feats
-    enc = model.encoder
-    zero_pad = (lambda y: y * frame_mask[..., None].to(y.dtype)) if frame_mask is not None else (lambda y: y)
-    num_states = cfg.num_hidden_layers + 1
     mean = layers == "mean"
     slots = {i: j for j, i in enumerate(layers)} if not mean else {}
-    out_dtype = torch.float32 if mean else x.dtype
-    out = x.new_zeros(x.shape[0], 1 if mean else len(layers), x.shape[1], x.shape[2], dtype=out_dtype)
+    batch, frames = feats.shape[:2]
+    out = feats.new_zeros(
+        batch, 1 if mean else len(layers), frames, model.config.hidden_size, dtype=torch.float32 if mean else None
+    )
 
-    def keep(index: int, state: torch.Tensor) -> None:
+    def keep(index: int, state: torch.Tensor) -> None:  # states come with padded frames zeroed
         if mean:
-            out[:, 0] += zero_pad(state).float()
+            out[:, 0] += state.float()
         elif index in slots:
-            out[:, slots[index]] = zero_pad(state)
+            out[:, slots[index]] = state
 
-    # the order of _Encoder.forward in eval mode, keeping only the requested states
-    x = zero_pad(x)
-    x = x + enc.pos_conv_embed(x, frame_mask)
-    if not cfg.do_stable_layer_norm:
-        x = enc.layer_norm(x)
-    for index, layer in enumerate(enc.layers):
-        keep(index, x)
-        x = layer(x, frame_mask)
-    if cfg.do_stable_layer_norm:
-        x = enc.layer_norm(x)
-    keep(num_states - 1, x)
+    last = model.encode(feats, frame_mask=frame_mask, on_state=keep).last_hidden_state
     if mean:
-        out = (out / num_states).to(x.dtype)
+        out = (out / num_states).to(last.dtype)
     return out, frame_mask
 
 
@@ -341,7 +328,7 @@ def extract(
         ``S`` = number of kept states, ``T = config.num_frames(L)``; frames past a clip's own count are 0.
     """
     single = isinstance(audio, torch.Tensor) and audio.dim() == 1
-    audio, lengths = model._check_inputs(audio, attention_mask)
+    audio, lengths = model.check_inputs(audio, attention_mask)
     states = resolve_layers(layers, model.config.num_hidden_layers + 1)
     if isinstance(chunk_s, bool) or not isinstance(chunk_s, numbers.Real) or not chunk_s > 0:
         raise ValueError(f"chunk_s must be a positive number of seconds; got {chunk_s!r}")
