@@ -3,7 +3,7 @@
 Sources (the ``--features`` of ``mert-fast probe``):
 
 - a model: a local HF model directory or a preset name (random weights). Its hidden states (all ``S``, the
-  embedding output first) are averaged over frames by :func:`mert_fast.model.extract_run.run_extraction`, the
+  embedding output first) are averaged over frames by :func:`mert_fast.model.extract_files.run_extraction`, the
   driver of ``mert-fast extract --pool mean``, into a cache folder (a sub-folder per folder holding the clips): a
   second probe of the same clips with the same model reads the cache (the sidecars record the source file, the
   weights' SHA-256 and the settings).
@@ -163,7 +163,7 @@ def load_features(
     elif Path(source).is_dir() and not (Path(source) / "config.json").is_file():
         feats, info = _read_extracted(paths, Path(source))
     else:
-        from mert_fast.model.extract_run import load_model, run_extraction, weights_sha256
+        from mert_fast.model.extract_files import load_model, run_extraction, weights_sha256
 
         if cache_dir is None:
             raise ValueError("a cache folder is needed to extract model features (--cache)")
