@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ from mert_fast.train.checkpoint import (
     save_checkpoint,
 )
 from mert_fast.train.config import TrainConfig, model_config
-from mert_fast.train.data import CropBatches, seed_for
+from mert_fast.train.data import Batch, CropBatches, seed_for
 from mert_fast.train.engine import DistributedInfo, build_engine, engine_config, init_distributed
 from mert_fast.train.metrics import PEAK_FLOPS, MetricsSink, model_flops, plot_metrics
 from mert_fast.train.signals import Interrupted, StopFlag
@@ -190,7 +191,7 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------ steps
 
-    def train_step(self, batches) -> None:
+    def train_step(self, batches: Iterator[Batch]) -> None:
         """One optimizer step: ``grad_accum`` micro-steps from the iterator ``batches``, then the objective's
         per-step update; the objective's sums and the timings go into :attr:`sums`."""
         cfg, dist, model_cfg = self.cfg, self.dist, self.model_cfg
