@@ -14,52 +14,23 @@ import sys
 import tempfile
 from pathlib import Path
 
-from mert_fast.model.config import PRESETS
-from mert_fast.train.config import TrainConfig
+from mert_fast.train.config import add_config_arguments, config_from_args
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
+        description=__doc__.splitlines()[0],
+        epilog="A flag left out takes the preset's recipe (configs: mert_fast/train/config.py).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--preset", default="tiny", choices=sorted(PRESETS), help="model preset and its training recipe")
-    p.add_argument("--model-size", choices=("full", "tiny"),
-                   help="tiny: the preset's layout and recipe at the tiny preset's sizes (CPU smoke runs)")  # fmt: skip
-    p.add_argument("--objective", choices=("mert", "muq", "data2vec"),
-                   help="mert: codes (cosine heads) + CQT; muq: Mel-RVQ codes, linear heads; data2vec: EMA-teacher "
-                        "regression (music2vec). Default: the preset's")  # fmt: skip
-    p.add_argument("--data", help="folder or manifest (.csv/.txt) of audio; default: a synthetic corpus")
-    p.add_argument("--output-dir", help="where metrics, teacher, checkpoints and model go (default runs/PRESET)")
-    p.add_argument(
-        "--teacher",
-        help="a fitted Mel-RVQ teacher directory, or encodec:DIR (a local transformers "
-        "EncodecModel, 24 kHz); default: fit a Mel-RVQ teacher in OUTPUT_DIR/teacher",
-    )
-    p.add_argument("--max-steps", type=int, help="optimizer steps (default: the preset's recipe)")
-    p.add_argument("--seed", type=int, help="seed of every random draw (default 0)")
-    p.add_argument("--log-every", type=int, help="steps between metrics.jsonl lines")
-    p.add_argument("--batch-size", type=int, help="clips per rank per micro-step")
-    p.add_argument("--grad-accum", type=int, help="micro-steps per optimizer step")
-    p.add_argument("--lr", type=float, help="peak learning rate")
-    p.add_argument("--warmup-steps", type=int, help="linear warmup steps")
-    p.add_argument("--crop-seconds", type=float, help="crop length in seconds")
-    p.add_argument("--num-workers", type=int, help="DataLoader workers per rank")
-    p.add_argument("--save-every", type=int, help="steps between checkpoints (0: at the end and on SIGTERM only)")
-    p.add_argument("--keep-last", type=int, help="checkpoints to keep (default 3)")
     p.add_argument("--resume", nargs="?", const="latest", metavar="CHECKPOINT",
                    help="resume from a checkpoint or run directory; alone: OUTPUT_DIR's newest; 'auto': resume if "
                         "OUTPUT_DIR has a checkpoint, else start afresh")  # fmt: skip
-    p.add_argument("--val-data", help="folder or manifest of validation audio")
-    p.add_argument("--val-fraction", type=float, help="fraction of --data held out for validation (by file name)")
-    p.add_argument("--val-every", type=int, help="steps between validations")
-    p.add_argument("--profile", type=int, nargs="?", const=3, metavar="STEPS",
-                   help="trace STEPS steps (default 3, after 2 warm-up steps) with the torch profiler into "
-                        "OUTPUT_DIR/profile")  # fmt: skip
-    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), help="overrides the DeepSpeed config's choice")
     p.add_argument("--deepspeed_config", "--deepspeed-config", dest="deepspeed_config",
                    help="DeepSpeed JSON of engine settings (configs/ds_zero{1,2,3}.json; default ZeRO-2)")  # fmt: skip
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--log-level", default="INFO", help="logging level")
+    _FLAGS.update(add_config_arguments(p.add_argument_group("run settings (TrainConfig)")))
     return p.parse_args(argv)
 
 
@@ -100,26 +71,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-#: TrainConfig fields set by a command-line flag, for error messages.
-_FLAGS = {
-    "lr": "--lr", "max_steps": "--max-steps", "seed": "--seed", "log_every": "--log-every",
-    "batch_size": "--batch-size", "grad_accum": "--grad-accum", "warmup_steps": "--warmup-steps",
-    "crop_seconds": "--crop-seconds", "min_crop_seconds": "--crop-seconds", "num_workers": "--num-workers",
-    "save_every": "--save-every", "keep_last": "--keep-last", "val_fraction": "--val-fraction",
-    "val_every": "--val-every", "precision": "--precision", "objective": "--objective",
-    "model_size": "--model-size",
-}  # fmt: skip
+#: Each TrainConfig field's command-line flag, for error messages.
+_FLAGS: dict[str, str] = {}
 
 
 def _run(args: argparse.Namespace) -> int:
-    cfg = TrainConfig.from_preset(
-        args.preset, model_size=args.model_size, objective=args.objective, data=args.data,
-        output_dir=args.output_dir, teacher=args.teacher, max_steps=args.max_steps,
-        seed=args.seed, log_every=args.log_every, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
-        warmup_steps=args.warmup_steps, crop_seconds=args.crop_seconds, num_workers=args.num_workers,
-        precision=args.precision, save_every=args.save_every, keep_last=args.keep_last, val_data=args.val_data,
-        val_fraction=args.val_fraction, val_every=args.val_every, profile_steps=args.profile,
-    )  # fmt: skip
+    cfg = config_from_args(args)
     _check_output_dir(cfg.output_dir)
     from mert_fast.train.trainer import Interrupted, train
 

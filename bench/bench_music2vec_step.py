@@ -46,7 +46,7 @@ from mert_fast.model.mert import MERTModel
 from mert_fast.testing import rel_error
 from mert_fast.train.config import TrainConfig
 from mert_fast.train.objectives import Data2VecObjective
-from mert_fast.train.step import step_inputs
+from mert_fast.train.objectives.mert import step_inputs
 
 transformers = pytest.importorskip("transformers")
 
@@ -72,9 +72,9 @@ def _instance_norm_time(y: torch.Tensor) -> torch.Tensor:
 
 
 class HFData2VecStudent(nn.Module):
-    """``Data2VecAudioModel`` + ``final_proj`` and the same loss as :class:`~mert_fast.train.data2vec.Data2VecHead`:
-    the scaled squared error summed over the masked frames (the mask applied by the model's own
-    ``masked_spec_embed`` through ``mask_time_indices``)."""
+    """``Data2VecAudioModel`` + ``final_proj`` and the same loss as
+    :class:`~mert_fast.train.objectives.data2vec.Data2VecHead`: the scaled squared error summed over the masked frames
+    (the mask applied by the model's own ``masked_spec_embed`` through ``mask_time_indices``)."""
 
     def __init__(self, model, final_proj: nn.Linear, loss_scale: float) -> None:
         super().__init__()
@@ -92,7 +92,7 @@ class HFEMATeacher:
     """The EMA teacher as plain PyTorch writes it: a second ``Data2VecAudioModel`` (eval, no grad) and fairseq's
     ``EMAModule`` loop (``mul_(d)`` + ``add_(student, alpha=1 - d)`` per parameter) over the transformer layers and the
     encoder LayerNorm, the other parameters copied (data2vec audio's ``ema_transformer_only``); the same decay
-    schedule as :class:`~mert_fast.train.data2vec.EMATeacher`.
+    schedule as :class:`~mert_fast.train.objectives.data2vec.EMATeacher`.
 
     Targets: the top ``top_k`` entries of ``output_hidden_states``, each instance-normalised over time, averaged.
     These are each layer's output after the residual and the final LayerNorm, where data2vec (and ``EMATeacher``)
@@ -177,7 +177,8 @@ def m2v_inputs(s: M2VSetup, impl: str) -> tuple:
     baseline the same mask from :func:`step_inputs` and its teacher's targets of the same (unmasked) clip."""
     if impl == "mert_fast":
         # dtype float32: autocast casts inside the student (DeepSpeed bf16 would pass bf16 to a bf16 module)
-        return s.objective.inputs(s.audio, 0, rank=0, dtype=torch.float32, validation=False)
+        b = s.objective.inputs(s.audio, 0, rank=0, dtype=torch.float32, validation=False)
+        return b.audio, b.targets, b.mask, b.layer_keep
     x = step_inputs(s.audio, model_cfg=s.model_cfg, cfg=s.cfg, acoustic_teacher=None, cqt_teacher=None,
                     micro_step=0, rank=0, dtype=torch.float32)  # fmt: skip
     return x.audio, s.hf_teacher.targets(x.audio), x.mask

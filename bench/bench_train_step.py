@@ -1,7 +1,8 @@
 """Pre-training step throughput: mert_fast's step against the same step assembled from plain PyTorch pieces.
 
-One step = teachers on the clean clip + masks and in-batch mixture (:func:`mert_fast.train.step.step_inputs`) +
-student forward + backward + gradient clipping + AdamW step, as ``mert_fast/train/trainer.py`` runs it:
+One step = teachers on the clean clip + masks and in-batch mixture
+(:func:`mert_fast.train.objectives.mert.step_inputs`) + student forward + backward + gradient clipping + AdamW step,
+as ``mert_fast/train/trainer.py`` runs it:
 
 * ``mert_fast``: :class:`~mert_fast.model.teachers.CQTTeacher` and a :class:`~mert_fast.model.teachers.MelRVQTeacher`
   (8 x 1024 codes, seeded random codebooks: no fitting needed for timing), :class:`MERTPretrainer` around
@@ -20,11 +21,11 @@ its optimizer; without DeepSpeed, autocast is the closest plain-PyTorch equivale
 Before any time is taken: the two teachers' targets agree (codes in range, of the right shape, nearly all equal;
 CQT within rounding), and on one set of inputs both students in eval mode give the same loss. Recorded in
 ``extra_info``: ``audio_seconds_per_s``, ``teacher_fraction`` (the teachers alone, median over repeats / the step's
-median), ``speedup`` (the baseline's median / ours, same run), and on the GPU ``mfu`` (``_model_flops`` of the
+median), ``speedup`` (the baseline's median / ours, same run), and on the GPU ``mfu`` (``model_flops`` of the
 trainer, ``6 N frames + 12 L H T^2`` per clip, over the bf16 dense peak). The targets on H100 / H200 (>= 2x the
 baseline; >= 3,000 audio-s/s for 95M; teachers <= 10% of the step) are recorded, never asserted.
 
-Data loading is timed separately (:func:`mert_fast.train.data.make_loader`, 2 workers, a small synthetic FLAC
+Data loading is timed separately (:class:`mert_fast.train.data.CropBatches`, 2 workers, a small synthetic FLAC
 corpus): audio-s/s of decoded, cropped batches in steady state.
 
 Cases: ``tiny`` 2 x 2 s and MERT-95M 1 x 2 s float32 on the CPU (always); MERT-95M 8 x 5 s and MERT-330M
@@ -51,9 +52,9 @@ from mert_fast.model.teachers import CQTTeacher, MelRVQTeacher
 from mert_fast.ops.reference import MERT_CQT_BINS_PER_OCTAVE, MERT_CQT_FMIN
 from mert_fast.testing import rel_error
 from mert_fast.train.config import TrainConfig
-from mert_fast.train.objective import MERTPretrainer
-from mert_fast.train.step import StepInputs, cqt_bins, step_inputs
-from mert_fast.train.trainer import _PEAK_FLOPS, _model_flops
+from mert_fast.train.metrics import PEAK_FLOPS, model_flops
+from mert_fast.train.objectives import StepBatch
+from mert_fast.train.objectives.mert import MERTPretrainer, cqt_bins, step_inputs
 
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("nnAudio")
@@ -305,12 +306,17 @@ def _build(case: Case) -> Setup:
     return Setup(model_cfg, cfg, audio, n_params, teachers, modules, optimizers)
 
 
-def inputs(s: Setup, impl: str) -> StepInputs:
+def inputs(s: Setup, impl: str) -> StepBatch:
     """The step's inputs with ``impl``'s teachers (step 0: the same masks and mixture for both)."""
     acoustic, cqt = s.teachers[impl]
     # dtype float32: autocast casts inside the student (DeepSpeed bf16 would pass bf16 audio to a bf16 module)
     return step_inputs(s.audio, model_cfg=s.model_cfg, cfg=s.cfg, acoustic_teacher=acoustic, cqt_teacher=cqt,
                        micro_step=0, rank=0, dtype=torch.float32)  # fmt: skip
+
+
+def module_args(batch: StepBatch) -> tuple:
+    """The positional arguments of both students' forward."""
+    return batch.audio, batch.codes, batch.cqt, batch.mask, batch.layer_keep
 
 
 def loss_of(out) -> torch.Tensor:
@@ -331,7 +337,7 @@ def train_step(s: Setup, impl: str, case: Case):
     def step() -> torch.Tensor:
         batch = inputs(s, impl)
         with _autocast(case):
-            loss = loss_of(module(*batch))
+            loss = loss_of(module(*module_args(batch)))
         optimizer_update(loss, module, optimizer, s.cfg.clip_grad)
         return loss.detach()
 
@@ -366,9 +372,9 @@ def time_step(measure, step, case: Case, name: str) -> float | None:
 
 
 def step_flops(model_cfg: MERTConfig, n_params: int, batch: int, frames_per_clip: int) -> float:
-    """The trainer's ``_model_flops`` (``6 N T + 12 L H T^2``) per clip, times the clips: attention is quadratic in
-    each clip's frames, not in the batch's."""
-    return batch * _model_flops(model_cfg, n_params, frames_per_clip)
+    """:func:`mert_fast.train.metrics.model_flops` (``6 N T + 12 L H T^2``) per clip, times the clips: attention is
+    quadratic in each clip's frames, not in the batch's."""
+    return batch * model_flops(model_cfg, n_params, frames_per_clip)
 
 
 def record_rates(info: dict, case: Case, impl: str, median: float, *, model_cfg: MERTConfig, n_params: int,
@@ -382,7 +388,7 @@ def record_rates(info: dict, case: Case, impl: str, median: float, *, model_cfg:
     info["model_flop_per_step"] = flop
     info["tflops"] = flop / median / 1e12
     if case.device == "cuda":
-        peak = next((v for k, v in _PEAK_FLOPS.items() if k in torch.cuda.get_device_name()), None)
+        peak = next((v for k, v in PEAK_FLOPS.items() if k in torch.cuda.get_device_name()), None)
         info["peak_flops_bf16"] = peak
         info["mfu"] = flop / median / peak if peak else None
     base = _medians.get((case, "baseline"))
@@ -421,14 +427,14 @@ def check(benchmark, s: Setup, case: Case) -> None:
     info["rel_err_loss_mert_fast_vs_baseline"] = _loss_err[case]
 
 
-def _loss_agreement(s: Setup, case: Case, batch: StepInputs) -> float:
+def _loss_agreement(s: Setup, case: Case, batch: StepBatch) -> float:
     """Relative difference of the two students' losses on the same inputs, in eval mode (no dropout)."""
     losses = {}
     with torch.no_grad(), _autocast(case):
         for impl, module in s.modules.items():
             module.eval()
             try:
-                losses[impl] = loss_of(module(*batch)).float()
+                losses[impl] = loss_of(module(*module_args(batch))).float()
             finally:
                 module.train()
     for impl, loss in losses.items():
@@ -497,14 +503,14 @@ def corpus(tmp_path_factory):
 
 def test_data_loading(benchmark, measure, corpus):
     """Steady-state loading: batches of 8 crops of 5 s decoded by 2 workers, timed 8 batches per round."""
-    from mert_fast.train.data import make_loader
+    from mert_fast.train.data import CropBatches
 
-    loader = make_loader(corpus, batch_size=LOAD_BATCH, crop_seconds=LOAD_SECONDS, min_crop_seconds=LOAD_SECONDS,
+    loader = CropBatches(corpus, batch_size=LOAD_BATCH, crop_seconds=LOAD_SECONDS, min_crop_seconds=LOAD_SECONDS,
                          seed=0, num_workers=LOAD_WORKERS, max_steps=None)  # fmt: skip
     label = f"cpu {LOAD_BATCH}x{LOAD_SECONDS:g}s crops flac 24 kHz, {LOAD_WORKERS} workers"
     benchmark.group = f"train data loading {label}"
     benchmark.extra_info.update(
-        op="train_data_loading", case=label, implementation=f"mert_fast make_loader ({LOAD_WORKERS} workers)",
+        op="train_data_loading", case=label, implementation=f"mert_fast CropBatches ({LOAD_WORKERS} workers)",
         baseline=False, batch=LOAD_BATCH, clip_seconds=LOAD_SECONDS, num_workers=LOAD_WORKERS,
         batches_per_round=LOAD_BATCHES_PER_ROUND,
     )  # fmt: skip

@@ -13,7 +13,7 @@ import torch
 
 from mert_fast.audio import load_audio
 from mert_fast.train import data
-from mert_fast.train.data import AudioCorpus, Batch, list_audio, make_loader, seed_for
+from mert_fast.train.data import AudioCorpus, Batch, CropBatches, list_audio, seed_for
 
 SR = 24000
 # seconds of the clips of the shared corpus: five shorter than the 5 s crop, two shorter than 3.5 s
@@ -159,7 +159,7 @@ def test_bad_files_are_skipped_counted_and_named(tmp_path, caplog):
     _write(tmp_path / "short.wav", rng.uniform(-0.5, 0.5, 2 * SR).astype(np.float32))
     names = [p.name for p in tmp_path.iterdir()] + ["missing.wav"]
     (tmp_path / "list.txt").write_text("\n".join(names))
-    with caplog.at_level(logging.WARNING, logger="mert_fast.train.data"):
+    with caplog.at_level(logging.WARNING, logger="mert_fast.train.corpus"):
         corpus = AudioCorpus(tmp_path / "list.txt", SR)
     assert corpus.files == good and len(corpus) == 3
     assert corpus.frames == [4 * SR] * 3 and corpus.seconds == [4.0] * 3
@@ -195,7 +195,7 @@ def test_verify_and_getitem_catch_bad_samples(tmp_path, caplog):
     c = _write(tmp_path / "c.wav", rng.uniform(-0.5, 0.5, 5 * SR).astype(np.float32))
     plain = AudioCorpus(tmp_path, SR)
     assert len(plain) == 3 and not plain.bad_files  # headers look fine
-    with caplog.at_level(logging.WARNING, logger="mert_fast.train.data"):
+    with caplog.at_level(logging.WARNING, logger="mert_fast.train.corpus"):
         got = plain[1]  # the NaN file is replaced by the next good one
         plain[1]
     np.testing.assert_array_equal(got.numpy(), load_audio(c, SR).numpy())
@@ -215,7 +215,7 @@ def test_crops_are_slices_cut_to_the_batch_shortest(clips):
     root, audio = clips
     corpus = AudioCorpus(root, SR)
     assert len(corpus) == len(LENGTHS)
-    loader = make_loader(corpus, batch_size=4, seed=5, max_steps=9)
+    loader = CropBatches(corpus, batch_size=4, seed=5, max_steps=9)
     assert len(loader) == 9
     lengths = set()
     for step, batch in enumerate(loader):
@@ -232,14 +232,14 @@ def test_crops_are_slices_cut_to_the_batch_shortest(clips):
             assert abs(offset - offset_s * SR) < 1e-6 and 0 <= offset <= len(audio[corpus.files[i]]) - length
             np.testing.assert_array_equal(row.numpy(), audio[corpus.files[i]][offset : offset + length])
     assert 5 * SR in lengths and min(lengths) < 4 * SR  # full crops and crops cut to a short clip
-    offsets = [b.offsets for b in make_loader(corpus, batch_size=4, seed=5, max_steps=9)]
+    offsets = [b.offsets for b in CropBatches(corpus, batch_size=4, seed=5, max_steps=9)]
     assert len({round(float(o), 6) for o in torch.cat(offsets)}) > 20  # crops start all over the clips
 
 
 def test_min_crop_seconds_excludes_short_clips(clips):
     root, _ = clips
     corpus = AudioCorpus(root, SR)
-    loader = make_loader(corpus, batch_size=2, crop_seconds=5.12, min_crop_seconds=3.5, seed=1, max_steps=10)
+    loader = CropBatches(corpus, batch_size=2, crop_seconds=5.12, min_crop_seconds=3.5, seed=1, max_steps=10)
     short = {i for i, s in enumerate(corpus.seconds) if s < 3.5}
     assert len(short) == 2 and len(loader.eligible) == len(LENGTHS) - 2
     for batch in loader:
@@ -259,7 +259,7 @@ def test_resampled_stereo_crops_follow_the_signal(tmp_path):
         _write(tmp_path / f"r{rate}.wav", signal(np.arange(round(seconds * rate)) / rate).astype(np.float32), rate)
     corpus = AudioCorpus(tmp_path, SR)
     assert corpus.rates == [16000, 48000] and [corpus.num_samples(i) for i in (0, 1)] == [108000, 144000]
-    for batch in make_loader(corpus, batch_size=2, seed=3, max_steps=4):
+    for batch in CropBatches(corpus, batch_size=2, seed=3, max_steps=4):
         assert batch.audio.shape == (2, 108000)  # the 4.5 s clip, whole
         for row, offset in zip(batch.audio.numpy(), batch.offsets.tolist(), strict=True):
             expected = signal(offset + np.arange(row.shape[0]) / SR).mean(axis=1)
@@ -273,25 +273,25 @@ def test_determinism_resume_and_epochs(clips):
     root, _ = clips
     corpus = AudioCorpus(root, SR)
     kwargs = {"batch_size": 3, "crop_seconds": 2.0, "min_crop_seconds": 1.0, "seed": 9}
-    full = _batches(make_loader(corpus, max_steps=11, **kwargs))
-    loader = make_loader(corpus, max_steps=11, **kwargs)
+    full = _batches(CropBatches(corpus, max_steps=11, **kwargs))
+    loader = CropBatches(corpus, max_steps=11, **kwargs)
     assert loader.steps_per_epoch == 4
     _assert_same(full, _batches(loader))  # the same run twice
     for start in (1, 4, 7):
-        resumed = _batches(make_loader(corpus, start_step=start, max_steps=11, **kwargs))
+        resumed = _batches(CropBatches(corpus, start_step=start, max_steps=11, **kwargs))
         _assert_same(full[start:], resumed)
     # one epoch is every clip once; the next one is another order
     epochs = [torch.cat([b.indices for b in full[e * 4 : e * 4 + 4]]).tolist() for e in (0, 1)]
     assert sorted(epochs[0]) == sorted(epochs[1]) == list(range(len(LENGTHS)))
     assert epochs[0] != epochs[1]
-    other = _batches(make_loader(corpus, max_steps=11, **(kwargs | {"seed": 10})))
+    other = _batches(CropBatches(corpus, max_steps=11, **(kwargs | {"seed": 10})))
     assert [b.indices.tolist() for b in other] != [b.indices.tolist() for b in full]
 
 
 def test_endless_loader_and_errors(clips):
     root, _ = clips
     corpus = AudioCorpus(root, SR)
-    endless = make_loader(corpus, batch_size=2, crop_seconds=1.0, min_crop_seconds=1.0, start_step=5)
+    endless = CropBatches(corpus, batch_size=2, crop_seconds=1.0, min_crop_seconds=1.0, start_step=5)
     got = list(itertools.islice(iter(endless), 3))
     assert [b.step for b in got] == [5, 6, 7]
     with pytest.raises(TypeError, match="no length"):
@@ -309,9 +309,9 @@ def test_endless_loader_and_errors(clips):
         ({"batch_size": 2, "num_workers": -1}, "num_workers"),
     ):
         with pytest.raises(ValueError, match=name):
-            make_loader(corpus, **kwargs)
+            CropBatches(corpus, **kwargs)
     with pytest.raises(TypeError, match="AudioCorpus"):
-        make_loader([root], batch_size=2)
+        CropBatches([root], batch_size=2)
 
 
 @pytest.fixture
@@ -333,8 +333,8 @@ def test_workers_give_the_same_batches_and_report_bad_files(corpus_with_runtime_
         corpus = AudioCorpus(corpus_with_runtime_failures, SR)
         assert len(corpus) == len(LENGTHS) + 2 and not corpus.bad_files
         caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="mert_fast.train.data"):
-            loader = make_loader(corpus, num_workers=workers, **kwargs)
+        with caplog.at_level(logging.WARNING, logger="mert_fast.train.corpus"):
+            loader = CropBatches(corpus, num_workers=workers, **kwargs)
             runs[workers] = _batches(loader)
         bad = {b.path.name: b.reason for b in corpus.bad_files}
         assert sorted(bad) == ["nan.wav", "truncated.flac"], workers  # seen from the main process
@@ -364,15 +364,15 @@ def test_ranks_read_disjoint_shards(clips):
     root, _ = clips
     corpus = AudioCorpus(root, SR)
     kwargs = {"batch_size": 3, "crop_seconds": 1.0, "min_crop_seconds": 1.0, "seed": 2, "world_size": 2}
-    ranks = [_batches(make_loader(corpus, rank=r, max_steps=6, **kwargs)) for r in (0, 1)]
-    assert make_loader(corpus, rank=1, **kwargs).steps_per_epoch == 2
+    ranks = [_batches(CropBatches(corpus, rank=r, max_steps=6, **kwargs)) for r in (0, 1)]
+    assert CropBatches(corpus, rank=1, **kwargs).steps_per_epoch == 2
     for a, b in zip(*ranks, strict=True):
         assert not set(a.indices.tolist()) & set(b.indices.tolist())
     for epoch in range(3):
         seen = [i for r in ranks for b in r[2 * epoch : 2 * epoch + 2] for i in b.indices.tolist()]
         assert sorted(seen) == list(range(len(LENGTHS)))  # together the ranks read every clip once per epoch
     # a rank's shard does not depend on how many workers read it
-    _assert_same(ranks[1], _batches(make_loader(corpus, rank=1, max_steps=6, num_workers=2, **kwargs)))
+    _assert_same(ranks[1], _batches(CropBatches(corpus, rank=1, max_steps=6, num_workers=2, **kwargs)))
 
 
 def test_crop_offsets_depend_on_rank_step_and_slot(tmp_path):
@@ -382,11 +382,11 @@ def test_crop_offsets_depend_on_rank_step_and_slot(tmp_path):
         _write(tmp_path / f"{k}.wav", rng.uniform(-0.5, 0.5, 2 * SR).astype(np.float32))
     corpus = AudioCorpus(tmp_path, SR, min_seconds=1.0)
     kwargs = {"batch_size": 2, "crop_seconds": 1.0, "min_crop_seconds": 1.0, "world_size": 2, "max_steps": 4}
-    offsets = torch.stack([b.offsets for r in (0, 1) for b in make_loader(corpus, rank=r, seed=0, **kwargs)])
+    offsets = torch.stack([b.offsets for r in (0, 1) for b in CropBatches(corpus, rank=r, seed=0, **kwargs)])
     assert len(set(offsets.flatten().tolist())) == offsets.numel()  # 16 draws from 24001 values: all distinct
-    again = torch.stack([b.offsets for b in make_loader(corpus, rank=1, seed=0, **kwargs)])
+    again = torch.stack([b.offsets for b in CropBatches(corpus, rank=1, seed=0, **kwargs)])
     assert torch.equal(again, offsets[4:])
-    other_seed = torch.stack([b.offsets for b in make_loader(corpus, rank=1, seed=1, **kwargs)])
+    other_seed = torch.stack([b.offsets for b in CropBatches(corpus, rank=1, seed=1, **kwargs)])
     assert not torch.equal(other_seed, offsets[4:])
 
 
@@ -395,10 +395,10 @@ def test_small_corpus_draws_with_replacement_and_resumes_exactly(clips, caplog):
     corpus = AudioCorpus(root, SR)
     # 12 clips, 2 ranks x 7 per step: more slots than clips (this used to refuse to train)
     kwargs = {"batch_size": 7, "crop_seconds": 1.0, "min_crop_seconds": 1.0, "seed": 5, "world_size": 2}
-    with caplog.at_level("WARNING", logger="mert_fast.train.data"):
-        loader = make_loader(corpus, rank=0, max_steps=4, **kwargs)
+    with caplog.at_level("WARNING", logger="mert_fast.train.corpus"):
+        loader = CropBatches(corpus, rank=0, max_steps=4, **kwargs)
     assert loader.with_replacement and "drawn with replacement" in caplog.text
-    full = [_batches(make_loader(corpus, rank=r, max_steps=4, **kwargs)) for r in (0, 1)]
+    full = [_batches(CropBatches(corpus, rank=r, max_steps=4, **kwargs)) for r in (0, 1)]
     for r, batches in enumerate(full):
         for b in batches:
             assert b.audio.shape == (7, SR)
@@ -411,7 +411,7 @@ def test_small_corpus_draws_with_replacement_and_resumes_exactly(clips, caplog):
     assert len(set(drawn)) < len(drawn)  # some clip repeats
     assert len(set(drawn)) > 7  # and the draws spread over the corpus
     # resumed at step 2 (with workers): exactly the uninterrupted batches
-    _assert_same(full[1][2:], _batches(make_loader(corpus, rank=1, start_step=2, max_steps=4, num_workers=2, **kwargs)))
+    _assert_same(full[1][2:], _batches(CropBatches(corpus, rank=1, start_step=2, max_steps=4, num_workers=2, **kwargs)))
     # with enough clips nothing changes: disjoint permutation slices, no replacement
-    enough = make_loader(corpus, rank=0, max_steps=2, **{**kwargs, "batch_size": 6})
+    enough = CropBatches(corpus, rank=0, max_steps=2, **{**kwargs, "batch_size": 6})
     assert not enough.with_replacement and len(set(enough.indices_for(0).tolist())) == 6

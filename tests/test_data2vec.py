@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from mert_fast.model.config import MERTConfig
 from mert_fast.model.mert import MERTModel
 from mert_fast.testing import assert_rel_close, rel_error
-from mert_fast.train.data2vec import Data2VecHead, Data2VecPretrainer, EMATeacher
 from mert_fast.train.masking import compute_mask
+from mert_fast.train.objectives.data2vec import Data2VecHead, Data2VecPretrainer, EMATeacher
 from tests.pretrain_utils import ROOT, env
 
 _NO_DROPOUT = dict(hidden_dropout=0.0, attention_dropout=0.0, feat_proj_dropout=0.0, layerdrop=0.0)
@@ -295,7 +295,7 @@ import torch
 from mert_fast.model.config import MERTConfig
 from mert_fast.model.mert import MERTModel
 from mert_fast.train.config import TrainConfig
-from mert_fast.train.data2vec import Data2VecPretrainer, EMATeacher
+from mert_fast.train.objectives.data2vec import Data2VecPretrainer, EMATeacher
 from mert_fast.train.engine import build_engine, engine_config, init_distributed
 from mert_fast.train.masking import compute_mask
 import deepspeed

@@ -12,7 +12,7 @@ from mert_fast.model.mert import MERTModel
 from mert_fast.model.teachers import CQTTeacher, align_to_frames
 from mert_fast.testing import rel_error
 from mert_fast.train.masking import compute_mask, in_batch_mixture
-from mert_fast.train.objective import MERTPretrainer
+from mert_fast.train.objectives.mert import MERTPretrainer
 
 
 def _gen(seed: int = 0) -> torch.Generator:

@@ -11,8 +11,8 @@ import torch
 from mert_fast.model.config import PRESETS
 from mert_fast.model.mert import MERTModel
 from mert_fast.train.masking import compute_mask
-from mert_fast.train.objective import MERTPretrainer
 from mert_fast.train.objectives import CodebookObjective, code_entropy
+from mert_fast.train.objectives.mert import MERTPretrainer
 
 
 def test_code_entropy():

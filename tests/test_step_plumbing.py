@@ -1,5 +1,5 @@
 """What one training step feeds the student: teachers see the clean crop, targets are time-aligned with it, and the
-student's input is the mixed crop (``mert_fast.train.step.step_inputs``)."""
+student's input is the mixed crop (``mert_fast.train.objectives.mert.step_inputs``)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from torch import nn
 from mert_fast.model.config import PRESETS
 from mert_fast.model.teachers.cqt import CQTTeacher
 from mert_fast.train.config import TrainConfig
-from mert_fast.train.step import step_inputs
+from mert_fast.train.objectives.mert import step_inputs
 
 SR, HOP = 24000, 320
 

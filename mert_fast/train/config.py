@@ -1,13 +1,33 @@
-"""Pre-training configuration: a validated dataclass with per-model presets (the MERT recipe's numbers)."""
+"""Pre-training configuration: a validated dataclass with per-model presets (the MERT recipe's numbers).
+
+Each field's documentation is the string literal under it; :func:`add_config_arguments` turns the fields into
+command-line flags with that text as their help, so ``train.py`` declares none of them again.
+"""
 
 from __future__ import annotations
 
+import argparse
+import ast
 import dataclasses
+import inspect
+import textwrap
+import types
+import typing
 from typing import Any
 
 from mert_fast.model.config import PRESETS, MERTConfig
 
-__all__ = ["TrainConfig", "model_config"]
+__all__ = ["CHOICES", "TrainConfig", "add_config_arguments", "config_from_args", "field_docs", "model_config"]
+
+#: The values a field that names one of a few options accepts.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "preset": tuple(sorted(PRESETS)),
+    "model_size": ("full", "tiny"),
+    "objective": ("mert", "muq", "data2vec"),
+    "teacher_type": ("mel-rvq", "kmeans"),
+    "kmeans_feature": ("mfcc", "logmel"),
+    "precision": ("fp32", "bf16", "fp16"),
+}
 
 
 @dataclasses.dataclass
@@ -22,7 +42,7 @@ class TrainConfig:
     data: str | None = None
     """Folder or manifest of audio; None trains on a synthetic corpus generated in ``output_dir/corpus``."""
     output_dir: str = "runs/mert-tiny"
-    """Where metrics, the teacher, checkpoints and the exported model go."""
+    """Where metrics, the teacher, checkpoints and the exported model go (a preset's recipe: ``runs/PRESET``)."""
     teacher: str | None = None
     """The acoustic teacher: a fitted Mel-RVQ directory, or ``encodec:DIR`` (a local transformers EncodecModel,
     24 kHz, 8 codebooks at 6 kbps); None reuses ``output_dir/teacher`` or fits a Mel-RVQ teacher there first."""
@@ -128,18 +148,18 @@ class TrainConfig:
             raise ValueError(
                 f"mixture_seconds must be an increasing pair of positive lengths; got {self.mixture_seconds}"
             )
-        if self.model_size not in ("full", "tiny"):
+        if self.model_size not in CHOICES["model_size"]:
             raise ValueError(f"model_size must be full or tiny; got {self.model_size!r}")
-        if self.objective not in ("mert", "muq", "data2vec"):
+        if self.objective not in CHOICES["objective"]:
             raise ValueError(f"objective must be mert, muq or data2vec; got {self.objective!r}")
-        if self.teacher_type not in ("mel-rvq", "kmeans"):
+        if self.teacher_type not in CHOICES["teacher_type"]:
             raise ValueError(f"teacher_type must be mel-rvq or kmeans; got {self.teacher_type!r}")
-        if self.kmeans_feature not in ("mfcc", "logmel"):
+        if self.kmeans_feature not in CHOICES["kmeans_feature"]:
             raise ValueError(f"kmeans_feature must be mfcc or logmel; got {self.kmeans_feature!r}")
         self.ema_decay = tuple(float(v) for v in self.ema_decay)
         if not 0 <= self.ema_decay[0] <= self.ema_decay[1] < 1:
             raise ValueError(f"ema_decay must be an increasing pair in [0, 1); got {self.ema_decay}")
-        if self.precision not in (None, "fp32", "bf16", "fp16"):
+        if self.precision is not None and self.precision not in CHOICES["precision"]:
             raise ValueError(f"precision must be fp32, bf16 or fp16; got {self.precision!r}")
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in [0, 1); got {self.val_fraction}")
@@ -212,3 +232,64 @@ def model_config(cfg: TrainConfig) -> MERTConfig:
     """The student's configuration: the preset's, shrunk to the tiny sizes when ``model_size`` is ``tiny``."""
     model_cfg = MERTConfig.from_name(cfg.preset)
     return model_cfg.shrunk() if cfg.model_size == "tiny" else model_cfg
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """The documentation of each field of the dataclass ``cls``: the string literal that follows the field in the
+    class body (read from its source), whitespace collapsed to single spaces."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body
+    docs = {}
+    for node, following in zip(body, body[1:], strict=False):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(following, ast.Expr)
+            and isinstance(following.value, ast.Constant)
+            and isinstance(following.value.value, str)
+        ):
+            docs[node.target.id] = " ".join(following.value.value.split())
+    return docs
+
+
+#: Flags that differ from ``--field-name`` taking one value: their names and argparse options.
+_FLAG_OPTIONS: dict[str, dict[str, Any]] = {
+    "preset": {"default": "tiny"},
+    "profile_steps": {"flags": ("--profile", "--profile-steps"), "nargs": "?", "const": 3, "metavar": "STEPS"},
+}
+
+
+def _value_type(annotation: Any) -> tuple[type, int | None]:
+    """``(type, nargs)`` of a field's annotation: ``X | None`` -> X; ``tuple[X, ...]`` of n items -> (X, n)."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        return _value_type(args[0])
+    if typing.get_origin(annotation) is tuple:
+        return args[0], len(args)
+    return annotation, None
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """Add a flag for every :class:`TrainConfig` field (``--batch-size`` for ``batch_size``...), its help the
+    field's documentation; an unset flag is None (the preset's recipe applies). Returns each field's flag."""
+    docs = field_docs(TrainConfig)
+    hints = typing.get_type_hints(TrainConfig)
+    flags = {}
+    for field in dataclasses.fields(TrainConfig):
+        options = dict(_FLAG_OPTIONS.get(field.name, {}))
+        names = options.pop("flags", ("--" + field.name.replace("_", "-"),))
+        value_type, nargs = _value_type(hints[field.name])
+        options.setdefault("nargs", nargs)
+        options.setdefault("choices", CHOICES.get(field.name))
+        options.setdefault("metavar", None if field.name in CHOICES else field.name.upper())
+        help_text = docs[field.name].replace("``", "").replace("%", "%%")
+        parser.add_argument(*names, dest=field.name, type=value_type, help=help_text, **options)
+        flags[field.name] = names[0]
+    return flags
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The :class:`TrainConfig` of parsed :func:`add_config_arguments` flags: the preset's recipe with every flag
+    that was given."""
+    values = {field.name: getattr(args, field.name) for field in dataclasses.fields(TrainConfig)}
+    return TrainConfig.from_preset(values.pop("preset"), **values)

@@ -15,6 +15,10 @@ reaching the conv feature encoder.
 ``head="linear"`` (MuQ's objective on the MERT student): one ``Linear(H, K)`` classifier per codebook on ``h``
 itself (plain dot products plus a bias, ``codebook_cross_entropy(normalize=False)``); ``cqt_bins=None`` drops the
 CQT head and its term (MuQ predicts the Mel-RVQ tokens only).
+
+:func:`step_inputs` makes what one micro-step feeds it: the teachers' targets of the clean clip, then the masks and
+the mixed clip (:func:`~mert_fast.train.objectives.base.mask_and_mix`); :class:`CodebookObjective` is what the
+trainer drives.
 """
 
 from __future__ import annotations
@@ -25,10 +29,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mert_fast.model.config import MERTConfig
 from mert_fast.model.mert import MERTModel
+from mert_fast.model.teachers import align_to_frames
+from mert_fast.model.teachers.cqt import mert_cqt_bins
 from mert_fast.ops import codebook_cross_entropy
+from mert_fast.train.config import TrainConfig
+from mert_fast.train.objectives.base import Objective, StepBatch, code_entropy, mask_and_mix
 
-__all__ = ["MERTPretrainer", "PretrainOutput", "masked_student"]
+__all__ = ["CodebookObjective", "MERTPretrainer", "PretrainOutput", "cqt_bins", "masked_student", "step_inputs"]
 
 
 def masked_student(
@@ -164,3 +173,101 @@ class MERTPretrainer(nn.Module):
             n_masked=n_masked,
             code_counts=torch.stack([torch.bincount(c, minlength=self.label_embs_concat.shape[1]) for c in scored.T]),
         )
+
+
+def cqt_bins(model_cfg: MERTConfig) -> int:
+    """The CQT teacher's bins at the student's sample rate (:func:`mert_cqt_bins`)."""
+    return mert_cqt_bins(model_cfg.sample_rate)
+
+
+@torch.no_grad()
+def step_inputs(
+    audio: torch.Tensor,
+    *,
+    model_cfg: MERTConfig,
+    cfg: TrainConfig,
+    acoustic_teacher: nn.Module | None,
+    cqt_teacher: nn.Module | None,
+    micro_step: int,
+    rank: int,
+    dtype: torch.dtype = torch.float32,
+    mixture: bool = True,
+    stream: str = "",
+) -> StepBatch:
+    """Targets from the clean ``audio`` ``(B, L)`` float32, then the mask and (``mixture``) the in-batch mixture.
+
+    ``acoustic_teacher(audio)`` gives codes ``(B, T_t, Q)`` at ``label_rate`` Hz (repeated up to the student's frame
+    rate); ``cqt_teacher(audio)`` gives ``(B, T_c, n_bins)`` at the student's rate. ``mixture`` and ``stream``: see
+    :func:`~mert_fast.train.objectives.base.mask_and_mix`. ``audio`` and ``cqt`` come back in ``dtype``.
+    """
+    n_frames = model_cfg.num_frames(audio.shape[1])
+    codes = cqt = None
+    if acoustic_teacher is not None:
+        repeat = round(model_cfg.frame_rate / acoustic_teacher.label_rate)
+        codes = align_to_frames(acoustic_teacher(audio), n_frames, repeat=repeat)
+    if cqt_teacher is not None:
+        cqt = align_to_frames(cqt_teacher(audio), n_frames).to(dtype)
+    audio, mask, layer_keep = mask_and_mix(
+        audio, model_cfg=model_cfg, cfg=cfg, micro_step=micro_step, rank=rank, mixture=mixture, stream=stream
+    )
+    return StepBatch(audio.to(dtype), codes, cqt, mask, layer_keep)
+
+
+class CodebookObjective(Objective):
+    """``mert`` (cosine heads, CQT term) or ``muq`` (linear heads, no CQT) on an acoustic teacher's codes."""
+
+    name = "mert"
+    head = "cosine"
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        model_cfg: MERTConfig,
+        student: MERTModel,
+        acoustic: nn.Module,
+        cqt_teacher: nn.Module | None,
+    ) -> None:
+        self.cfg, self.model_cfg = cfg, model_cfg
+        self.acoustic, self.cqt_teacher = acoustic, cqt_teacher
+        self.n_q = acoustic.settings["n_q"]
+        self.codebook_size = acoustic.settings["codebook_size"]
+        self.module = MERTPretrainer(
+            student, n_codebooks=self.n_q, codebook_size=self.codebook_size,
+            cqt_bins=cqt_teacher.n_bins if cqt_teacher is not None else None, feature_grad_mult=cfg.feature_grad_mult,
+            loss_weights=cfg.loss_weights, head=self.head,
+        )  # fmt: skip
+
+    def inputs(self, audio, micro_step, rank, dtype, validation):
+        batch = step_inputs(
+            audio, model_cfg=self.model_cfg, cfg=self.cfg, acoustic_teacher=self.acoustic,
+            cqt_teacher=self.cqt_teacher, micro_step=micro_step, rank=rank, dtype=dtype, mixture=not validation,
+            stream="val" if validation else "",
+        )  # fmt: skip
+        if validation:
+            batch.layer_keep = None
+        return batch
+
+    def forward(self, engine, batch):
+        return engine(batch.audio, batch.codes, batch.cqt, batch.mask, batch.layer_keep)
+
+    def sums(self, result):
+        n = result.n_masked
+        out = {"loss": float(result.loss.detach()), "ce": float(result.ce_sum), "masked": float(n),
+               "cqt": float(result.cqt_mse) * n, "pen": float(result.features_pen) * n}  # fmt: skip
+        out.update({f"correct_{q}": float(c) for q, c in enumerate(result.correct.tolist())})
+        # every code's count, zeros included: the sums of all ranks must have the same keys
+        for q, row in enumerate(result.code_counts.tolist()):
+            out.update({f"codes_{q}_{k}": float(c) for k, c in enumerate(row)})
+        return out
+
+    def metrics(self, totals):
+        masked = max(totals["masked"], 1.0)
+        out = {"loss": totals["loss"] / masked, "ce": totals["ce"] / masked, "cqt_mse": totals["cqt"] / masked,
+               "features_pen": totals["pen"] / masked}  # fmt: skip
+        out.update({f"acc_{q}": totals[f"correct_{q}"] / masked for q in range(self.n_q)})
+        # the prior: the entropy of each codebook's code histogram over the scored frames since the last row, the CE
+        # of the best constant prediction of those frames; ``ce`` below ``prior`` is what is learnt about each frame
+        priors = [code_entropy([totals[f"codes_{q}_{k}"] for k in range(self.codebook_size)]) for q in range(self.n_q)]
+        out.update({f"prior_{q}": p for q, p in enumerate(priors)})
+        out["prior"] = sum(priors)
+        return out

@@ -19,6 +19,8 @@ student. How the trainer uses these pieces::
         teacher.update(engine.module.model)                     # once per optimizer step, on every rank
     checkpoint: teacher.state_dict() / teacher.load_state_dict(...)   (weights and the update count)
 
+:class:`Data2VecObjective` is that loop's part for the trainer.
+
 The teacher sees the same audio as the student, unmasked (data2vec); whether that is a clean or a mixed clip is the
 trainer's choice.
 
@@ -40,7 +42,7 @@ What follows fairseq's ``data2vec_audio`` (base recipe: ``ema_transformer_only``
   residual and LayerNorm: fairseq's ``layer_result``, the fc2 output), instance-normalised over time per channel
   (``F.instance_norm``, eps 1e-5), averaged over the ``K`` layers.
 - Loss: ``final_proj = Linear(H, H)`` on the student's masked frames; squared error summed over masked frames and
-  channels, times ``1 / sqrt(H)``. ``loss`` is that sum, like :class:`~mert_fast.train.objective.MERTPretrainer`'s
+  channels, times ``1 / sqrt(H)``. ``loss`` is that sum, like :class:`~mert_fast.train.objectives.mert.MERTPretrainer`'s
   (fairseq then divides the gradient by the number of masked frames; ``loss_sum / n_masked`` is the per-frame value
   it logs).
 - Diagnostics: ``target_var`` and ``pred_var``, the mean over channels of the standard deviation over masked frames
@@ -75,10 +77,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mert_fast.model.config import MERTConfig
 from mert_fast.model.mert import MERTModel
-from mert_fast.train.objective import MERTPretrainer, masked_student
+from mert_fast.train.config import TrainConfig
+from mert_fast.train.objectives.base import Objective, StepBatch, mask_and_mix
+from mert_fast.train.objectives.mert import MERTPretrainer, masked_student
 
-__all__ = ["Data2VecHead", "Data2VecOutput", "Data2VecPretrainer", "EMATeacher", "RegressionLoss"]
+__all__ = ["Data2VecHead", "Data2VecObjective", "Data2VecOutput", "Data2VecPretrainer", "EMATeacher", "RegressionLoss"]
 
 logger = logging.getLogger(__name__)
 
@@ -355,7 +360,7 @@ class Data2VecHead(nn.Module):
 class Data2VecOutput(NamedTuple):
     """``loss`` (what backward takes: the scaled squared error summed over masked frames) and detached statistics
     for logging: ``loss_sum`` (its value), ``n_masked``, ``pred_var``, ``target_var``. A named tuple, so that ZeRO-3
-    sees the tensors a module returns (see :class:`~mert_fast.train.objective.PretrainOutput`)."""
+    sees the tensors a module returns (see :class:`~mert_fast.train.objectives.mert.PretrainOutput`)."""
 
     loss: torch.Tensor
     loss_sum: torch.Tensor
@@ -409,3 +414,50 @@ class Data2VecPretrainer(nn.Module):
             pred_var=result.pred_var,
             target_var=result.target_var,
         )
+
+
+class Data2VecObjective(Objective):
+    """music2vec: the student regresses, at masked frames, its EMA teacher's averaged top-K layer outputs."""
+
+    name = "data2vec"
+
+    def __init__(self, cfg: TrainConfig, model_cfg: MERTConfig, student: MERTModel, device: torch.device) -> None:
+        self.cfg, self.model_cfg = cfg, model_cfg
+        top_k = min(cfg.ema_top_k, model_cfg.num_hidden_layers)
+        if top_k < cfg.ema_top_k:
+            logger.info("data2vec: the model has %d layers; targets average all of them", top_k)
+        # made before deepspeed.initialize, from the whole student: a replicated fp32 copy outside the engine
+        self.teacher = EMATeacher(student, decay_start=cfg.ema_decay[0], decay_end=cfg.ema_decay[1],
+                                  anneal_steps=cfg.ema_anneal_steps, top_k=top_k).to(device)  # fmt: skip
+        self.module = Data2VecPretrainer(student, feature_grad_mult=cfg.feature_grad_mult)
+
+    def inputs(self, audio, micro_step, rank, dtype, validation):
+        audio, mask, layer_keep = mask_and_mix(
+            audio, model_cfg=self.model_cfg, cfg=self.cfg, micro_step=micro_step, rank=rank, mixture=not validation,
+            stream="val" if validation else "",
+        )  # fmt: skip
+        targets = self.teacher.targets(audio)  # the student's own input, unmasked
+        return StepBatch(audio.to(dtype), None, None, mask, None if validation else layer_keep, targets.to(dtype))
+
+    def forward(self, engine, batch):
+        return engine(batch.audio, batch.targets, batch.mask, batch.layer_keep)
+
+    def sums(self, result):
+        return {"loss": float(result.loss.detach()), "masked": float(result.n_masked), "micro": 1.0,
+                "pred_var": float(result.pred_var), "target_var": float(result.target_var)}  # fmt: skip
+
+    def metrics(self, totals):
+        micro = max(totals["micro"], 1.0)
+        return {"loss": totals["loss"] / max(totals["masked"], 1.0), "pred_var": totals["pred_var"] / micro,
+                "target_var": totals["target_var"] / micro, "ema_decay": self.teacher.decay()}  # fmt: skip
+
+    def after_step(self, engine, step):
+        self.teacher.update(engine.module.model, step)
+
+    def state_dict(self):
+        return {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in self.teacher.state_dict().items()}
+
+    def load_state_dict(self, state):
+        if state is None:
+            raise ValueError("checkpoint: a data2vec run's checkpoint must hold its EMA teacher")
+        self.teacher.load_state_dict(state)
