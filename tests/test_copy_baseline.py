@@ -1,0 +1,51 @@
+"""The "copy the nearest unmasked frame's code" baseline logged beside the masked CE."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mert_fast.train.masking import compute_mask, copy_baseline_correct, nearest_visible
+
+
+def _nearest_loop(mask: torch.Tensor) -> torch.Tensor:
+    out = torch.full(mask.shape, -1, dtype=torch.long)
+    for b in range(mask.shape[0]):
+        visible = [j for j in range(mask.shape[1]) if not mask[b, j]]
+        for t in range(mask.shape[1]):
+            if visible:  # the smallest distance, the earlier frame on a tie
+                out[b, t] = min(visible, key=lambda j: (abs(j - t), j))
+    return out
+
+
+@pytest.mark.parametrize("shape", [(3, 64), (5, 299)])
+def test_nearest_visible_matches_a_loop(shape):
+    gen = torch.Generator().manual_seed(shape[1])
+    for prob in (0.3, 0.8, 1.0):
+        mask = compute_mask(*shape, mask_prob=prob, span=5, generator=gen)
+        mask[0] = torch.rand(shape[1], generator=gen) < prob  # unstructured too
+        mask[-1] = True  # a row with no unmasked frame
+        assert torch.equal(nearest_visible(mask), _nearest_loop(mask))
+
+
+def test_copy_baseline_counts_agreement_on_masked_frames_only():
+    gen = torch.Generator().manual_seed(0)
+    b, t, q = 4, 97, 3
+    codes = torch.randint(6, (b, t, q), generator=gen)
+    codes[..., 0] = codes[:, :1, 0]  # constant per clip: copying is always right
+    mask = compute_mask(b, t, mask_prob=0.6, span=5, generator=gen)
+    got = copy_baseline_correct(codes, mask)
+    src = _nearest_loop(mask)
+    want = torch.zeros(q, dtype=torch.long)
+    for i in range(b):
+        for j in range(t):
+            if mask[i, j] and src[i, j] >= 0:
+                want += (codes[i, src[i, j]] == codes[i, j]).long()
+    assert torch.equal(got, want)
+    assert got[0] == mask.sum()  # the constant codebook
+    assert got[1] < mask.sum()  # random codes: not all copied right
+
+
+def test_copy_baseline_of_a_fully_masked_clip_is_wrong():
+    codes = torch.zeros(1, 10, 2, dtype=torch.long)
+    assert copy_baseline_correct(codes, torch.ones(1, 10, dtype=torch.bool)).tolist() == [0, 0]
