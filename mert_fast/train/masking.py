@@ -64,13 +64,14 @@ def nearest_visible(mask: torch.Tensor) -> torch.Tensor:
     return torch.where(out >= t, -1, out)
 
 
-def copy_baseline_correct(codes: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """``(Q,)`` int64: on the masked frames of ``mask`` ``(B, T)``, how many of ``codes`` ``(B, T, Q)`` equal the code
-    of the nearest unmasked frame (:func:`nearest_visible`). What a student that copies its context would score;
-    a masked frame in a row without unmasked frames counts as wrong."""
+def copy_baseline_correct(codes: torch.Tensor, mask: torch.Tensor, scored: torch.Tensor | None = None) -> torch.Tensor:
+    """``(Q,)`` int64: on the ``scored`` frames (default: the masked ones) of ``mask`` ``(B, T)``, how many of
+    ``codes`` ``(B, T, Q)`` equal the code of the nearest unmasked frame (:func:`nearest_visible`; an unmasked frame
+    is its own nearest). What a student that copies its context would score; a frame in a row without unmasked
+    frames counts as wrong."""
     src = nearest_visible(mask)
     copied = codes.gather(1, src.clamp_min(0)[..., None].expand_as(codes))
-    hit = (copied == codes) & (src >= 0)[..., None] & mask[..., None]
+    hit = (copied == codes) & (src >= 0)[..., None] & (mask if scored is None else scored)[..., None]
     return hit.sum((0, 1))
 
 
