@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["compute_mask", "in_batch_mixture"]
+__all__ = ["compute_mask", "copy_baseline_correct", "in_batch_mixture", "nearest_visible"]
 
 
 def compute_mask(
@@ -47,6 +47,32 @@ def compute_mask(
             drop = masked[torch.randperm(masked.numel(), generator=generator)[: int(counts[row]) - keep]]
             mask[row, drop] = False
     return mask.to(device)
+
+
+def nearest_visible(mask: torch.Tensor) -> torch.Tensor:
+    """For ``mask`` ``(B, T)`` bool (True: masked), the index ``(B, T)`` int64 of each frame's nearest unmasked frame
+    in its own row (the frame itself where it is unmasked; the earlier one on a tie; -1 in a row with no unmasked
+    frame)."""
+    b, t = mask.shape
+    pos = torch.arange(t, device=mask.device).expand(b, t)
+    visible = ~mask
+    prev = torch.where(visible, pos, -1).cummax(1).values  # last unmasked frame at or before t, or -1
+    big = torch.full_like(pos, 2 * t + 1)
+    nxt = torch.where(visible, pos, big).flip(1).cummin(1).values.flip(1)  # first unmasked at or after t, or big
+    use_next = (prev < 0) | ((nxt - pos) < (pos - prev))
+    out = torch.where(use_next, nxt, prev)
+    return torch.where(out >= t, -1, out)
+
+
+def copy_baseline_correct(codes: torch.Tensor, mask: torch.Tensor, scored: torch.Tensor | None = None) -> torch.Tensor:
+    """``(Q,)`` int64: on the ``scored`` frames (default: the masked ones) of ``mask`` ``(B, T)``, how many of
+    ``codes`` ``(B, T, Q)`` equal the code of the nearest unmasked frame (:func:`nearest_visible`; an unmasked frame
+    is its own nearest). What a student that copies its context would score; a frame in a row without unmasked
+    frames counts as wrong."""
+    src = nearest_visible(mask)
+    copied = codes.gather(1, src.clamp_min(0)[..., None].expand_as(codes))
+    hit = (copied == codes) & (src >= 0)[..., None] & (mask if scored is None else scored)[..., None]
+    return hit.sum((0, 1))
 
 
 def in_batch_mixture(

@@ -10,12 +10,30 @@ from typing import Any
 
 from mert_fast.model.config import MERTConfig
 
-__all__ = ["PEAK_FLOPS", "MetricsSink", "model_flops", "plot_metrics"]
+__all__ = ["AT_PRIOR", "PEAK_FLOPS", "MetricsSink", "learning_status", "model_flops", "plot_metrics"]
 
 logger = logging.getLogger(__name__)
 
 #: Dense bf16 peak of known accelerators (FLOP/s), for MFU.
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
+
+
+#: A masked CE less than this fraction below the code prior counts as "at the prior": nothing learnt per frame.
+AT_PRIOR = 0.02
+
+
+def learning_status(row: dict[str, Any]) -> tuple[bool, str] | None:
+    """``(at_prior, text)`` for a codebook objective's metrics row (None for rows without a ``prior``): the masked CE
+    against the code prior (the entropy of the scored frames' codes, the CE of the best constant guess) and the
+    student's accuracy against the copy-the-nearest-unmasked-frame baseline. ``at_prior``: the CE is less than
+    :data:`AT_PRIOR` below the prior."""
+    if "prior" not in row or "ce" not in row or row["prior"] <= 0:
+        return None
+    below = 1.0 - row["ce"] / row["prior"]
+    text = f"masked CE {row['ce']:.3f} vs code prior {row['prior']:.3f} ({below:+.1%} below)"
+    if "copy_acc" in row:
+        text += f"; accuracy {row['acc']:.3f} vs copy baseline {row['copy_acc']:.3f}"
+    return below < AT_PRIOR, text
 
 
 def model_flops(model_cfg: MERTConfig, n_params: int, frames: int) -> float:
@@ -83,7 +101,9 @@ def plot_metrics(metrics: Path, png: Path) -> None:
     val_rows = [r for r in rows if r.get("split") == "val"]
     if not train_rows:
         return
-    fig, ax = plt.subplots(figsize=(7, 4))
+    has_acc = "copy_acc" in train_rows[0]
+    fig, axes = plt.subplots(1, 2 if has_acc else 1, figsize=(12 if has_acc else 7, 4), squeeze=False)
+    ax = axes[0, 0]
     steps = [r["step"] for r in train_rows]
     labels = {"loss": "loss / masked frame", "ce": "acoustic CE / frame", "prior": "code prior (entropy) / frame",
               "cqt_mse": "CQT MSE", "target_var": "target std (EMA teacher)"}  # fmt: skip
@@ -92,10 +112,27 @@ def plot_metrics(metrics: Path, png: Path) -> None:
             ax.plot(steps, [r[key] for r in train_rows], label=label)
     if val_rows:
         ax.plot([r["step"] for r in val_rows], [r["loss"] for r in val_rows], "o--", label="validation loss")
+        if "prior" in val_rows[0]:
+            ax.plot([r["step"] for r in val_rows], [r["ce"] for r in val_rows], "s--", label="validation CE")
+            ax.plot([r["step"] for r in val_rows], [r["prior"] for r in val_rows], "x:", label="validation prior")
+    if has_acc:
+        _plot_accuracy(axes[0, 1], train_rows, val_rows)
     ax.set_xlabel("step")
     ax.set_yscale("log")
     ax.legend()
-    ax.set_title("MERT pre-training")
+    ax.set_title("MERT pre-training: below the prior is learnt")
     fig.tight_layout()
     fig.savefig(png, dpi=120)
     plt.close(fig)
+
+
+def _plot_accuracy(ax, train_rows: list[dict], val_rows: list[dict]) -> None:
+    """Masked accuracy (mean over codebooks) against the copy-the-nearest-unmasked-frame baseline."""
+    for rows, style, split in ((train_rows, "-", "train"), (val_rows, "o--", "validation")):
+        if rows:
+            steps = [r["step"] for r in rows]
+            ax.plot(steps, [r["acc"] for r in rows], style, label=f"{split} accuracy")
+            ax.plot(steps, [r["copy_acc"] for r in rows], style, alpha=0.5, label=f"{split} copy baseline")
+    ax.set_xlabel("step")
+    ax.set_ylabel("masked accuracy (mean over codebooks)")
+    ax.legend()

@@ -36,7 +36,7 @@ from mert_fast.train.checkpoint import (
 from mert_fast.train.config import TrainConfig, model_config
 from mert_fast.train.data import Batch, CropBatches, seed_for
 from mert_fast.train.engine import DistributedInfo, build_engine, engine_config, init_distributed
-from mert_fast.train.metrics import PEAK_FLOPS, MetricsSink, model_flops, plot_metrics
+from mert_fast.train.metrics import PEAK_FLOPS, MetricsSink, learning_status, model_flops, plot_metrics
 from mert_fast.train.signals import Interrupted, StopFlag
 
 __all__ = ["Interrupted", "Trainer", "train"]
@@ -89,6 +89,7 @@ class Trainer:
         self.step = 0
         self.sums: dict[str, float] = {}
         self.last: dict[str, Any] = {}
+        self.at_prior: bool | None = None  # whether the last training row's masked CE was at the code prior
         self.progress = None
 
     # ------------------------------------------------------------------------------------------ building
@@ -270,11 +271,25 @@ class Trainer:
         if not math.isfinite(row["loss"]):
             raise FloatingPointError(f"non-finite loss at step {self.step}: {row}")
         self.metrics.log(row)
+        self._report_learning(row)
         if self.progress is not None:
             self.progress.set_postfix(loss=f"{row['loss']:.3f}")
         self.sums = {}
         self.last = row
         return row
+
+    def _report_learning(self, row: dict[str, Any]) -> None:
+        """Log, once the warm-up is over, whether the masked CE is still at the code prior: a warning at the first
+        such row (and whenever it falls back), a note when it first leaves it."""
+        status = learning_status(row)
+        if status is None or not self.dist.is_main or self.step < max(self.cfg.warmup_steps, 1):
+            return
+        at_prior, text = status
+        if at_prior and self.at_prior is not True:
+            logger.warning("step %d: still at the code prior after the warm-up: %s", self.step, text)
+        elif not at_prior and self.at_prior is not False:
+            logger.info("step %d: below the code prior: %s", self.step, text)
+        self.at_prior = at_prior
 
     # ------------------------------------------------------------------------------------------ the loop
 
@@ -302,7 +317,10 @@ class Trainer:
                     t0 = time.perf_counter()
                 if self.val is not None and (self.step % cfg.val_every == 0 or last_step):
                     with _nvtx("validation"):
-                        self.metrics.log({"step": self.step, "split": "val", **self.validate()})
+                        val_row = self.validate()
+                        self.metrics.log({"step": self.step, "split": "val", **val_row})
+                    if dist.is_main and (status := learning_status(val_row)) is not None:
+                        logger.info("step %d validation: %s", self.step, status[1])
                     t0 = time.perf_counter()
                 signum = stop.agreed(dist)
                 if signum:

@@ -35,6 +35,7 @@ from mert_fast.model.teachers import align_to_frames
 from mert_fast.model.teachers.cqt import mert_cqt_bins
 from mert_fast.ops import codebook_cross_entropy
 from mert_fast.train.config import TrainConfig
+from mert_fast.train.masking import copy_baseline_correct
 from mert_fast.train.objectives.base import Objective, StepBatch, code_entropy, mask_and_mix
 
 __all__ = ["CodebookObjective", "MERTPretrainer", "PretrainOutput", "cqt_bins", "masked_student", "step_inputs"]
@@ -63,6 +64,8 @@ class PretrainOutput(NamedTuple):
     correct: torch.Tensor  # (Q,) int64 correct predictions per codebook on masked frames
     n_masked: int
     code_counts: torch.Tensor | None = None  # (Q, K) int64 histogram of the masked frames' codes per codebook
+    ce_per_codebook: torch.Tensor | None = None  # (Q,) the CE summed over the scored frames, per codebook
+    copy_correct: torch.Tensor | None = None  # (Q,) int64 frames the copy-the-nearest-unmasked-frame baseline gets
 
 
 class MERTPretrainer(nn.Module):
@@ -125,41 +128,52 @@ class MERTPretrainer(nn.Module):
         cqt: torch.Tensor | None,
         mask: torch.Tensor,
         layer_keep: list[bool] | None = None,
+        *,
+        scored: torch.Tensor | None = None,
     ) -> PretrainOutput:
         """audio ``(B, L)`` (the mixed clip); codes ``(B, T, Q)`` int64, cqt ``(B, T, n_bins)`` (None without a CQT
         head) and mask ``(B, T)`` bool, all aligned to the student's ``T`` frames; ``layer_keep``: the step's
-        LayerDrop draw (same on all ranks)."""
+        LayerDrop draw (same on all ranks). ``scored`` ``(B, T)`` bool: the frames the losses are taken on (default
+        the masked ones; the learnability check scores frames the student sees)."""
         feats, _ = self.model.extract_features(audio)
         if (self.cqt_head is None) != (cqt is None):
             raise ValueError("cqt: give CQT targets exactly when the module has a CQT head (cqt_bins)")
         cqt_shape = mask.shape if cqt is None else cqt.shape[:2]
-        if feats.shape[1] != mask.shape[1] or codes.shape[:2] != mask.shape or cqt_shape != mask.shape:
+        if scored is None:
+            scored = mask
+        if (
+            feats.shape[1] != mask.shape[1]
+            or codes.shape[:2] != mask.shape
+            or cqt_shape != mask.shape
+            or scored.shape != mask.shape
+        ):
             raise ValueError(
                 f"frames: student {feats.shape[1]}, mask {tuple(mask.shape)}, codes {tuple(codes.shape)}, "
-                f"cqt {tuple(cqt_shape)} must agree"
+                f"cqt {tuple(cqt_shape)}, scored {tuple(scored.shape)} must agree"
             )
         feats, hidden = masked_student(self.model, feats, mask, layer_keep, self.feature_grad_mult)
         features_pen = feats.float().pow(2).mean()
-        h = hidden[mask]
+        h = hidden[scored]
         n_masked = h.shape[0]
         if self.final_proj is not None:
             proj = self.final_proj(h).view(n_masked, self.n_codebooks, self.final_dim)
         else:
             proj = h[:, None, :].expand(n_masked, self.n_codebooks, self.final_dim)
-        scored = codes[mask]  # (n_masked, Q)
-        ce_sum, correct = codebook_cross_entropy(
+        targets = codes[scored]  # (n_masked, Q)
+        losses, correct = codebook_cross_entropy(
             proj,
             # copies: the loss saves them for backward, and under ZeRO-3 the parameters are released after forward
             self.label_embs_concat.to(proj.dtype, copy=True),
-            scored,
+            targets,
             bias=None if self.label_bias is None else self.label_bias.to(proj.dtype, copy=True),
             temperature=self.temperature,
             normalize=self.head == "cosine",
-            reduction="sum",
+            reduction="none",
             return_accuracy=True,
         )
+        ce_sum = losses.sum()
         if self.cqt_head is not None:
-            cqt_mse = F.mse_loss(self.cqt_head(h).float(), cqt[mask].float())
+            cqt_mse = F.mse_loss(self.cqt_head(h).float(), cqt[scored].float())
         else:
             cqt_mse = torch.zeros((), device=h.device)
         w_feat, w_cqt = self.loss_weights
@@ -171,7 +185,9 @@ class MERTPretrainer(nn.Module):
             features_pen=features_pen.detach(),
             correct=correct.detach(),
             n_masked=n_masked,
-            code_counts=torch.stack([torch.bincount(c, minlength=self.label_embs_concat.shape[1]) for c in scored.T]),
+            code_counts=torch.stack([torch.bincount(c, minlength=self.label_embs_concat.shape[1]) for c in targets.T]),
+            ce_per_codebook=losses.detach().sum(0),
+            copy_correct=copy_baseline_correct(codes, mask, scored),
         )
 
 
@@ -255,6 +271,8 @@ class CodebookObjective(Objective):
         out = {"loss": float(result.loss.detach()), "ce": float(result.ce_sum), "masked": float(n),
                "cqt": float(result.cqt_mse) * n, "pen": float(result.features_pen) * n}  # fmt: skip
         out.update({f"correct_{q}": float(c) for q, c in enumerate(result.correct.tolist())})
+        out.update({f"copy_{q}": float(c) for q, c in enumerate(result.copy_correct.tolist())})
+        out.update({f"ce_{q}": float(c) for q, c in enumerate(result.ce_per_codebook.tolist())})
         # every code's count, zeros included: the sums of all ranks must have the same keys
         for q, row in enumerate(result.code_counts.tolist()):
             out.update({f"codes_{q}_{k}": float(c) for k, c in enumerate(row)})
@@ -265,6 +283,12 @@ class CodebookObjective(Objective):
         out = {"loss": totals["loss"] / masked, "ce": totals["ce"] / masked, "cqt_mse": totals["cqt"] / masked,
                "features_pen": totals["pen"] / masked}  # fmt: skip
         out.update({f"acc_{q}": totals[f"correct_{q}"] / masked for q in range(self.n_q)})
+        out.update({f"ce_{q}": totals[f"ce_{q}"] / masked for q in range(self.n_q)})
+        # the copy baseline: each masked frame predicted as the code of its nearest unmasked frame; a student that
+        # has learnt the codes of what it hears and uses its context does at least this well
+        out.update({f"copy_acc_{q}": totals[f"copy_{q}"] / masked for q in range(self.n_q)})
+        out["acc"] = sum(out[f"acc_{q}"] for q in range(self.n_q)) / self.n_q
+        out["copy_acc"] = sum(out[f"copy_acc_{q}"] for q in range(self.n_q)) / self.n_q
         # the prior: the entropy of each codebook's code histogram over the scored frames since the last row, the CE
         # of the best constant prediction of those frames; ``ce`` below ``prior`` is what is learnt about each frame
         priors = [code_entropy([totals[f"codes_{q}_{k}"] for k in range(self.codebook_size)]) for q in range(self.n_q)]

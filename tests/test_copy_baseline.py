@@ -1,0 +1,88 @@
+"""The "copy the nearest unmasked frame's code" baseline logged beside the masked CE."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mert_fast.train.masking import compute_mask, copy_baseline_correct, nearest_visible
+
+
+def _nearest_loop(mask: torch.Tensor) -> torch.Tensor:
+    out = torch.full(mask.shape, -1, dtype=torch.long)
+    for b in range(mask.shape[0]):
+        visible = [j for j in range(mask.shape[1]) if not mask[b, j]]
+        for t in range(mask.shape[1]):
+            if visible:  # the smallest distance, the earlier frame on a tie
+                out[b, t] = min(visible, key=lambda j: (abs(j - t), j))
+    return out
+
+
+@pytest.mark.parametrize("shape", [(3, 64), (5, 299)])
+def test_nearest_visible_matches_a_loop(shape):
+    gen = torch.Generator().manual_seed(shape[1])
+    for prob in (0.3, 0.8, 1.0):
+        mask = compute_mask(*shape, mask_prob=prob, span=5, generator=gen)
+        mask[0] = torch.rand(shape[1], generator=gen) < prob  # unstructured too
+        mask[-1] = True  # a row with no unmasked frame
+        assert torch.equal(nearest_visible(mask), _nearest_loop(mask))
+
+
+def test_copy_baseline_counts_agreement_on_masked_frames_only():
+    gen = torch.Generator().manual_seed(0)
+    b, t, q = 4, 97, 3
+    codes = torch.randint(6, (b, t, q), generator=gen)
+    codes[..., 0] = codes[:, :1, 0]  # constant per clip: copying is always right
+    mask = compute_mask(b, t, mask_prob=0.6, span=5, generator=gen)
+    got = copy_baseline_correct(codes, mask)
+    src = _nearest_loop(mask)
+    want = torch.zeros(q, dtype=torch.long)
+    for i in range(b):
+        for j in range(t):
+            if mask[i, j] and src[i, j] >= 0:
+                want += (codes[i, src[i, j]] == codes[i, j]).long()
+    assert torch.equal(got, want)
+    assert got[0] == mask.sum()  # the constant codebook
+    assert got[1] < mask.sum()  # random codes: not all copied right
+
+
+def test_copy_baseline_of_a_fully_masked_clip_is_wrong():
+    codes = torch.zeros(1, 10, 2, dtype=torch.long)
+    assert copy_baseline_correct(codes, torch.ones(1, 10, dtype=torch.bool)).tolist() == [0, 0]
+
+
+def test_the_objective_logs_the_copy_baseline_and_the_ce_per_codebook():
+    import dataclasses
+
+    from mert_fast.model.config import PRESETS
+    from mert_fast.model.mert import MERTModel
+    from mert_fast.train.objectives.mert import CodebookObjective, MERTPretrainer
+
+    config = dataclasses.replace(PRESETS["tiny"], hidden_dropout=0.0, attention_dropout=0.0, layerdrop=0.0)
+    torch.manual_seed(0)
+    module = MERTPretrainer(MERTModel(config), n_codebooks=2, codebook_size=5, cqt_bins=None)
+    objective = object.__new__(CodebookObjective)  # the sums and metrics need the code layout only
+    objective.n_q, objective.codebook_size = 2, 5
+    gen = torch.Generator().manual_seed(1)
+    totals: dict[str, float] = {}
+    copied = torch.zeros(2, dtype=torch.long)
+    masked = 0
+    for _ in range(2):
+        n = config.num_frames(8000)
+        codes = torch.randint(5, (2, n, 2), generator=gen)
+        codes[..., 0] = codes[:, :1, 0]  # constant per clip: the copy baseline is always right
+        mask = compute_mask(2, n, mask_prob=0.5, span=5, generator=gen)
+        with torch.no_grad():
+            result = module(0.1 * torch.randn(2, 8000, generator=gen), codes, None, mask)
+        for k, v in objective.sums(result).items():
+            totals[k] = totals.get(k, 0.0) + v
+        src = _nearest_loop(mask)
+        for i, j in mask.nonzero().tolist():
+            copied += (codes[i, src[i, j]] == codes[i, j]).long()
+        masked += int(mask.sum())
+    row = objective.metrics(totals)
+    assert row["copy_acc_0"] == 1.0
+    assert row["copy_acc_1"] == pytest.approx(float(copied[1]) / masked, rel=1e-12)
+    assert row["copy_acc"] == pytest.approx((row["copy_acc_0"] + row["copy_acc_1"]) / 2)
+    assert row["ce_0"] + row["ce_1"] == pytest.approx(row["ce"], rel=1e-5)
+    assert row["acc"] == pytest.approx((row["acc_0"] + row["acc_1"]) / 2)
