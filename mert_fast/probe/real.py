@@ -58,6 +58,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from mert_fast._checks import check_float, check_int
 from mert_fast.synth.midi import fluidsynth_soundfont, render_midi
 
 __all__ = ["COMPOSERS", "FAMILY_PROGRAMS", "KEYS", "make_real_probe_data", "piece_notes", "require_music21"]
@@ -283,13 +284,10 @@ def _check_args(seed, sample_rate, seconds, composers, pieces_per_composer, clip
         ("clips_per_composer", clips_per_composer),
         ("sample_rate", sample_rate),
     ):
-        low = 0 if name == "seed" else 1
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"{name} must be an integer >= {low}; got {value!r}")
+        check_int(name, value, min=0 if name == "seed" else 1)
     if sample_rate < 8000:
         raise ValueError(f"sample_rate must be >= 8000 Hz; got {sample_rate!r}")
-    if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not 1.0 <= seconds <= 120.0:
-        raise ValueError(f"seconds must be between 1 and 120; got {seconds!r}")
+    check_float("seconds", seconds, min=1.0, max=120.0, expected="between 1 and 120")
     if fmt not in ("flac", "wav"):
         raise ValueError(f"format must be 'flac' or 'wav'; got {fmt!r}")
     if not composers or len(set(composers)) != len(composers):

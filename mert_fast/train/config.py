@@ -15,6 +15,7 @@ import types
 import typing
 from typing import Any
 
+from mert_fast._checks import check_int
 from mert_fast.model.config import PRESETS, MERTConfig
 
 __all__ = ["CHOICES", "TrainConfig", "add_config_arguments", "config_from_args", "field_docs", "model_config"]
@@ -131,9 +132,7 @@ class TrainConfig:
         self.loss_weights = tuple(float(v) for v in self.loss_weights)
         for name in ("max_steps", "log_every", "batch_size", "grad_accum", "mask_length", "teacher_codebooks",
                      "ema_top_k", "teacher_codebook_size", "synthetic_clips", "teacher_fit_clips"):  # fmt: skip
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer; got {value!r}")
+            check_int(name, getattr(self, name), min=1, expected="a positive integer")
         for name in ("warmup_steps", "teacher_fit_steps", "num_workers", "seed", "save_every", "keep_last",
                      "val_every", "profile_steps", "ema_anneal_steps"):  # fmt: skip
             if getattr(self, name) < 0:
