@@ -181,10 +181,8 @@ def run(benchmark, measure, case: Case, implementation: str, loss_fn, rounds: in
 
 
 @pytest.mark.parametrize("backend", ["triton", "torch", "auto"])
-def test_codebook_ce_mert_fast(benchmark, measure, monkeypatch, case, backend):
-    if backend == "triton" and case.device != "cuda":
-        pytest.skip("the Triton kernels run on CPU tensors only through their interpreter: not a speed path")
-    monkeypatch.setenv("MERT_FAST_BACKEND", backend)
+def test_codebook_ce_mert_fast(benchmark, measure, use_backend, case, backend):
+    use_backend(backend, case.device)
     run(benchmark, measure, case, f"mert_fast ({backend})", mert_fast_loss)
 
 

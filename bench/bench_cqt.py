@@ -165,22 +165,9 @@ def describe(benchmark, case: Case, implementation: str, *, first_call: bool = F
     )
 
 
-def use_backend(monkeypatch, backend: str, case: Case) -> None:
-    if backend == "triton" and case.device != "cuda":
-        pytest.skip("the Triton kernel runs on CPU tensors only through its interpreter: not a speed path")
-    if backend == "cuda":
-        if case.device != "cuda":
-            pytest.skip("the CUDA C++ backend needs a GPU")
-        from mert_fast._native import native
-
-        if native() is None:
-            pytest.skip("mert_fast._C is not built")
-    monkeypatch.setenv("MERT_FAST_BACKEND", backend)
-
-
 @pytest.mark.parametrize("backend", ["torch", "triton", "cuda", "auto"])
-def test_cqt_mert_fast(benchmark, measure, monkeypatch, case, backend):
-    use_backend(monkeypatch, backend, case)
+def test_cqt_mert_fast(benchmark, measure, use_backend, case, backend):
+    use_backend(backend, case.device)
     describe(benchmark, case, f"mert_fast ({backend})")
     x = audio(case)
 

@@ -214,17 +214,8 @@ def record_speed(benchmark, measure, case: Case) -> None:
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton", "cuda", "auto"])
-def test_rvq_mert_fast(benchmark, measure, monkeypatch, case, backend):
-    if backend == "triton" and case.device != "cuda":
-        pytest.skip("the Triton kernel runs on CPU tensors only through its interpreter: not a speed path")
-    if backend == "cuda":
-        from mert_fast._native import native
-
-        if case.device != "cuda":
-            pytest.skip("the CUDA C++ kernel runs on CUDA tensors only")
-        if native() is None:
-            pytest.skip("mert_fast._C was not built")
-    monkeypatch.setenv("MERT_FAST_BACKEND", backend)
+def test_rvq_mert_fast(benchmark, measure, use_backend, case, backend):
+    use_backend(backend, case.device)
     describe(benchmark, case, f"mert_fast ({backend})")
     data = inputs(case)
 

@@ -166,6 +166,27 @@ def device_gate(bench_device):
 
 
 @pytest.fixture
+def use_backend(monkeypatch):
+    """``use_backend(backend, device)`` sets ``MERT_FAST_BACKEND`` for the case, or skips the pairs that are no
+    speed path: Triton off CUDA (it runs CPU tensors only through its interpreter), the CUDA C++ backend off CUDA
+    or when ``mert_fast._C`` was not built."""
+
+    def use(backend: str, device: str) -> None:
+        if backend == "triton" and device != "cuda":
+            pytest.skip("the Triton kernels run on CPU tensors only through their interpreter: not a speed path")
+        if backend == "cuda":
+            from mert_fast._native import native
+
+            if device != "cuda":
+                pytest.skip("the CUDA C++ kernels run on CUDA tensors only")
+            if native() is None:
+                pytest.skip("mert_fast._C was not built")
+        monkeypatch.setenv("MERT_FAST_BACKEND", backend)
+
+    return use
+
+
+@pytest.fixture
 def true_fp32_matmul():
     """Matmuls in true fp32 for the duration (no TF32, whatever the process default): fp32 cases stay fp32."""
     old = torch.backends.cuda.matmul.allow_tf32
