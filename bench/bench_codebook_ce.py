@@ -145,20 +145,12 @@ def check(benchmark, out, case: Case) -> None:
     benchmark.extra_info["rel_err_vs_float64_ref"] = benchmark.extra_info["rel_err_loss_vs_float64_ref"]
 
 
-def describe(benchmark, case: Case, implementation: str) -> None:
-    benchmark.group = f"codebook_cross_entropy {case.label}"
-    benchmark.extra_info.update(
-        op="codebook_cross_entropy",
-        case=case.label,
-        implementation=implementation,
-        baseline=implementation == BASELINE,
-        frames=case.frames,
-        codebooks=case.codebooks,
-        codes=case.codes,
-        dim=case.dim,
-        dtype=str(case.dtype).removeprefix("torch."),
-        temperature=TEMPERATURE,
-    )
+def describe(measure, case: Case, implementation: str) -> None:
+    measure.describe(
+        "codebook_cross_entropy", case.label, implementation, baseline=implementation == BASELINE,
+        frames=case.frames, codebooks=case.codebooks, codes=case.codes, dim=case.dim,
+        dtype=str(case.dtype).removeprefix("torch."), temperature=TEMPERATURE,
+    )  # fmt: skip
 
 
 def record_rate(benchmark, measure, case: Case) -> None:
@@ -169,7 +161,7 @@ def record_rate(benchmark, measure, case: Case) -> None:
 
 
 def run(benchmark, measure, case: Case, implementation: str, loss_fn, rounds: int | None = None) -> None:
-    describe(benchmark, case, implementation)
+    describe(measure, case, implementation)
     fn = step_fn(case, loss_fn)
     try:
         check(benchmark, fn(), case)  # also compiles the kernels before timing

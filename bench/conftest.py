@@ -263,6 +263,20 @@ class Measure:
         stats = getattr(self.benchmark, "stats", None)
         return float(stats.stats.median) if stats else None
 
+    def describe(
+        self, op: str, case: str, implementation: str, *, baseline: bool, group: str | None = None, **fields: Any
+    ) -> None:
+        """Name the benchmark's group (``"<op> <case>"`` unless ``group``) and record what every result row
+        carries: the op, the case, the implementation, whether it is the baseline, then the case's ``fields``."""
+        self.benchmark.group = group or f"{op} {case}"
+        self.benchmark.extra_info.update(op=op, case=case, implementation=implementation, baseline=baseline, **fields)
+
+    def record_tflops(self, flops: float) -> None:
+        """Record ``tflops``: ``flops`` (counted per call) per second of the benchmark's median, in 10^12."""
+        median = self.median_s()
+        if median:
+            self.benchmark.extra_info["tflops"] = flops / median / 1e12
+
     def throughput(self, audio_seconds: float) -> None:
         """Record ``audio_seconds`` per call and ``audio_seconds_per_s`` from the benchmark's median."""
         info = self.benchmark.extra_info
