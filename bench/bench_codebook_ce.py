@@ -145,20 +145,12 @@ def check(benchmark, out, case: Case) -> None:
     benchmark.extra_info["rel_err_vs_float64_ref"] = benchmark.extra_info["rel_err_loss_vs_float64_ref"]
 
 
-def describe(benchmark, case: Case, implementation: str) -> None:
-    benchmark.group = f"codebook_cross_entropy {case.label}"
-    benchmark.extra_info.update(
-        op="codebook_cross_entropy",
-        case=case.label,
-        implementation=implementation,
-        baseline=implementation == BASELINE,
-        frames=case.frames,
-        codebooks=case.codebooks,
-        codes=case.codes,
-        dim=case.dim,
-        dtype=str(case.dtype).removeprefix("torch."),
-        temperature=TEMPERATURE,
-    )
+def describe(measure, case: Case, implementation: str) -> None:
+    measure.describe(
+        "codebook_cross_entropy", case.label, implementation, baseline=implementation == BASELINE,
+        frames=case.frames, codebooks=case.codebooks, codes=case.codes, dim=case.dim,
+        dtype=str(case.dtype).removeprefix("torch."), temperature=TEMPERATURE,
+    )  # fmt: skip
 
 
 def record_rate(benchmark, measure, case: Case) -> None:
@@ -169,7 +161,7 @@ def record_rate(benchmark, measure, case: Case) -> None:
 
 
 def run(benchmark, measure, case: Case, implementation: str, loss_fn, rounds: int | None = None) -> None:
-    describe(benchmark, case, implementation)
+    describe(measure, case, implementation)
     fn = step_fn(case, loss_fn)
     try:
         check(benchmark, fn(), case)  # also compiles the kernels before timing
@@ -181,10 +173,8 @@ def run(benchmark, measure, case: Case, implementation: str, loss_fn, rounds: in
 
 
 @pytest.mark.parametrize("backend", ["triton", "torch", "auto"])
-def test_codebook_ce_mert_fast(benchmark, measure, monkeypatch, case, backend):
-    if backend == "triton" and case.device != "cuda":
-        pytest.skip("the Triton kernels run on CPU tensors only through their interpreter: not a speed path")
-    monkeypatch.setenv("MERT_FAST_BACKEND", backend)
+def test_codebook_ce_mert_fast(benchmark, measure, use_backend, case, backend):
+    use_backend(backend, case.device)
     run(benchmark, measure, case, f"mert_fast ({backend})", mert_fast_loss)
 
 

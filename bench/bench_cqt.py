@@ -153,35 +153,19 @@ def check(benchmark, out: torch.Tensor, case: Case, bound: float) -> None:
     assert err <= bound, f"{benchmark.extra_info['implementation']}: relative error {err:.3e} > {bound:.1e}"
 
 
-def describe(benchmark, case: Case, implementation: str, *, first_call: bool = False) -> None:
-    benchmark.group = f"cqt {case.label}" + (" first call" if first_call else "")
-    benchmark.extra_info.update(
-        op="cqt",
-        case=case.label + (" first call (plan build + transform)" if first_call else ""),
-        implementation=implementation,
+def describe(measure, case: Case, implementation: str, *, first_call: bool = False) -> None:
+    measure.describe(
+        "cqt", case.label + (" first call (plan build + transform)" if first_call else ""), implementation,
         baseline=implementation == BASELINE and not first_call,
-        batch=case.batch,
-        clip_seconds=case.seconds,
-    )
-
-
-def use_backend(monkeypatch, backend: str, case: Case) -> None:
-    if backend == "triton" and case.device != "cuda":
-        pytest.skip("the Triton kernel runs on CPU tensors only through its interpreter: not a speed path")
-    if backend == "cuda":
-        if case.device != "cuda":
-            pytest.skip("the CUDA C++ backend needs a GPU")
-        from mert_fast._native import native
-
-        if native() is None:
-            pytest.skip("mert_fast._C is not built")
-    monkeypatch.setenv("MERT_FAST_BACKEND", backend)
+        group=f"cqt {case.label}" + (" first call" if first_call else ""),
+        batch=case.batch, clip_seconds=case.seconds,
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton", "cuda", "auto"])
-def test_cqt_mert_fast(benchmark, measure, monkeypatch, case, backend):
-    use_backend(monkeypatch, backend, case)
-    describe(benchmark, case, f"mert_fast ({backend})")
+def test_cqt_mert_fast(benchmark, measure, use_backend, case, backend):
+    use_backend(backend, case.device)
+    describe(measure, case, f"mert_fast ({backend})")
     x = audio(case)
 
     def fn() -> torch.Tensor:
@@ -194,7 +178,7 @@ def test_cqt_mert_fast(benchmark, measure, monkeypatch, case, backend):
 
 def test_cqt_mert_fast_first_call(benchmark, measure, case):
     """Plan building: every round starts from an empty plan cache (default backend)."""
-    describe(benchmark, case, "mert_fast (auto)", first_call=True)
+    describe(measure, case, "mert_fast (auto)", first_call=True)
     module = importlib.import_module("mert_fast.ops.cqt")
     x = audio(case)
 
@@ -211,7 +195,7 @@ def test_cqt_mert_fast_first_call(benchmark, measure, case):
 def test_cqt_nnaudio_1992v2(benchmark, measure, case, conv):
     if conv == "tf32" and case.device != "cuda":
         pytest.skip("TF32 exists on GPUs only")
-    describe(benchmark, case, BASELINE if conv == "ieee" else f"{BASELINE} (TF32 conv)")
+    describe(measure, case, BASELINE if conv == "ieee" else f"{BASELINE} (TF32 conv)")
     benchmark.extra_info["conv_fp32_precision"] = conv
     layer, x = nnaudio_1992(case.device), audio(case)
 
@@ -232,7 +216,7 @@ def test_cqt_nnaudio_1992v2(benchmark, measure, case, conv):
 
 
 def test_cqt_nnaudio_2010v2(benchmark, measure, case):
-    describe(benchmark, case, "nnAudio CQT2010v2")
+    describe(measure, case, "nnAudio CQT2010v2")
     benchmark.extra_info["conv_fp32_precision"] = "ieee"
     layer, x = nnaudio_2010(case.device), audio(case)
 
@@ -250,7 +234,7 @@ def test_cqt_librosa(benchmark, measure, case):
         pytest.skip("librosa runs on the CPU only")
     import librosa
 
-    describe(benchmark, case, "librosa cqt")
+    describe(measure, case, "librosa cqt")
     x = audio(case).numpy()
 
     def fn() -> np.ndarray:

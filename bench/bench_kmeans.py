@@ -108,26 +108,18 @@ def check(benchmark, case: Case, centroids) -> None:
     assert ours <= (1 + INERTIA_RTOL) * base, f"{info['implementation']}: inertia {ours:.6g} vs {base:.6g}"
 
 
-def describe(benchmark, case: Case, implementation: str) -> None:
-    benchmark.group = f"kmeans {case.label}"
-    benchmark.extra_info.update(
-        op="kmeans",
-        case=case.label,
-        implementation=implementation,
-        baseline=implementation == BASELINE,
-        rows=case.rows,
-        dim=case.dim,
-        clusters=case.clusters,
-        iters=case.iters,
-        flop=case.flops,
-    )
+def describe(measure, case: Case, implementation: str) -> None:
+    measure.describe(
+        "kmeans", case.label, implementation, baseline=implementation == BASELINE,
+        rows=case.rows, dim=case.dim, clusters=case.clusters, iters=case.iters, flop=case.flops,
+    )  # fmt: skip
 
 
 def record_speed(benchmark, measure, case: Case) -> None:
     median = measure.median_s()
     if median:
         benchmark.extra_info["row_iterations_per_s"] = case.rows * case.iters / median
-        benchmark.extra_info["tflops"] = case.flops / median / 1e12
+    measure.record_tflops(case.flops)
 
 
 def _rounds(case: Case) -> int:
@@ -142,7 +134,7 @@ def test_kmeans_mert_fast(benchmark, measure, monkeypatch, case, backend):
     if backend == "torch" and case.device == "cpu":
         pytest.skip("on the CPU auto is the torch path")
     monkeypatch.setenv("MERT_FAST_BACKEND", backend)
-    describe(benchmark, case, f"mert_fast ({backend})")
+    describe(measure, case, f"mert_fast ({backend})")
     x, init = inputs(case)
 
     def fn():
@@ -154,7 +146,7 @@ def test_kmeans_mert_fast(benchmark, measure, monkeypatch, case, backend):
 
 
 def test_kmeans_torch_loop(benchmark, measure, case):
-    describe(benchmark, case, BASELINE)
+    describe(measure, case, BASELINE)
     x, init = inputs(case)
 
     def fn():
@@ -170,7 +162,7 @@ def test_kmeans_faiss(benchmark, measure, case):
     on_gpu = case.device == "cuda"
     if on_gpu and not (hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0):
         pytest.skip("this faiss has no GPU support (faiss-cpu); FAISS CPU is timed in the CPU case")
-    describe(benchmark, case, f"FAISS {'GPU' if on_gpu else 'CPU'} Kmeans")
+    describe(measure, case, f"FAISS {'GPU' if on_gpu else 'CPU'} Kmeans")
     x, init = inputs(case)
     xn, init_n = x.cpu().numpy(), init.cpu().numpy()
 
@@ -190,7 +182,7 @@ def test_kmeans_scikit_learn(benchmark, measure, case):
     cluster = pytest.importorskip("sklearn.cluster")
     if case.device != "cpu":
         pytest.skip("scikit-learn runs on the CPU: timed in the CPU case")
-    describe(benchmark, case, "scikit-learn KMeans (lloyd)")
+    describe(measure, case, "scikit-learn KMeans (lloyd)")
     x, init = inputs(case)
     xn, init_n = x.numpy(), init.numpy()
 

@@ -183,23 +183,12 @@ def check(benchmark, codes: torch.Tensor, case: Case, *, bound: float | None = R
         assert worst <= bound, f"{info['implementation']}: a code is {worst:.2e} (relative) from the nearest"
 
 
-def describe(benchmark, case: Case, implementation: str) -> None:
-    benchmark.group = f"rvq {case.label}"
-    benchmark.extra_info.update(
-        op="rvq",
-        case=case.label,
-        implementation=implementation,
-        baseline=implementation == BASELINE,
-        frames=case.frames,
-        clips=case.clips,
-        clip_seconds=case.seconds,
-        stages=case.stages,
-        codes=case.codes,
-        dim=case.dim,
-        code_dim=case.code_dim,
-        metric=case.metric,
-        flop=case.flops,
-    )
+def describe(measure, case: Case, implementation: str) -> None:
+    measure.describe(
+        "rvq", case.label, implementation, baseline=implementation == BASELINE,
+        frames=case.frames, clips=case.clips, clip_seconds=case.seconds, stages=case.stages, codes=case.codes,
+        dim=case.dim, code_dim=case.code_dim, metric=case.metric, flop=case.flops,
+    )  # fmt: skip
 
 
 def record_speed(benchmark, measure, case: Case) -> None:
@@ -207,25 +196,16 @@ def record_speed(benchmark, measure, case: Case) -> None:
     median = measure.median_s()
     if median:
         benchmark.extra_info["frames_per_s"] = case.frames / median
-        benchmark.extra_info["tflops"] = case.flops / median / 1e12  # effective: counted FLOPs / median
+    measure.record_tflops(case.flops)  # effective: counted FLOPs / median
 
 
 # ---------------------------------------------------------------------------------------------- mert_fast
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton", "cuda", "auto"])
-def test_rvq_mert_fast(benchmark, measure, monkeypatch, case, backend):
-    if backend == "triton" and case.device != "cuda":
-        pytest.skip("the Triton kernel runs on CPU tensors only through its interpreter: not a speed path")
-    if backend == "cuda":
-        from mert_fast._native import native
-
-        if case.device != "cuda":
-            pytest.skip("the CUDA C++ kernel runs on CUDA tensors only")
-        if native() is None:
-            pytest.skip("mert_fast._C was not built")
-    monkeypatch.setenv("MERT_FAST_BACKEND", backend)
-    describe(benchmark, case, f"mert_fast ({backend})")
+def test_rvq_mert_fast(benchmark, measure, use_backend, case, backend):
+    use_backend(backend, case.device)
+    describe(measure, case, f"mert_fast ({backend})")
     data = inputs(case)
 
     def fn():
@@ -245,7 +225,7 @@ def test_rvq_triton_reduced_precision(benchmark, measure, case, precision):
         pytest.skip("TF32 exists on GPUs only")
     from mert_fast.kernels.rvq import rvq_encode_fused
 
-    describe(benchmark, case, f"mert_fast (triton, {precision} search; not offered)")
+    describe(measure, case, f"mert_fast (triton, {precision} search; not offered)")
     data = inputs(case)
     books = data["codebooks"]
 
@@ -265,7 +245,7 @@ def test_rvq_triton_reduced_precision(benchmark, measure, case, precision):
 
 
 def test_rvq_torch_stage_loop(benchmark, measure, case):
-    describe(benchmark, case, BASELINE)
+    describe(measure, case, BASELINE)
     data = inputs(case)
 
     def fn():
@@ -291,7 +271,7 @@ def encodec_quantizer(device: str):
 def test_rvq_transformers_encodec(benchmark, measure, case):
     if case.name != "encodec":
         pytest.skip("transformers' EnCodec quantiser is plain L2 without projections")
-    describe(benchmark, case, "transformers EncodecResidualVectorQuantizer (codes only)")
+    describe(measure, case, "transformers EncodecResidualVectorQuantizer (codes only)")
     quantizer = encodec_quantizer(case.device)
     data = inputs(case)
     with torch.no_grad():
@@ -318,9 +298,7 @@ def test_rvq_faiss(benchmark, measure, case):
     on_gpu = case.device == "cuda"
     if on_gpu and not _faiss_gpu(faiss):
         pytest.skip("this faiss has no GPU support (faiss-cpu); FAISS CPU is timed in the CPU cases")
-    describe(
-        benchmark, case, f"FAISS {'GPU' if on_gpu else 'CPU'} IndexFlat{'IP' if case.metric == 'cosine' else 'L2'}"
-    )
+    describe(measure, case, f"FAISS {'GPU' if on_gpu else 'CPU'} IndexFlat{'IP' if case.metric == 'cosine' else 'L2'}")
     data = {k: v.cpu().numpy() for k, v in inputs(case).items()}
     cosine = case.metric == "cosine"
     indexes, resources = [], faiss.StandardGpuResources() if on_gpu else None

@@ -166,6 +166,27 @@ def device_gate(bench_device):
 
 
 @pytest.fixture
+def use_backend(monkeypatch):
+    """``use_backend(backend, device)`` sets ``MERT_FAST_BACKEND`` for the case, or skips the pairs that are no
+    speed path: Triton off CUDA (it runs CPU tensors only through its interpreter), the CUDA C++ backend off CUDA
+    or when ``mert_fast._C`` was not built."""
+
+    def use(backend: str, device: str) -> None:
+        if backend == "triton" and device != "cuda":
+            pytest.skip("the Triton kernels run on CPU tensors only through their interpreter: not a speed path")
+        if backend == "cuda":
+            from mert_fast._native import native
+
+            if device != "cuda":
+                pytest.skip("the CUDA C++ kernels run on CUDA tensors only")
+            if native() is None:
+                pytest.skip("mert_fast._C was not built")
+        monkeypatch.setenv("MERT_FAST_BACKEND", backend)
+
+    return use
+
+
+@pytest.fixture
 def true_fp32_matmul():
     """Matmuls in true fp32 for the duration (no TF32, whatever the process default): fp32 cases stay fp32."""
     old = torch.backends.cuda.matmul.allow_tf32
@@ -241,6 +262,20 @@ class Measure:
     def median_s(self) -> float | None:
         stats = getattr(self.benchmark, "stats", None)
         return float(stats.stats.median) if stats else None
+
+    def describe(
+        self, op: str, case: str, implementation: str, *, baseline: bool, group: str | None = None, **fields: Any
+    ) -> None:
+        """Name the benchmark's group (``"<op> <case>"`` unless ``group``) and record what every result row
+        carries: the op, the case, the implementation, whether it is the baseline, then the case's ``fields``."""
+        self.benchmark.group = group or f"{op} {case}"
+        self.benchmark.extra_info.update(op=op, case=case, implementation=implementation, baseline=baseline, **fields)
+
+    def record_tflops(self, flops: float) -> None:
+        """Record ``tflops``: ``flops`` (counted per call) per second of the benchmark's median, in 10^12."""
+        median = self.median_s()
+        if median:
+            self.benchmark.extra_info["tflops"] = flops / median / 1e12
 
     def throughput(self, audio_seconds: float) -> None:
         """Record ``audio_seconds`` per call and ``audio_seconds_per_s`` from the benchmark's median."""

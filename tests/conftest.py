@@ -71,6 +71,17 @@ def torch_backend(monkeypatch):
     yield
 
 
+@pytest.fixture
+def backend(request, monkeypatch):
+    """The backend a test is parametrized with indirectly (``"triton"`` or ``"torch"``), set for its duration:
+    Triton through :func:`triton_backend` (the interpreter without a GPU), else PyTorch."""
+    if request.param == "triton":
+        request.getfixturevalue("triton_backend")
+    else:
+        monkeypatch.setenv("MERT_FAST_BACKEND", "torch")
+    return request.param
+
+
 @pytest.fixture(scope="session")
 def pretrain_data(tmp_path_factory):
     """A small synthetic corpus (24 clips of 5 s at 24 kHz) and a Mel-RVQ teacher (8 x 128 codes) fitted on it,

@@ -129,16 +129,6 @@ def test_kernel_single_token_and_holes(triton_backend, poison):
 BACKENDS = [pytest.param("triton", marks=pytest.mark.triton), "torch"]
 
 
-@pytest.fixture
-def backend(request, monkeypatch):
-    """The parametrized backend: Triton (through the interpreter without a GPU) or PyTorch."""
-    if request.param == "triton":
-        request.getfixturevalue("triton_backend")
-    else:
-        monkeypatch.setenv("MERT_FAST_BACKEND", "torch")
-    return request.param
-
-
 @pytest.mark.parametrize("backend", BACKENDS, indirect=True)
 def test_padding_rows_output_zero_with_zero_gradient(backend, poison):
     """Several lengths, one of them 0: padded query rows and fully masked rows are 0 and get no gradient."""

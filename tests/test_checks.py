@@ -17,6 +17,16 @@ def test_is_int_and_is_number_refuse_bool():
     assert not is_number("1") and not is_number(None)
 
 
+def _assert_accepts_and_refuses(check, name, kwargs, good, bad, message):
+    """``check`` returns each ``good`` value itself and refuses each ``bad`` one with a ValueError matching
+    ``message``."""
+    for value in good:
+        assert check(name, value, **kwargs) is value
+    for value in bad:
+        with pytest.raises(ValueError, match=message):
+            check(name, value, **kwargs)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "good", "bad", "message"),
     [
@@ -28,11 +38,7 @@ def test_is_int_and_is_number_refuse_bool():
     ],
 )
 def test_check_int(kwargs, good, bad, message):
-    for value in good:
-        assert check_int("n", value, **kwargs) is value
-    for value in bad:
-        with pytest.raises(ValueError, match=message):
-            check_int("n", value, **kwargs)
+    _assert_accepts_and_refuses(check_int, "n", kwargs, good, bad, message)
 
 
 def test_check_int_type_errors_name_the_type():
@@ -54,11 +60,7 @@ def test_check_int_type_errors_name_the_type():
     ],
 )
 def test_check_float(kwargs, good, bad, message):
-    for value in good:
-        assert check_float("x", value, **kwargs) is value
-    for value in bad:
-        with pytest.raises(ValueError, match=message):
-            check_float("x", value, **kwargs)
+    _assert_accepts_and_refuses(check_float, "x", kwargs, good, bad, message)
 
 
 def test_check_float_custom_message():

@@ -128,15 +128,6 @@ def test_gradcheck(torch_backend):
 BACKENDS = ["torch", pytest.param("triton", marks=pytest.mark.triton)]
 
 
-@pytest.fixture
-def backend(request, monkeypatch):
-    if request.param == "triton":
-        request.getfixturevalue("triton_backend")
-    else:
-        monkeypatch.setenv("MERT_FAST_BACKEND", "torch")
-    return request.param
-
-
 @pytest.mark.parametrize("backend", BACKENDS, indirect=True)
 @pytest.mark.parametrize("reduction", ["sum", "mean", "none"])
 def test_all_ignored(backend, reduction):

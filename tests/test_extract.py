@@ -14,10 +14,10 @@ import pytest
 import soundfile as sf
 import torch
 
-from mert_fast.audio import load_audio, synth_demo
+from mert_fast.audio import find_audio, load_audio, synth_demo
 from mert_fast.cli import main
 from mert_fast.model.config import MERTConfig
-from mert_fast.model.extract_files import iter_audio_files, load_model
+from mert_fast.model.extract_files import load_model
 from mert_fast.model.extract_tensors import extract, window_owners, window_starts
 from mert_fast.model.mert import MERTModel
 from mert_fast.testing import assert_rel_close, rel_error
@@ -328,7 +328,7 @@ def test_cli_pooled_safetensors_float16_windows_and_manifests(tmp_path, collecti
 
     (collection / "list.txt").write_text("# two files\na/x.wav\n\nstereo.flac\n")
     (collection / "list.csv").write_text("path,label\nb/x.wav,noise\nsilent.wav,silence\n")
-    assert [p.relative_to(collection).as_posix() for p in iter_audio_files([collection / "list.txt"])] == [
+    assert [p.relative_to(collection).as_posix() for p in find_audio([collection / "list.txt"])] == [
         "a/x.wav",
         "stereo.flac",
     ]
@@ -352,7 +352,7 @@ def test_cli_pooled_safetensors_float16_windows_and_manifests(tmp_path, collecti
 
 def test_cli_ranks_shard_the_inputs(tmp_path, collection, monkeypatch, capsys):
     out = tmp_path / "sharded"
-    files = iter_audio_files([collection])
+    files = find_audio([collection])
     seen = []
     for rank in (0, 1):
         monkeypatch.setenv("RANK", str(rank))
@@ -419,7 +419,7 @@ def test_find_audio_visits_each_real_folder_and_file_once(tmp_path, caplog):
     sf.write(music / "sub" / "x.wav", synth_demo(SR, 1.0).numpy(), SR)
     os.symlink("..", music / "sub" / "up")  # a loop: music/sub/up/sub/up/... is music again
     with caplog.at_level("INFO", logger="mert_fast.audio"):
-        assert iter_audio_files([music]) == [music / "sub" / "x.wav"]
+        assert find_audio([music]) == [music / "sub" / "x.wav"]
     assert "sub/up: a folder already searched" in caplog.text
     # a second link to a folder already searched, and a second name for the same file
     (music / "sub" / "up").unlink()
@@ -427,7 +427,7 @@ def test_find_audio_visits_each_real_folder_and_file_once(tmp_path, caplog):
     os.symlink("x.wav", music / "sub" / "y.wav")
     caplog.clear()
     with caplog.at_level("INFO", logger="mert_fast.audio"):
-        assert iter_audio_files([music]) == [music / "again" / "x.wav"]
+        assert find_audio([music]) == [music / "again" / "x.wav"]
     assert "music/sub: a folder already searched" in caplog.text and "y.wav: the same file as" in caplog.text
 
 

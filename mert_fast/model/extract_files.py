@@ -28,7 +28,7 @@ from mert_fast.model.extract_tensors import LayerSpec, extract, resolve_layers, 
 if TYPE_CHECKING:
     from mert_fast.model.mert import MERTModel
 
-__all__ = ["AUDIO_EXTENSIONS", "ExtractionResult", "iter_audio_files", "load_model", "run_extraction", "weights_sha256"]
+__all__ = ["AUDIO_EXTENSIONS", "ExtractionResult", "load_model", "run_extraction", "weights_sha256"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,11 +50,6 @@ class ExtractionResult:
     @property
     def failed(self) -> list[dict[str, Any]]:
         return [e for e in self.entries if e["status"] == "failed"]
-
-
-def iter_audio_files(inputs: Sequence[str | os.PathLike]) -> list[Path]:
-    """Audio files from ``inputs`` (files, folders, ``.txt``/``.csv`` manifests): :func:`mert_fast.audio.find_audio`."""
-    return find_audio(inputs)
 
 
 def _relative_outputs(files: Sequence[Path]) -> list[Path]:
@@ -171,7 +166,7 @@ def run_extraction(
     is listed without an ``output`` and nothing is written for it; the run goes on.
 
     Args:
-        inputs: files, folders, ``.txt``/``.csv`` manifests (see :func:`iter_audio_files`).
+        inputs: files, folders, ``.txt``/``.csv`` manifests (see :func:`mert_fast.audio.find_audio`).
         out_dir: output folder (created).
         model: the MERT student, on the device and in the dtype to compute in.
         model_id: its identity for the sidecars (a directory path or ``preset:<name>``).
@@ -196,7 +191,7 @@ def run_extraction(
     hop_s = (hop_s if hop_s is not None else window_s / 2) if window_s is not None else None
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    files = iter_audio_files(inputs)
+    files = find_audio(inputs)
     if not files:
         raise ValueError("inputs: no audio files found")
     common = _run_settings(model, model_id, model_sha256, states, pool, fmt, save_dtype, window_s, hop_s)

@@ -24,14 +24,14 @@ The file driver behind ``mert-fast extract`` is :mod:`mert_fast.model.extract_fi
 from __future__ import annotations
 
 import logging
-import math
-import numbers
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from mert_fast._checks import check_float, check_int, is_int
 
 if TYPE_CHECKING:
     from mert_fast.model.mert import MERTModel
@@ -66,7 +66,7 @@ def resolve_layers(layers: LayerSpec, num_states: int) -> list[int] | str:
         raise ValueError(f"layers must be None, 'all', 'mean' or a sequence of ints; got {layers!r}")
     out = []
     for i in layers:
-        if isinstance(i, bool) or not isinstance(i, numbers.Integral):
+        if not is_int(i, integral=True):
             raise TypeError(f"layers must hold ints; got {i!r}")
         if not -num_states <= i < num_states:
             raise ValueError(f"layers: index {i} is out of range for {num_states} hidden states [0, {num_states})")
@@ -137,8 +137,7 @@ def conv_features_chunked(
         ``(B, T, C)`` in audio's dtype, ``T = config.num_frames(L)``: equal to ``model.extract_features`` up to
         float rounding (frames past a clip's own count are whatever the padding gives; mask them).
     """
-    if isinstance(chunk_frames, bool) or not isinstance(chunk_frames, numbers.Integral) or chunk_frames <= 0:
-        raise ValueError(f"chunk_frames must be a positive integer; got {chunk_frames!r}")
+    check_int("chunk_frames", chunk_frames, min=1, integral=True, expected="a positive integer")
     cfg = model.config
     conv_layers = model.feature_extractor.conv_layers
     first = conv_layers[0]
@@ -255,10 +254,8 @@ def window_owners(starts: Sequence[int], window_frames: int, num_frames: int) ->
 def window_lengths(model: MERTModel, window_s: float, hop_s: float | None) -> tuple[int, int]:
     rate = model.config.frame_rate
     for name, value in (("window_s", window_s), ("hop_s", hop_s)):
-        if value is not None and (
-            isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0
-        ):
-            raise ValueError(f"{name} must be a positive number of seconds; got {value!r}")
+        if value is not None:
+            check_float(name, value, min=0, exclusive_min=True, finite=True, expected="a positive number of seconds")
     window_frames = round(window_s * rate)
     if window_frames < 2:
         raise ValueError(f"window_s must cover at least 2 frames ({2 / rate:.4f} s); got {window_s}")
@@ -330,10 +327,8 @@ def extract(
     single = isinstance(audio, torch.Tensor) and audio.dim() == 1
     audio, lengths = model.check_inputs(audio, attention_mask)
     states = resolve_layers(layers, model.config.num_hidden_layers + 1)
-    if isinstance(chunk_s, bool) or not isinstance(chunk_s, numbers.Real) or not chunk_s > 0:
-        raise ValueError(f"chunk_s must be a positive number of seconds; got {chunk_s!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size <= 0:
-        raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
+    check_float("chunk_s", chunk_s, min=0, exclusive_min=True, expected="a positive number of seconds")
+    check_int("batch_size", batch_size, min=1, integral=True, expected="a positive integer")
     chunk_frames = max(1, round(chunk_s * model.config.frame_rate))
     was_training = model.training
     model.eval()

@@ -342,20 +342,17 @@ def _prepare_codebooks(
     for bias, proj in (("in_bias", "in_proj"), ("out_bias", "out_proj")):
         if named[bias] is not None and named[proj] is None:
             raise ValueError(f"{bias} needs {proj}: a bias without its projection has no meaning")
-    if in_proj is not None:
-        _check_shape("in_proj", in_proj, (n_stages, code_dim, dim), "(Q, Dc, D)")
-    elif code_dim != dim:
-        raise ValueError(
-            f"codebooks: without in_proj the code dimension Dc must equal x's last dimension D = {dim}; "
-            f"got codebooks of shape {tuple(codebooks.shape)}"
-        )
-    if out_proj is not None:
-        _check_shape("out_proj", out_proj, (n_stages, dim, code_dim), "(Q, D, Dc)")
-    elif code_dim != dim:
-        raise ValueError(
-            f"codebooks: without out_proj the code dimension Dc must equal x's last dimension D = {dim}; "
-            f"got codebooks of shape {tuple(codebooks.shape)}"
-        )
+    for proj, shape, layout in (
+        ("in_proj", (n_stages, code_dim, dim), "(Q, Dc, D)"),
+        ("out_proj", (n_stages, dim, code_dim), "(Q, D, Dc)"),
+    ):
+        if named[proj] is not None:
+            _check_shape(proj, named[proj], shape, layout)
+        elif code_dim != dim:
+            raise ValueError(
+                f"codebooks: without {proj} the code dimension Dc must equal x's last dimension D = {dim}; "
+                f"got codebooks of shape {tuple(codebooks.shape)}"
+            )
     if in_bias is not None:
         _check_shape("in_bias", in_bias, (n_stages, code_dim), "(Q, Dc)")
     if out_bias is not None:

@@ -255,6 +255,59 @@ def _check_args(
         raise ValueError(f"seconds must be >= 0.5 (a note and its release); got {seconds!r}")
 
 
+def _write_clip_set(
+    out: Path,
+    set_name: str,
+    seed: int,
+    per_cell: int,
+    sample_rate: int,
+    seconds: float,
+    soundfont: Path | None,
+    fmt: str,
+) -> list[dict]:
+    """Render and write the clips of set ``set_name`` (``"notes"`` or ``"chords"``) under ``out/audio/<set_name>``;
+    return one record per clip: its path relative to ``out``, its split and its parameters."""
+    set_id = _SET_IDS[set_name]
+    n_cells = _N_CELLS[set_name]
+    make_params = {"notes": _note_params, "chords": _chord_params}[set_name]
+    splits = _splits(seed, set_id, n_cells, per_cell)
+    (out / "audio" / set_name).mkdir(parents=True, exist_ok=True)
+    clips = []
+    for i in range(n_cells * per_cell):
+        rng = np.random.default_rng(np.random.SeedSequence([seed, set_id, i]))
+        params = make_params(rng, i, float(seconds))
+        if soundfont is not None:
+            audio = _render_fluidsynth(rng, params, seconds, sample_rate, soundfont)
+        else:
+            audio = _render_numpy(rng, params, seconds, sample_rate)
+            del params["program"]
+        rel = f"audio/{set_name}/{set_name[:-1]}_{i:05d}.{fmt}"
+        write_clip(out / rel, audio, sample_rate, fmt)
+        clips.append({"path": rel, "split": splits[i], **params})
+    logger.info("%s: %d clips written", set_name, len(clips))
+    return clips
+
+
+def _write_task_manifests(out: Path, clips: dict[str, list[dict]]) -> tuple[dict[str, Path], dict, dict]:
+    """Write ``out/<task>.csv`` (``path,label,split``) for every task; return the manifests, the clip counts per
+    split and the task descriptions, each by task name."""
+    manifests, counts, tasks = {}, {}, {}
+    for task, (set_name, kind, label) in _TASKS.items():
+        manifests[task] = out / f"{task}.csv"
+        with open(manifests[task], "w", encoding="utf-8", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["path", "label", "split"])
+            writer.writerows([c["path"], label(c), c["split"]] for c in clips[set_name])
+        counts[task] = {s: sum(c["split"] == s for c in clips[set_name]) for s in _SPLIT_NAMES}
+        tasks[task] = {
+            "manifest": manifests[task].name,
+            "clips": set_name,
+            "type": kind,
+            "labels": list(_LABELS[task]) if task in _LABELS else None,
+        }
+    return manifests, counts, tasks
+
+
 def make_probe_data(
     out_dir: str | os.PathLike,
     *,
@@ -295,42 +348,13 @@ def make_probe_data(
         logger.warning("cells of fewer than 3 clips go to train only: no valid or test clips for them")
     out = Path(out_dir)
     sizes = {"notes": notes_per_cell, "chords": chords_per_cell}
-    make_params = {"notes": _note_params, "chords": _chord_params}
     rendered_by = f"fluidsynth with {soundfont}" if use_fluidsynth else "the numpy synthesizer"
     logger.info("writing the probe set (%.2f s clips at %d Hz, %s) to %s", seconds, sample_rate, rendered_by, out)
-    clips: dict[str, list[dict]] = {}
-    for set_name, set_id in _SET_IDS.items():
-        n_cells = _N_CELLS[set_name]
-        splits = _splits(seed, set_id, n_cells, sizes[set_name])
-        (out / "audio" / set_name).mkdir(parents=True, exist_ok=True)
-        clips[set_name] = []
-        for i in range(n_cells * sizes[set_name]):
-            rng = np.random.default_rng(np.random.SeedSequence([seed, set_id, i]))
-            params = make_params[set_name](rng, i, float(seconds))
-            if use_fluidsynth:
-                audio = _render_fluidsynth(rng, params, seconds, sample_rate, soundfont)
-            else:
-                audio = _render_numpy(rng, params, seconds, sample_rate)
-                del params["program"]
-            rel = f"audio/{set_name}/{set_name[:-1]}_{i:05d}.{format}"
-            write_clip(out / rel, audio, sample_rate, format)
-            clips[set_name].append({"path": rel, "split": splits[i], **params})
-        logger.info("%s: %d clips written", set_name, len(clips[set_name]))
-
-    manifests, counts, tasks = {}, {}, {}
-    for task, (set_name, kind, label) in _TASKS.items():
-        manifests[task] = out / f"{task}.csv"
-        with open(manifests[task], "w", encoding="utf-8", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["path", "label", "split"])
-            writer.writerows([c["path"], label(c), c["split"]] for c in clips[set_name])
-        counts[task] = {s: sum(c["split"] == s for c in clips[set_name]) for s in _SPLIT_NAMES}
-        tasks[task] = {
-            "manifest": manifests[task].name,
-            "clips": set_name,
-            "type": kind,
-            "labels": list(_LABELS[task]) if task in _LABELS else None,
-        }
+    clips = {
+        set_name: _write_clip_set(out, set_name, seed, sizes[set_name], sample_rate, seconds, soundfont, format)
+        for set_name in _SET_IDS
+    }
+    manifests, counts, tasks = _write_task_manifests(out, clips)
     meta = {
         "seed": seed,
         "sample_rate": sample_rate,

@@ -87,22 +87,8 @@ def _detect(labels: list[str]) -> str:
     return "multiclass"
 
 
-def read_probe_manifest(path: str | os.PathLike, task_type: str = "auto") -> ProbeTask:
-    """Read a probe manifest (see the module docstring) into a :class:`ProbeTask`.
-
-    Args:
-        path: the ``.csv`` file; its header must name ``path`` and ``label`` (``split`` optional).
-        task_type: ``"auto"`` (from the labels), ``"multiclass"``, ``"multilabel"`` or ``"regression"``.
-
-    Raises:
-        ValueError: a missing column, an empty path or multi-class label, an unknown split, a regression label
-            that is not a finite number, duplicate paths, an empty train or valid split, or a valid/test class
-            that never occurs in train.
-        FileNotFoundError: the manifest does not exist.
-    """
-    if task_type != "auto" and task_type not in TASK_TYPES:
-        raise ValueError(f"task_type must be 'auto' or one of {', '.join(TASK_TYPES)}; got {task_type!r}")
-    manifest = Path(path)
+def _read_rows(manifest: Path) -> tuple[list[Path], list[str], list[str]]:
+    """The absolute paths, labels and splits of the manifest's rows; checks the header, the paths and the splits."""
     if not manifest.is_file():
         raise FileNotFoundError(f"manifest not found: {str(manifest)!r}")
     with open(manifest, encoding="utf-8", newline="") as f:
@@ -139,8 +125,11 @@ def read_probe_manifest(path: str | os.PathLike, task_type: str = "auto") -> Pro
     if len(set(paths)) != len(paths):
         dup = next(p for p in paths if paths.count(p) > 1)
         raise ValueError(f"manifest {str(manifest)!r} lists {str(dup)!r} more than once")
-    kind = _detect(labels) if task_type == "auto" else task_type
-    where = f"manifest {str(manifest)!r}"
+    return paths, labels, splits
+
+
+def _targets(where: str, kind: str, labels: list[str]) -> tuple[np.ndarray, list[str]]:
+    """The targets and class names of ``labels`` for a task of type ``kind`` (see :class:`ProbeTask`)."""
     if kind == "regression":
         values = [_as_number(label) for label in labels]
         bad = [i for i, v in enumerate(values) if v is None]
@@ -148,8 +137,8 @@ def read_probe_manifest(path: str | os.PathLike, task_type: str = "auto") -> Pro
             raise ValueError(
                 f"{where} line {bad[0] + 2}: a regression label must be a finite number; got {labels[bad[0]]!r}"
             )
-        targets, classes = np.asarray(values, dtype=np.float32), []
-    elif kind == "multilabel":
+        return np.asarray(values, dtype=np.float32), []
+    if kind == "multilabel":
         tags = [[t.strip() for t in label.split(";") if t.strip()] for label in labels]
         classes = sorted({t for ts in tags for t in ts})
         if not classes:
@@ -158,25 +147,53 @@ def read_probe_manifest(path: str | os.PathLike, task_type: str = "auto") -> Pro
         targets = np.zeros((len(tags), len(classes)), dtype=np.float32)
         for i, ts in enumerate(tags):
             targets[i, [index[t] for t in ts]] = 1.0
-    else:
-        empty = [i for i, label in enumerate(labels) if not label]
-        if empty:
-            raise ValueError(f"{where} line {empty[0] + 2}: empty label (multi-class tasks need one class per clip)")
-        classes = sorted(set(labels))
-        if len(classes) < 2:
-            raise ValueError(f"{where}: a multi-class task needs at least 2 classes; got {classes}")
-        index = {c: i for i, c in enumerate(classes)}
-        targets = np.asarray([index[label] for label in labels], dtype=np.int64)
-    task = ProbeTask(manifest, kind, paths, splits, targets, classes)
+        return targets, classes
+    empty = [i for i, label in enumerate(labels) if not label]
+    if empty:
+        raise ValueError(f"{where} line {empty[0] + 2}: empty label (multi-class tasks need one class per clip)")
+    classes = sorted(set(labels))
+    if len(classes) < 2:
+        raise ValueError(f"{where}: a multi-class task needs at least 2 classes; got {classes}")
+    index = {c: i for i, c in enumerate(classes)}
+    return np.asarray([index[label] for label in labels], dtype=np.int64), classes
+
+
+def _check_splits(where: str, task: ProbeTask) -> None:
+    """Refuse an empty train or valid split, and a multi-class valid/test class never seen in train."""
     counts = task.counts()
     for split in ("train", "valid"):
         if counts[split] == 0:
             raise ValueError(f"{where}: the {split} split is empty (counts {counts})")
-    if kind == "multiclass":
+    if task.task_type == "multiclass":
+        targets, classes = task.targets, task.classes
         seen = set(targets[task.indices("train")].tolist())
         for split in ("valid", "test"):
             unseen = sorted({classes[c] for c in targets[task.indices(split)].tolist()} - {classes[c] for c in seen})
             if unseen:
                 raise ValueError(f"{where}: classes {unseen} occur in {split} but never in train")
-    logger.info("%s: %s task, %d classes, splits %s", manifest, kind, len(classes), counts)
+
+
+def read_probe_manifest(path: str | os.PathLike, task_type: str = "auto") -> ProbeTask:
+    """Read a probe manifest (see the module docstring) into a :class:`ProbeTask`.
+
+    Args:
+        path: the ``.csv`` file; its header must name ``path`` and ``label`` (``split`` optional).
+        task_type: ``"auto"`` (from the labels), ``"multiclass"``, ``"multilabel"`` or ``"regression"``.
+
+    Raises:
+        ValueError: a missing column, an empty path or multi-class label, an unknown split, a regression label
+            that is not a finite number, duplicate paths, an empty train or valid split, or a valid/test class
+            that never occurs in train.
+        FileNotFoundError: the manifest does not exist.
+    """
+    if task_type != "auto" and task_type not in TASK_TYPES:
+        raise ValueError(f"task_type must be 'auto' or one of {', '.join(TASK_TYPES)}; got {task_type!r}")
+    manifest = Path(path)
+    paths, labels, splits = _read_rows(manifest)
+    kind = _detect(labels) if task_type == "auto" else task_type
+    where = f"manifest {str(manifest)!r}"
+    targets, classes = _targets(where, kind, labels)
+    task = ProbeTask(manifest, kind, paths, splits, targets, classes)
+    _check_splits(where, task)
+    logger.info("%s: %s task, %d classes, splits %s", manifest, kind, len(classes), task.counts())
     return task

@@ -105,6 +105,10 @@ class _Probes(nn.Module):
             h = h * keep.to(h.device) / (1.0 - self.p_drop)
         return torch.baddbmm(self.b2, h, self.w2)
 
+    @property
+    def n_probes(self) -> int:
+        return len(self.generators)
+
     def probe_state(self, i: int) -> dict[str, torch.Tensor]:
         state = {k: getattr(self, k)[i].detach().clone() for k in ("w1", "b1", "w2", "b2")}
         if self.weighted and i == len(self.layers):
@@ -134,6 +138,106 @@ def _better(score: float, loss: float, best: tuple[float, float]) -> bool:
     return score > best[0] or math.isnan(best[0]) or (score == best[0] and loss < best[1])
 
 
+def _check_probe_args(
+    task: ProbeTask, features: np.ndarray, layers: Sequence[int] | None, weighted: bool
+) -> tuple[list[int], bool]:
+    """The layers to probe (all by default) and whether to probe the weighted sum (not of a single state)."""
+    if features.ndim != 3 or features.shape[0] != len(task.paths):
+        raise ValueError(f"features must be shaped (N={len(task.paths)}, S, D); got {tuple(features.shape)}")
+    n_states = features.shape[1]
+    layers = list(range(n_states)) if layers is None else [int(i) for i in layers]
+    bad = [i for i in layers if not 0 <= i < n_states]
+    if bad:
+        raise ValueError(f"layers must be hidden-state indices in [0, {n_states}); got {bad}")
+    weighted = weighted and n_states > 1
+    if not layers and not weighted:
+        raise ValueError("nothing to probe: no layers and no weighted sum")
+    return layers, weighted
+
+
+@dataclasses.dataclass
+class _ProbeData:
+    """A task's inputs standardised per state by the train split, its targets (regression targets standardised
+    too) and the rows of each split."""
+
+    kind: str
+    idx: dict[str, np.ndarray]
+    x: torch.Tensor
+    y: torch.Tensor
+    targets: np.ndarray  # the task's, as read
+    n_out: int
+    y_mean: float = 0.0
+    y_std: float = 1.0
+
+    @classmethod
+    def standardize(cls, task: ProbeTask, features: np.ndarray, device: torch.device) -> _ProbeData:
+        idx = {s: task.indices(s) for s in ("train", "valid", "test")}
+        x = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
+        mean = x[idx["train"]].mean(0)
+        std = x[idx["train"]].std(0, unbiased=False).clamp_min(_STD_FLOOR)
+        x = ((x - mean) / std).to(device)
+        if task.task_type == "regression":
+            y_np = task.targets.astype(np.float64)
+            y_mean, y_std = float(y_np[idx["train"]].mean()), max(float(y_np[idx["train"]].std()), _STD_FLOOR)
+            y = torch.from_numpy(((y_np - y_mean) / y_std).astype(np.float32)).to(device)
+            return cls(task.task_type, idx, x, y, task.targets, 1, y_mean, y_std)
+        y = torch.from_numpy(task.targets).to(device)
+        return cls(task.task_type, idx, x, y, task.targets, len(task.classes))
+
+    def outputs_of(self, model: _Probes, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """Every probe's outputs (in target units) and loss per clip on ``split``, in eval mode."""
+        model.eval()
+        with torch.no_grad():
+            rows = self.idx[split]
+            out = model(self.x[rows])
+            loss = _loss(self.kind, out, self.y[rows]).cpu().numpy()
+        model.train()
+        out = out.double().cpu().numpy()
+        if self.kind == "regression":
+            out = out[..., 0] * self.y_std + self.y_mean
+        return out, loss
+
+
+def _fit(model: _Probes, data: _ProbeData, cfg: ProbeConfig, seed: int) -> tuple[list[int], list[int]]:
+    """Train all the probes of ``model`` together, stop each early on its valid score, and leave each in its best
+    state. Returns each probe's best epoch and the epoch it stopped at."""
+    kind, x, y, idx = data.kind, data.x, data.y, data.idx
+    metric = PRIMARY_METRIC[kind]
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    n_probes = model.n_probes
+    best = [(float("nan"), float("inf"))] * n_probes
+    best_state = [model.probe_state(i) for i in range(n_probes)]
+    best_epoch, stale, stopped = [0] * n_probes, [0] * n_probes, [0] * n_probes
+    gen = torch.Generator().manual_seed(int(seed))
+    train_rows = torch.from_numpy(idx["train"])
+    targets = data.targets[idx["valid"]]
+    for epoch in range(1, cfg.max_epochs + 1):
+        order = train_rows[torch.randperm(len(train_rows), generator=gen)].to(x.device)
+        for i in range(0, len(order), cfg.batch_size):
+            rows = order[i : i + cfg.batch_size]
+            loss = _loss(kind, model(x[rows]), y[rows]).sum()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        out, val_loss = data.outputs_of(model, "valid")
+        for p in range(n_probes):
+            if stopped[p]:  # early-stopped: later epochs of the shared loop do not count for it
+                continue
+            score = scores(kind, targets, out[p])[metric]
+            if _better(score, float(val_loss[p]), best[p]):
+                best[p], best_state[p] = (score, float(val_loss[p])), model.probe_state(p)
+                best_epoch[p], stale[p] = epoch, 0
+            else:
+                stale[p] += 1
+            if stale[p] >= cfg.patience or epoch == cfg.max_epochs:
+                stopped[p] = epoch
+        if all(stopped):
+            break
+    for p in range(n_probes):
+        model.load_probe_state(p, best_state[p])
+    return best_epoch, stopped
+
+
 def train_probes(
     task: ProbeTask,
     features: np.ndarray,
@@ -161,82 +265,17 @@ def train_probes(
     """
     cfg = cfg or ProbeConfig()
     device = device or torch.device("cpu")
-    if features.ndim != 3 or features.shape[0] != len(task.paths):
-        raise ValueError(f"features must be shaped (N={len(task.paths)}, S, D); got {tuple(features.shape)}")
+    layers, weighted = _check_probe_args(task, features, layers, weighted)
     n_states, dim = features.shape[1:]
-    layers = list(range(n_states)) if layers is None else [int(i) for i in layers]
-    bad = [i for i in layers if not 0 <= i < n_states]
-    if bad:
-        raise ValueError(f"layers must be hidden-state indices in [0, {n_states}); got {bad}")
-    weighted = weighted and n_states > 1
-    if not layers and not weighted:
-        raise ValueError("nothing to probe: no layers and no weighted sum")
     start = time.perf_counter()
-    idx = {s: task.indices(s) for s in ("train", "valid", "test")}
-    x = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
-    mean = x[idx["train"]].mean(0)
-    std = x[idx["train"]].std(0, unbiased=False).clamp_min(_STD_FLOOR)
-    x = ((x - mean) / std).to(device)
-    kind = task.task_type
-    if kind == "regression":
-        y_np = task.targets.astype(np.float64)
-        y_mean, y_std = float(y_np[idx["train"]].mean()), max(float(y_np[idx["train"]].std()), _STD_FLOOR)
-        y = torch.from_numpy(((y_np - y_mean) / y_std).astype(np.float32)).to(device)
-        n_out = 1
-    else:
-        y = torch.from_numpy(task.targets).to(device)
-        n_out = len(task.classes)
-    metric = PRIMARY_METRIC[kind]
-
-    def outputs_of(model: _Probes, split: str) -> tuple[np.ndarray, np.ndarray]:
-        model.eval()
-        with torch.no_grad():
-            rows = idx[split]
-            out = model(x[rows])
-            loss = _loss(kind, out, y[rows]).cpu().numpy()
-        model.train()
-        out = out.double().cpu().numpy()
-        if kind == "regression":
-            out = out[..., 0] * y_std + y_mean
-        return out, loss
-
-    model = _Probes(n_states, dim, n_out, cfg, layers, weighted, seed).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    n_probes = len(layers) + int(weighted)
-    best = [(float("nan"), float("inf"))] * n_probes
-    best_state = [model.probe_state(i) for i in range(n_probes)]
-    best_epoch, stale, stopped = [0] * n_probes, [0] * n_probes, [0] * n_probes
-    gen = torch.Generator().manual_seed(int(seed))
-    train_rows = torch.from_numpy(idx["train"])
-    targets = task.targets[idx["valid"]]
-    for epoch in range(1, cfg.max_epochs + 1):
-        order = train_rows[torch.randperm(len(train_rows), generator=gen)].to(device)
-        for i in range(0, len(order), cfg.batch_size):
-            rows = order[i : i + cfg.batch_size]
-            loss = _loss(kind, model(x[rows]), y[rows]).sum()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        out, val_loss = outputs_of(model, "valid")
-        for p in range(n_probes):
-            if stopped[p]:  # early-stopped: later epochs of the shared loop do not count for it
-                continue
-            score = scores(kind, targets, out[p])[metric]
-            if _better(score, float(val_loss[p]), best[p]):
-                best[p], best_state[p] = (score, float(val_loss[p])), model.probe_state(p)
-                best_epoch[p], stale[p] = epoch, 0
-            else:
-                stale[p] += 1
-            if stale[p] >= cfg.patience or epoch == cfg.max_epochs:
-                stopped[p] = epoch
-        if all(stopped):
-            break
-    for p in range(n_probes):
-        model.load_probe_state(p, best_state[p])
+    data = _ProbeData.standardize(task, features, device)
+    model = _Probes(n_states, dim, data.n_out, cfg, layers, weighted, seed).to(device)
+    best_epoch, stopped = _fit(model, data, cfg, seed)
     results = []
-    split_out = {s: outputs_of(model, s)[0] for s in ("valid", "test") if len(idx[s])}
-    for p in range(n_probes):
-        entry = {s: scores(kind, task.targets[idx[s]], split_out[s][p]) if s in split_out else None for s in SPLITS[1:]}
+    split_out = {s: data.outputs_of(model, s)[0] for s in ("valid", "test") if len(data.idx[s])}
+    for p in range(model.n_probes):
+        entry = {s: scores(data.kind, data.targets[data.idx[s]], split_out[s][p]) if s in split_out else None
+                 for s in SPLITS[1:]}  # fmt: skip
         entry |= {"best_epoch": best_epoch[p], "epochs": stopped[p]}
         results.append(entry)
     report: dict[str, Any] = {"layers": [{"layer": layer, **r} for layer, r in zip(layers, results, strict=False)]}
@@ -308,6 +347,27 @@ def plot_layers(result: dict[str, Any], out: str | os.PathLike) -> None:
     fig.savefig(out, format="png")
 
 
+def _classes_left_out_of_macro(task: ProbeTask) -> dict[str, list[str]]:
+    """Per valid/test split (classification tasks, non-empty splits), the classes the macro ROC-AUC/AP leave out:
+    those with no positive or no negative example there (each non-empty list is logged as a warning)."""
+    left_out = {}
+    for split in ("valid", "test"):
+        rows = task.indices(split)
+        if task.task_type != "regression" and len(rows):
+            names = [task.classes[c] for c in classes_left_out(task.task_type, task.targets[rows], len(task.classes))]
+            left_out[split] = names
+            if names:
+                logger.warning(
+                    "%s split: %d of %d classes have no positive or no negative example and are left out of the "
+                    "macro ROC-AUC/AP: %s",
+                    split,
+                    len(names),
+                    len(task.classes),
+                    ", ".join(names),
+                )
+    return left_out
+
+
 def run_probe(
     manifest: str | os.PathLike,
     features: str,
@@ -362,21 +422,7 @@ def run_probe(
     metric = PRIMARY_METRIC[task.task_type]
     valid = {k: v["valid"][metric]["mean"] for k, v in summary["layers"].items() if "valid" in v}
     summary["best_layer"] = int(max(valid, key=lambda k: (valid[k], -int(k)))) if valid else None
-    left_out = {}
-    for split in ("valid", "test"):
-        rows = task.indices(split)
-        if task.task_type != "regression" and len(rows):
-            names = [task.classes[c] for c in classes_left_out(task.task_type, task.targets[rows], len(task.classes))]
-            left_out[split] = names
-            if names:
-                logger.warning(
-                    "%s split: %d of %d classes have no positive or no negative example and are left out of the "
-                    "macro ROC-AUC/AP: %s",
-                    split,
-                    len(names),
-                    len(task.classes),
-                    ", ".join(names),
-                )
+    left_out = _classes_left_out_of_macro(task)
     result = {
         "manifest": str(task.manifest),
         "task_type": task.task_type,

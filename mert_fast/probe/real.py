@@ -58,6 +58,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from mert_fast._checks import check_float, check_int
 from mert_fast.synth.midi import fluidsynth_soundfont, render_midi
 
 __all__ = ["COMPOSERS", "FAMILY_PROGRAMS", "KEYS", "make_real_probe_data", "piece_notes", "require_music21"]
@@ -283,17 +284,106 @@ def _check_args(seed, sample_rate, seconds, composers, pieces_per_composer, clip
         ("clips_per_composer", clips_per_composer),
         ("sample_rate", sample_rate),
     ):
-        low = 0 if name == "seed" else 1
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"{name} must be an integer >= {low}; got {value!r}")
+        check_int(name, value, min=0 if name == "seed" else 1)
     if sample_rate < 8000:
         raise ValueError(f"sample_rate must be >= 8000 Hz; got {sample_rate!r}")
-    if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not 1.0 <= seconds <= 120.0:
-        raise ValueError(f"seconds must be between 1 and 120; got {seconds!r}")
+    check_float("seconds", seconds, min=1.0, max=120.0, expected="between 1 and 120")
     if fmt not in ("flac", "wav"):
         raise ValueError(f"format must be 'flac' or 'wav'; got {fmt!r}")
     if not composers or len(set(composers)) != len(composers):
         raise ValueError(f"composers must be distinct names; got {composers!r}")
+
+
+def _choose_split_pieces(composer: str, seed: int, pieces_per_composer: int) -> list[dict]:
+    """The pieces of ``composer`` in the set, each with its ``split``."""
+    chosen = _choose_pieces(composer, seed, pieces_per_composer)
+    for piece, split in zip(chosen, _piece_splits(seed, composer, len(chosen)), strict=True):
+        piece["split"] = split
+    return chosen
+
+
+def _write_composer_clips(
+    out: Path,
+    composer: str,
+    pieces: list[dict],
+    n_clips: int,
+    seed: int,
+    tonic_start: np.ndarray,
+    turn: dict[tuple[str, str], int],
+    sample_rate: int,
+    seconds: float,
+    soundfont: Path,
+    fmt: str,
+) -> list[dict]:
+    """Render and write the ``n_clips`` clips of ``composer`` (spread evenly over its ``pieces``) under
+    ``out/audio/<composer>``, and return their records. Each clip is transposed to the next tonic of its
+    (split, mode) in turn, counted in ``turn`` (updated) from ``tonic_start``."""
+    crc = zlib.crc32(composer.encode())
+    family_start = int(np.random.default_rng(np.random.SeedSequence([seed, crc, 4])).integers(len(FAMILIES)))
+    (out / "audio" / composer).mkdir(parents=True, exist_ok=True)
+    clips = []
+    for j in range(n_clips):
+        piece = pieces[j % len(pieces)]
+        rng = np.random.default_rng(np.random.SeedSequence([seed, crc, 0, j]))
+        split, mode = piece["split"], piece["mode"]
+        tonic = int(tonic_start[MODES.index(mode)] + turn[split, mode]) % 12
+        turn[split, mode] += 1
+        semitones = (tonic - piece["tonic"] + 6) % 12 - 6
+        family = FAMILIES[(family_start + j) % len(FAMILIES)]
+        program = int(FAMILY_PROGRAMS[family][int(rng.integers(len(FAMILY_PROGRAMS[family])))])
+        spq, start, window = _window(piece, rng, seconds)
+        window_key = _key_of_notes(window) if window else None
+        audio = _render_clip(window, spq, semitones, program, rng, seconds, sample_rate, soundfont)
+        rel = f"audio/{composer}/{composer}_{j:05d}.{fmt}"
+        sf.write(out / rel, audio, sample_rate, format=fmt.upper(), subtype="PCM_16")
+        own = key_name(*_key_of(window_key)) if window_key is not None else None
+        clips.append({
+            "path": rel,
+            "split": split,
+            "composer": composer,
+            "piece": piece["path"],
+            "key": key_name(tonic, mode),
+            "piece_key": piece["key"],
+            "semitones": int(semitones),
+            "window_key": own,
+            "window_key_agrees": own == piece["key"],
+            "family": family,
+            "program": program,
+            "bpm": round(60.0 / spq, 3),
+            "start_q": round(start, 4),
+            "notes": len(window),
+        })  # fmt: skip
+    return clips
+
+
+def _task_rows(clips: list[dict]) -> dict[str, list[tuple[str, str, str]]]:
+    """The ``(path, label, split)`` rows of each task. Key clips are those whose window agrees with the piece's
+    key; valid/test clips of a key absent from train are left out."""
+    rows = {
+        "key": [(c["path"], c["key"], c["split"]) for c in clips if c["window_key_agrees"]],
+        "instrument": [(c["path"], c["family"], c["split"]) for c in clips],
+        "composer": [(c["path"], c["composer"], c["split"]) for c in clips],
+    }
+    train_keys = {label for _, label, split in rows["key"] if split == "train"}
+    unseen = [r for r in rows["key"] if r[2] != "train" and r[1] not in train_keys]
+    if unseen:  # a probe cannot score a class it never trained on
+        logger.warning("key.csv: %d valid/test clips of keys absent from train left out", len(unseen))
+        rows["key"] = [r for r in rows["key"] if r[2] == "train" or r[1] in train_keys]
+    return rows
+
+
+def _write_task_manifests(out: Path, rows: dict[str, list]) -> tuple[dict[str, Path], dict[str, dict[str, int]]]:
+    """Write ``out/<task>.csv`` (``path,label,split``) for every task; return the manifests and the row counts
+    per split, by task."""
+    manifests, counts = {}, {}
+    for task, task_rows in rows.items():
+        manifests[task] = out / f"{task}.csv"
+        with open(manifests[task], "w", encoding="utf-8", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["path", "label", "split"])
+            writer.writerows(task_rows)
+        counts[task] = {s: sum(r[2] == s for r in task_rows) for s in _SPLITS}
+    return manifests, counts
 
 
 def make_real_probe_data(
@@ -332,73 +422,19 @@ def make_real_probe_data(
     soundfont = fluidsynth_soundfont("fluidsynth")
     t0 = time.perf_counter()
     out = Path(out_dir)
-    subtype = {"flac": "PCM_16", "wav": "PCM_16"}[format]
     pieces: dict[str, list[dict]] = {}
     for composer in composers:
-        chosen = _choose_pieces(composer, seed, pieces_per_composer)
-        for piece, split in zip(chosen, _piece_splits(seed, composer, len(chosen)), strict=True):
-            piece["split"] = split
-        pieces[composer] = chosen
-        logger.info("%s: %d pieces (%.0f s)", composer, len(chosen), time.perf_counter() - t0)
+        pieces[composer] = _choose_split_pieces(composer, seed, pieces_per_composer)
+        logger.info("%s: %d pieces (%.0f s)", composer, len(pieces[composer]), time.perf_counter() - t0)
 
     tonic_start = np.random.default_rng(np.random.SeedSequence([seed, 3])).integers(12, size=len(MODES))
     turn = {(s, m): 0 for s in _SPLITS for m in MODES}
     clips = []
     for composer in composers:
-        crc = zlib.crc32(composer.encode())
-        family_start = int(np.random.default_rng(np.random.SeedSequence([seed, crc, 4])).integers(len(FAMILIES)))
-        (out / "audio" / composer).mkdir(parents=True, exist_ok=True)
-        for j in range(clips_per_composer):
-            piece = pieces[composer][j % len(pieces[composer])]
-            rng = np.random.default_rng(np.random.SeedSequence([seed, crc, 0, j]))
-            split, mode = piece["split"], piece["mode"]
-            tonic = int(tonic_start[MODES.index(mode)] + turn[split, mode]) % 12
-            turn[split, mode] += 1
-            semitones = (tonic - piece["tonic"] + 6) % 12 - 6
-            family = FAMILIES[(family_start + j) % len(FAMILIES)]
-            program = int(FAMILY_PROGRAMS[family][int(rng.integers(len(FAMILY_PROGRAMS[family])))])
-            spq, start, window = _window(piece, rng, float(seconds))
-            window_key = _key_of_notes(window) if window else None
-            audio = _render_clip(window, spq, semitones, program, rng, float(seconds), sample_rate, soundfont)
-            rel = f"audio/{composer}/{composer}_{j:05d}.{format}"
-            sf.write(out / rel, audio, sample_rate, format=format.upper(), subtype=subtype)
-            own = key_name(*_key_of(window_key)) if window_key is not None else None
-            clips.append({
-                "path": rel,
-                "split": split,
-                "composer": composer,
-                "piece": piece["path"],
-                "key": key_name(tonic, mode),
-                "piece_key": piece["key"],
-                "semitones": int(semitones),
-                "window_key": own,
-                "window_key_agrees": own == piece["key"],
-                "family": family,
-                "program": program,
-                "bpm": round(60.0 / spq, 3),
-                "start_q": round(start, 4),
-                "notes": len(window),
-            })  # fmt: skip
+        clip_args = (seed, tonic_start, turn, sample_rate, float(seconds), soundfont, format)
+        clips += _write_composer_clips(out, composer, pieces[composer], clips_per_composer, *clip_args)
         logger.info("%s: %d clips written (%.0f s)", composer, clips_per_composer, time.perf_counter() - t0)
-
-    rows = {
-        "key": [(c["path"], c["key"], c["split"]) for c in clips if c["window_key_agrees"]],
-        "instrument": [(c["path"], c["family"], c["split"]) for c in clips],
-        "composer": [(c["path"], c["composer"], c["split"]) for c in clips],
-    }
-    train_keys = {label for _, label, split in rows["key"] if split == "train"}
-    unseen = [r for r in rows["key"] if r[2] != "train" and r[1] not in train_keys]
-    if unseen:  # a probe cannot score a class it never trained on
-        logger.warning("key.csv: %d valid/test clips of keys absent from train left out", len(unseen))
-        rows["key"] = [r for r in rows["key"] if r[2] == "train" or r[1] in train_keys]
-    manifests, counts = {}, {}
-    for task, task_rows in rows.items():
-        manifests[task] = out / f"{task}.csv"
-        with open(manifests[task], "w", encoding="utf-8", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["path", "label", "split"])
-            writer.writerows(task_rows)
-        counts[task] = {s: sum(r[2] == s for r in task_rows) for s in _SPLITS}
+    manifests, counts = _write_task_manifests(out, _task_rows(clips))
     meta = {
         "seed": seed,
         "sample_rate": sample_rate,

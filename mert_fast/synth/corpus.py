@@ -114,6 +114,180 @@ def _fold(midi: int, low: int, high: int) -> int:
     return midi
 
 
+_Event = tuple[float, float, float, float, str]
+_Chord = tuple[int, int, int]  # (first step, steps, degree)
+
+
+@dataclasses.dataclass
+class _Sheet:
+    """The time grid of a clip being composed, and the note events written on it so far."""
+
+    rng: np.random.Generator
+    seconds: float
+    steps_per_bar: int
+    six: float  # one 16th note, in seconds
+    offset: float  # the clip starts this far into the first bar
+    swing: bool
+    entry: dict[str, int]  # the bar each part comes in at
+    events: list[_Event] = dataclasses.field(default_factory=list)
+
+    def when(self, step: int) -> float:
+        """Seconds from the clip's start of absolute 16th ``step``, with swing and a few ms of jitter."""
+        t = step * self.six - self.offset
+        if self.swing and step % 2:
+            t += self.six / 3
+        return t + float(self.rng.normal(0.0, 0.004))
+
+    def note(self, step: int, length: int, midi: float, vel: float, part: str, legato: float = 0.9) -> None:
+        """Add a note of ``length`` 16ths at ``step`` unless its part has not come in yet or it is outside the clip."""
+        if step // self.steps_per_bar < self.entry.get(part, 0):
+            return
+        start = self.when(step)
+        gate = max(length * self.six * legato, 0.03)
+        if start + gate > 0 and start < self.seconds:
+            self.events.append((start, gate, float(midi), float(np.clip(vel, 0.05, 1.0)), part))
+
+
+def _choose_parts(rng: np.random.Generator) -> tuple[str, ...]:
+    """The parts playing: at least two, one of them melodic or harmonic (lead, pad or arp)."""
+    present = {p: rng.random() < q for p, q in zip(_PARTS, (0.85, 0.7, 0.8, 0.35, 0.75), strict=True)}
+    if not (present["lead"] or present["pad"] or present["arp"]):
+        present[str(rng.choice(["lead", "pad", "arp"]))] = True
+    if sum(present.values()) < 2:
+        present[str(rng.choice([p for p in _PARTS if not present[p]]))] = True
+    return tuple(p for p in _PARTS if present[p])
+
+
+def _write_pad(sheet: _Sheet, chords: list[_Chord], scale: Sequence[int], tonic: int) -> None:
+    rng = sheet.rng
+    stabs = rng.random() < 0.3
+    seventh = rng.random() < 0.3
+    for first, length, deg in chords:
+        degrees = [deg, deg + 2, deg + 4] + ([deg + 6] if seventh else [])
+        midis = [_fold(_degree_to_midi(d, scale, tonic), 53, 77) for d in degrees]
+        if stabs:
+            for beat in range(1, length // 4, 2):
+                for m in midis:
+                    sheet.note(first + 4 * beat, 2, m, rng.uniform(0.5, 0.8), "pad", legato=0.8)
+        else:
+            for m in midis:
+                sheet.note(first, length, m, rng.uniform(0.45, 0.7), "pad", legato=0.97)
+
+
+def _write_bass(sheet: _Sheet, chords: list[_Chord], scale: Sequence[int], tonic: int) -> None:
+    note = sheet.note
+    pattern = int(sheet.rng.integers(5))
+    for first, length, deg in chords:
+        root = _fold(_degree_to_midi(deg, scale, tonic - 12), 28, 52)
+        fifth = _fold(_degree_to_midi(deg + 4, scale, tonic - 12), 28, 55)
+        if pattern == 0:  # one long note per chord
+            note(first, length, root, 0.8, "bass")
+        elif pattern == 1:  # quarter-note roots
+            for s in range(0, length, 4):
+                note(first + s, 4, root, 0.7 + 0.2 * (s == 0), "bass", legato=0.8)
+        elif pattern == 2:  # root and fifth
+            for i, s in enumerate(range(0, length, 4)):
+                note(first + s, 4, fifth if i % 2 else root, 0.75, "bass", legato=0.85)
+        elif pattern == 3:  # pulsing eighths in octaves
+            for i, s in enumerate(range(0, length, 2)):
+                note(first + s, 2, root + 12 * (i % 2), 0.6 + 0.2 * (i % 4 == 0), "bass", legato=0.7)
+        else:  # syncopated
+            for s in (0, 3, 6, 8, 11, 14):
+                if s < length:
+                    note(first + s, 2, root + 12 * (s == 11), 0.7 + 0.2 * (s == 0), "bass", legato=0.8)
+
+
+def _write_arp(sheet: _Sheet, chords: list[_Chord], scale: Sequence[int], tonic: int) -> None:
+    rng = sheet.rng
+    rate = 2 if rng.random() < 0.6 else 1
+    shape = int(rng.integers(3))
+    for first, length, deg in chords:
+        tones = [_fold(_degree_to_midi(d, scale, tonic + 12), 60, 84) for d in (deg, deg + 2, deg + 4)]
+        tones = sorted(tones) + [sorted(tones)[0] + 12]
+        cycle = tones if shape == 0 else tones[::-1] if shape == 1 else tones + tones[-2:0:-1]
+        for i, s in enumerate(range(0, length, rate)):
+            sheet.note(first + s, rate, cycle[i % len(cycle)], 0.5 + 0.2 * (s % 4 == 0), "arp", legato=0.75)
+
+
+def _lead_motif(rng: np.random.Generator, weights: np.ndarray, steps: int) -> list[tuple[int, int, int | None]]:
+    """A motif of ``steps`` 16ths: (step in the motif, length, degree relative to the chord root or None for a
+    rest)."""
+    motif, s, rel = [], 0, int(rng.choice([0, 2, 4]))
+    while s < steps:
+        d = int(rng.choice(_DURATIONS, p=weights / weights.sum()))
+        if rng.random() < 0.15:
+            motif.append((s, d, None))
+        else:
+            motif.append((s, d, rel))
+            rel = int(np.clip(rel + rng.choice([-2, -1, 0, 1, 2, 3, -3, 4]), -3, 9))
+        s += d
+    return motif
+
+
+def _write_lead(sheet: _Sheet, chords: list[_Chord], scale: Sequence[int], tonic: int, n_bars: int) -> None:
+    rng, steps_per_bar = sheet.rng, sheet.steps_per_bar
+    weights = np.asarray(_RHYTHM_STYLES[int(rng.integers(len(_RHYTHM_STYLES)))])
+    motif_bars = 2 if rng.random() < 0.4 else 1
+    motif = _lead_motif(rng, weights, motif_bars * steps_per_bar)
+    chord_at = {}
+    for first, length, deg in chords:
+        for s in range(first, first + length):
+            chord_at[s] = deg
+    for b in range(0, n_bars, motif_bars):
+        if b and rng.random() < 0.25:
+            motif = _lead_motif(rng, weights, motif_bars * steps_per_bar)
+        base = b * steps_per_bar
+        for s, d, rel in motif:
+            if rel is None or base + s not in chord_at:
+                continue
+            rel_var = rel + (int(rng.choice([-1, 1])) if rng.random() < 0.15 else 0)
+            midi = _fold(_degree_to_midi(chord_at[base + s] + rel_var, scale, tonic + 24), 60, 89)
+            vel = 0.65 + 0.25 * (s % 4 == 0) + rng.normal(0, 0.05)
+            sheet.note(base + s, d, midi, vel, "lead", legato=float(rng.uniform(0.6, 0.95)))
+
+
+def _drum_bar(rng: np.random.Generator, style: int, beats: int, bar: int, steps_per_bar: int) -> tuple[list, list]:
+    """The kick and snare steps of one bar in drum ``style``."""
+    kicks: list[int] = [0]
+    snares: list[int] = []
+    if beats == 3:
+        snares = [4, 8]
+    elif style == 0:  # rock
+        kicks, snares = [0, 8] + ([10] if rng.random() < 0.5 else []), [4, 12]
+    elif style == 1:  # four on the floor
+        kicks, snares = [0, 4, 8, 12], [4, 12]
+    elif style == 2:  # half time
+        kicks, snares = [0] + ([7] if rng.random() < 0.5 else []), [8]
+    elif style == 3:  # breakbeat
+        kicks, snares = [0, 6, 10], [4, 12]
+    else:  # sparse
+        kicks, snares = [0], [12] if rng.random() < 0.5 else []
+    if bar % 4 == 3 and rng.random() < 0.5:  # a fill at the end of a phrase
+        snares = snares + [s for s in (13, 14, 15) if s < steps_per_bar and rng.random() < 0.7]
+    return kicks, snares
+
+
+def _write_drums(sheet: _Sheet, beats: int, n_bars: int) -> None:
+    rng, steps_per_bar, note = sheet.rng, sheet.steps_per_bar, sheet.note
+    style = int(rng.integers(5))
+    hat_rate = 1 if style == 3 or rng.random() < 0.25 else 2
+    for b in range(n_bars):
+        base = b * steps_per_bar
+        kicks, snares = _drum_bar(rng, style, beats, b, steps_per_bar)
+        for s in kicks:
+            note(base + s, 2, KICK, 0.9 + rng.normal(0, 0.05), "drums")
+        for s in snares:
+            note(base + s, 2, SNARE, (0.85 if s % 4 == 0 else 0.5) + rng.normal(0, 0.05), "drums")
+        for s in range(0, steps_per_bar, hat_rate):
+            if rng.random() < 0.08:
+                continue
+            open_hat = style == 1 and s % 4 == 2
+            vel = (0.6 if s % 4 == 0 else 0.4) + rng.normal(0, 0.05)
+            note(base + s, 1, OPEN_HAT if open_hat else CLOSED_HAT, vel, "drums")
+        if b == 0 and rng.random() < 0.3:
+            note(base, 4, CRASH, 0.7, "drums")
+
+
 def _compose(rng: np.random.Generator, seconds: float) -> _Score:
     tempo = float(rng.uniform(72.0, 168.0))
     beats = 3 if rng.random() < 0.15 else 4
@@ -130,158 +304,32 @@ def _compose(rng: np.random.Generator, seconds: float) -> _Score:
     two_chords = beats == 4 and tempo < 110 and rng.random() < 0.35
     swing = rng.random() < 0.2
 
-    def when(step: int) -> float:
-        """Seconds from the clip's start of absolute 16th ``step``, with swing and a few ms of jitter."""
-        t = step * six - offset
-        if swing and step % 2:
-            t += six / 3
-        return t + float(rng.normal(0.0, 0.004))
-
-    # the chords: (first step, steps, degree)
-    chords = []
     chord_steps = steps_per_bar // 2 if two_chords else steps_per_bar
-    for k in range(n_bars * steps_per_bar // chord_steps):
-        chords.append((k * chord_steps, chord_steps, prog[k % len(prog)]))
-
-    present = {p: rng.random() < q for p, q in zip(_PARTS, (0.85, 0.7, 0.8, 0.35, 0.75), strict=True)}
-    if not (present["lead"] or present["pad"] or present["arp"]):
-        present[str(rng.choice(["lead", "pad", "arp"]))] = True
-    if sum(present.values()) < 2:
-        present[str(rng.choice([p for p in _PARTS if not present[p]]))] = True
-    parts = tuple(p for p in _PARTS if present[p])
+    chords = [(k * chord_steps, chord_steps, prog[k % len(prog)]) for k in range(n_bars * steps_per_bar // chord_steps)]
+    parts = _choose_parts(rng)
     # a part may come in a bar late, as in an arrangement
     entry = {p: (1 if rng.random() < 0.25 else 0) for p in parts}
-    events: list[tuple[float, float, float, float, str]] = []
-
-    def note(step: int, length: int, midi: float, vel: float, part: str, legato: float = 0.9) -> None:
-        if step // steps_per_bar < entry.get(part, 0):
-            return
-        start = when(step)
-        gate = max(length * six * legato, 0.03)
-        if start + gate > 0 and start < seconds:
-            events.append((start, gate, float(midi), float(np.clip(vel, 0.05, 1.0)), part))
+    sheet = _Sheet(rng, seconds, steps_per_bar, six, offset, swing, entry)
 
     tonic = 48 + key
     if "pad" in parts:
-        stabs = rng.random() < 0.3
-        seventh = rng.random() < 0.3
-        for first, length, deg in chords:
-            degrees = [deg, deg + 2, deg + 4] + ([deg + 6] if seventh else [])
-            midis = [_fold(_degree_to_midi(d, scale, tonic), 53, 77) for d in degrees]
-            if stabs:
-                for beat in range(1, length // 4, 2):
-                    for m in midis:
-                        note(first + 4 * beat, 2, m, rng.uniform(0.5, 0.8), "pad", legato=0.8)
-            else:
-                for m in midis:
-                    note(first, length, m, rng.uniform(0.45, 0.7), "pad", legato=0.97)
-
+        _write_pad(sheet, chords, scale, tonic)
     if "bass" in parts:
-        pattern = int(rng.integers(5))
-        for first, length, deg in chords:
-            root = _fold(_degree_to_midi(deg, scale, tonic - 12), 28, 52)
-            fifth = _fold(_degree_to_midi(deg + 4, scale, tonic - 12), 28, 55)
-            if pattern == 0:  # one long note per chord
-                note(first, length, root, 0.8, "bass")
-            elif pattern == 1:  # quarter-note roots
-                for s in range(0, length, 4):
-                    note(first + s, 4, root, 0.7 + 0.2 * (s == 0), "bass", legato=0.8)
-            elif pattern == 2:  # root and fifth
-                for i, s in enumerate(range(0, length, 4)):
-                    note(first + s, 4, fifth if i % 2 else root, 0.75, "bass", legato=0.85)
-            elif pattern == 3:  # pulsing eighths in octaves
-                for i, s in enumerate(range(0, length, 2)):
-                    note(first + s, 2, root + 12 * (i % 2), 0.6 + 0.2 * (i % 4 == 0), "bass", legato=0.7)
-            else:  # syncopated
-                for s in (0, 3, 6, 8, 11, 14):
-                    if s < length:
-                        note(first + s, 2, root + 12 * (s == 11), 0.7 + 0.2 * (s == 0), "bass", legato=0.8)
-
+        _write_bass(sheet, chords, scale, tonic)
     if "arp" in parts:
-        rate = 2 if rng.random() < 0.6 else 1
-        shape = int(rng.integers(3))
-        for first, length, deg in chords:
-            tones = [_fold(_degree_to_midi(d, scale, tonic + 12), 60, 84) for d in (deg, deg + 2, deg + 4)]
-            tones = sorted(tones) + [sorted(tones)[0] + 12]
-            cycle = tones if shape == 0 else tones[::-1] if shape == 1 else tones + tones[-2:0:-1]
-            for i, s in enumerate(range(0, length, rate)):
-                note(first + s, rate, cycle[i % len(cycle)], 0.5 + 0.2 * (s % 4 == 0), "arp", legato=0.75)
-
+        _write_arp(sheet, chords, scale, tonic)
     if "lead" in parts:
-        weights = np.asarray(_RHYTHM_STYLES[int(rng.integers(len(_RHYTHM_STYLES)))])
-        motif_bars = 2 if rng.random() < 0.4 else 1
-
-        def make_motif() -> list[tuple[int, int, int | None]]:
-            """(step in the motif, length, degree relative to the chord root or None for a rest)."""
-            motif, s, rel = [], 0, int(rng.choice([0, 2, 4]))
-            while s < motif_bars * steps_per_bar:
-                d = int(rng.choice(_DURATIONS, p=weights / weights.sum()))
-                if rng.random() < 0.15:
-                    motif.append((s, d, None))
-                else:
-                    motif.append((s, d, rel))
-                    rel = int(np.clip(rel + rng.choice([-2, -1, 0, 1, 2, 3, -3, 4]), -3, 9))
-                s += d
-            return motif
-
-        motif = make_motif()
-        chord_at = {}
-        for first, length, deg in chords:
-            for s in range(first, first + length):
-                chord_at[s] = deg
-        for b in range(0, n_bars, motif_bars):
-            if b and rng.random() < 0.25:
-                motif = make_motif()
-            base = b * steps_per_bar
-            for s, d, rel in motif:
-                if rel is None or base + s not in chord_at:
-                    continue
-                rel_var = rel + (int(rng.choice([-1, 1])) if rng.random() < 0.15 else 0)
-                midi = _fold(_degree_to_midi(chord_at[base + s] + rel_var, scale, tonic + 24), 60, 89)
-                vel = 0.65 + 0.25 * (s % 4 == 0) + rng.normal(0, 0.05)
-                note(base + s, d, midi, vel, "lead", legato=float(rng.uniform(0.6, 0.95)))
-
+        _write_lead(sheet, chords, scale, tonic, n_bars)
     if "drums" in parts:
-        style = int(rng.integers(5))
-        hat_rate = 1 if style == 3 or rng.random() < 0.25 else 2
-        for b in range(n_bars):
-            base = b * steps_per_bar
-            kicks: list[int] = [0]
-            snares: list[int] = []
-            if beats == 3:
-                snares = [4, 8]
-            elif style == 0:  # rock
-                kicks, snares = [0, 8] + ([10] if rng.random() < 0.5 else []), [4, 12]
-            elif style == 1:  # four on the floor
-                kicks, snares = [0, 4, 8, 12], [4, 12]
-            elif style == 2:  # half time
-                kicks, snares = [0] + ([7] if rng.random() < 0.5 else []), [8]
-            elif style == 3:  # breakbeat
-                kicks, snares = [0, 6, 10], [4, 12]
-            else:  # sparse
-                kicks, snares = [0], [12] if rng.random() < 0.5 else []
-            if b % 4 == 3 and rng.random() < 0.5:  # a fill at the end of a phrase
-                snares = snares + [s for s in (13, 14, 15) if s < steps_per_bar and rng.random() < 0.7]
-            for s in kicks:
-                note(base + s, 2, KICK, 0.9 + rng.normal(0, 0.05), "drums")
-            for s in snares:
-                note(base + s, 2, SNARE, (0.85 if s % 4 == 0 else 0.5) + rng.normal(0, 0.05), "drums")
-            for s in range(0, steps_per_bar, hat_rate):
-                if rng.random() < 0.08:
-                    continue
-                open_hat = style == 1 and s % 4 == 2
-                vel = (0.6 if s % 4 == 0 else 0.4) + rng.normal(0, 0.05)
-                note(base + s, 1, OPEN_HAT if open_hat else CLOSED_HAT, vel, "drums")
-            if b == 0 and rng.random() < 0.3:
-                note(base, 4, CRASH, 0.7, "drums")
+        _write_drums(sheet, beats, n_bars)
 
     gaps = []
     if rng.random() < 0.25:
         length = float(rng.uniform(0.3, 1.5))
         start = float(rng.uniform(0.0, max(seconds - length, 0.0)))
         gaps.append((start, length))
-    events.sort(key=lambda e: (e[0], e[2]))
-    return _Score(tempo, key, scale_name, parts, events, gaps)
+    sheet.events.sort(key=lambda e: (e[0], e[2]))
+    return _Score(tempo, key, scale_name, parts, sheet.events, gaps)
 
 
 def _render_numpy(rng: np.random.Generator, score: _Score, seconds: float, sr: float) -> np.ndarray:

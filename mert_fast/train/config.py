@@ -15,6 +15,7 @@ import types
 import typing
 from typing import Any
 
+from mert_fast._checks import check_int
 from mert_fast.model.config import PRESETS, MERTConfig
 
 __all__ = ["CHOICES", "TrainConfig", "add_config_arguments", "config_from_args", "field_docs", "model_config"]
@@ -131,9 +132,7 @@ class TrainConfig:
         self.loss_weights = tuple(float(v) for v in self.loss_weights)
         for name in ("max_steps", "log_every", "batch_size", "grad_accum", "mask_length", "teacher_codebooks",
                      "ema_top_k", "teacher_codebook_size", "synthetic_clips", "teacher_fit_clips"):  # fmt: skip
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer; got {value!r}")
+            check_int(name, getattr(self, name), min=1, expected="a positive integer")
         for name in ("warmup_steps", "teacher_fit_steps", "num_workers", "seed", "save_every", "keep_last",
                      "val_every", "profile_steps", "ema_anneal_steps"):  # fmt: skip
             if getattr(self, name) < 0:
@@ -176,34 +175,25 @@ class TrainConfig:
         return cls(**base)
 
 
+# The step counts of the full-size pre-training recipes: 32k warm-up steps, 400k decay and total steps.
+_PRETRAIN_SCHEDULE: dict[str, Any] = dict(warmup_steps=32000, decay_steps=400000, max_steps=400000)
+
 _RECIPES: dict[str, dict[str, Any]] = {
-    "mert-v1-95m": dict(lr=5e-4, warmup_steps=32000, decay_steps=400000, max_steps=400000, clip_grad=10.0),
+    "mert-v1-95m": dict(_PRETRAIN_SCHEDULE, lr=5e-4, clip_grad=10.0),
     "mert-v1-330m": dict(
+        _PRETRAIN_SCHEDULE,
         lr=1.5e-3,
-        warmup_steps=32000,
-        decay_steps=400000,
-        max_steps=400000,
         clip_grad=1.0,
         feature_grad_mult=1.0,
         crop_seconds=5.12,
         mixture_seconds=(0.5, 1.5),
-    ),  # fmt: skip
+    ),
     # HuBERT-style first iteration: k-means codes of MFCCs at 50 Hz (16 kHz audio), one label stream
-    "mert-v0": dict(
-        lr=5e-4,
-        warmup_steps=32000,
-        decay_steps=400000,
-        max_steps=400000,
-        teacher_type="kmeans",
-        teacher_codebooks=1,
-        teacher_codebook_size=100,
-    ),  # fmt: skip
+    "mert-v0": dict(_PRETRAIN_SCHEDULE, lr=5e-4, teacher_type="kmeans", teacher_codebooks=1, teacher_codebook_size=100),
     # data2vec audio base: mask 0.65 of span 10, EMA 0.999 -> 0.9999 over 30k steps, top 8 layers, no mixture
     "music2vec-v1": dict(
+        _PRETRAIN_SCHEDULE,
         lr=5e-4,
-        warmup_steps=32000,
-        decay_steps=400000,
-        max_steps=400000,
         objective="data2vec",
         mask_prob=0.65,
         mask_length=10,

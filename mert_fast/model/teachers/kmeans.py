@@ -403,23 +403,7 @@ def fit_kmeans_teacher(
     ).to(device)
     if max_frames < n_clusters:
         raise ValueError(f"max_frames must be at least n_clusters = {n_clusters}; got {max_frames}")
-    frames = []
-    with torch.no_grad():
-        for i, clip in enumerate(clips):
-            if not isinstance(clip, torch.Tensor) or clip.dim() != 1:
-                shape = tuple(clip.shape) if isinstance(clip, torch.Tensor) else type(clip).__name__
-                raise ValueError(f"clips[{i}] must be a 1-D waveform tensor (L,); got {shape}")
-            if not clip.is_floating_point():
-                raise TypeError(f"clips[{i}] must be floating point; got {clip.dtype}")
-            if clip.shape[0] < MIN_SAMPLES:
-                raise ValueError(f"clips[{i}] must hold at least {MIN_SAMPLES} samples; got {clip.shape[0]}")
-            if not bool(torch.isfinite(clip).all()):
-                raise ValueError(f"clips[{i}] contains NaN or inf values")
-            frames.append(teacher.features(clip.to(device)[None], normalize=False)[0].cpu())
-    if not frames:
-        raise ValueError("clips: no audio to fit the teacher on")
-    data = torch.cat(frames)
-    del frames
+    data = _clip_frames(teacher, clips, device)
     n = data.shape[0]
     if n < n_clusters:
         raise ValueError(f"clips: {n} frames are too few to fit {n_clusters} clusters; give more audio")
@@ -436,7 +420,43 @@ def fit_kmeans_teacher(
         "fit k-means teacher: %d %s frames (%d dims) of %d into %d clusters, %s", data.shape[0], feature,
         data.shape[1], n, n_clusters, mode,
     )  # fmt: skip
-    data = data.to(device)
+    centroids = _best_kmeans(data.to(device), n_clusters, iters, n_init, batch_size, seed, device)
+    teacher.mean.copy_(mean.float())
+    teacher.std.copy_(std.float())
+    teacher.centroids.copy_(centroids.float())
+    return teacher.eval()
+
+
+def _clip_frames(teacher: KMeansTeacher, clips: Iterable[torch.Tensor], device: torch.device) -> torch.Tensor:
+    """The unnormalised feature frames of every clip, concatenated on the CPU; checks each clip."""
+    frames = []
+    with torch.no_grad():
+        for i, clip in enumerate(clips):
+            if not isinstance(clip, torch.Tensor) or clip.dim() != 1:
+                shape = tuple(clip.shape) if isinstance(clip, torch.Tensor) else type(clip).__name__
+                raise ValueError(f"clips[{i}] must be a 1-D waveform tensor (L,); got {shape}")
+            if not clip.is_floating_point():
+                raise TypeError(f"clips[{i}] must be floating point; got {clip.dtype}")
+            if clip.shape[0] < MIN_SAMPLES:
+                raise ValueError(f"clips[{i}] must hold at least {MIN_SAMPLES} samples; got {clip.shape[0]}")
+            if not bool(torch.isfinite(clip).all()):
+                raise ValueError(f"clips[{i}] contains NaN or inf values")
+            frames.append(teacher.features(clip.to(device)[None], normalize=False)[0].cpu())
+    if not frames:
+        raise ValueError("clips: no audio to fit the teacher on")
+    return torch.cat(frames)
+
+
+def _best_kmeans(
+    data: torch.Tensor,
+    n_clusters: int,
+    iters: int,
+    n_init: int,
+    batch_size: int | None,
+    seed: int,
+    device: torch.device,
+) -> torch.Tensor:
+    """The centroids of the k-means run (of ``n_init``, seeds drawn from ``seed``) with the lowest inertia."""
     seeds = torch.randint(2**31 - 1, (n_init,), generator=torch.Generator().manual_seed(seed)).tolist()
     best = None
     for run, run_seed in enumerate(seeds):
@@ -448,10 +468,7 @@ def fit_kmeans_teacher(
         )  # fmt: skip
         if best is None or inertia < best[0]:
             best = (inertia, centroids)
-    teacher.mean.copy_(mean.float())
-    teacher.std.copy_(std.float())
-    teacher.centroids.copy_(best[1].float())
-    return teacher.eval()
+    return best[1]
 
 
 def _inertia(data: torch.Tensor, centroids: torch.Tensor) -> tuple[float, int]:

@@ -77,6 +77,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mert_fast._checks import check_float, check_int
 from mert_fast.model.config import MERTConfig
 from mert_fast.model.mert import MERTModel
 from mert_fast.train.config import TrainConfig
@@ -172,13 +173,10 @@ class EMATeacher(nn.Module):
         if not isinstance(student, MERTModel):
             raise TypeError(f"student must be a MERTModel; got {type(student).__name__}")
         for name, value in (("decay_start", decay_start), ("decay_end", decay_end)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name} must be a number in [0, 1]; got {value!r}")
-        if isinstance(anneal_steps, bool) or not isinstance(anneal_steps, int) or anneal_steps < 0:
-            raise ValueError(f"anneal_steps must be an integer >= 0; got {anneal_steps!r}")
+            check_float(name, value, min=0.0, max=1.0, expected="a number in [0, 1]")
+        check_int("anneal_steps", anneal_steps, min=0)
         layers = student.config.num_hidden_layers
-        if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= layers:
-            raise ValueError(f"top_k must be an integer in [1, num_hidden_layers={layers}]; got {top_k!r}")
+        check_int("top_k", top_k, min=1, max=layers, expected=f"an integer in [1, num_hidden_layers={layers}]")
         self.decay_start, self.decay_end = float(decay_start), float(decay_end)
         self.anneal_steps, self.top_k, self.transformer_only = anneal_steps, top_k, bool(transformer_only)
         self.num_updates = 0
@@ -335,8 +333,7 @@ class Data2VecHead(nn.Module):
 
     def __init__(self, hidden_size: int, loss_scale: float | None = None) -> None:
         super().__init__()
-        if isinstance(hidden_size, bool) or not isinstance(hidden_size, int) or hidden_size < 1:
-            raise ValueError(f"hidden_size must be a positive integer; got {hidden_size!r}")
+        check_int("hidden_size", hidden_size, min=1, expected="a positive integer")
         if loss_scale is not None and not loss_scale > 0:
             raise ValueError(f"loss_scale must be positive or None; got {loss_scale!r}")
         self.final_proj = nn.Linear(hidden_size, hidden_size)
