@@ -86,3 +86,21 @@ def test_the_objective_logs_the_copy_baseline_and_the_ce_per_codebook():
     assert row["copy_acc"] == pytest.approx((row["copy_acc_0"] + row["copy_acc_1"]) / 2)
     assert row["ce_0"] + row["ce_1"] == pytest.approx(row["ce"], rel=1e-5)
     assert row["acc"] == pytest.approx((row["acc_0"] + row["acc_1"]) / 2)
+
+
+def test_scored_frames_must_match_the_mask():
+    import dataclasses
+
+    from mert_fast.model.config import PRESETS
+    from mert_fast.model.mert import MERTModel
+    from mert_fast.train.objectives.mert import MERTPretrainer
+
+    config = dataclasses.replace(PRESETS["tiny"], layerdrop=0.0)
+    module = MERTPretrainer(MERTModel(config), n_codebooks=1, codebook_size=4, cqt_bins=None)
+    n = config.num_frames(8000)
+    codes = torch.zeros(2, n, 1, dtype=torch.long)
+    mask = torch.zeros(2, n, dtype=torch.bool)
+    with pytest.raises(ValueError, match=r"scored \(2, 3\) must agree"):
+        module(torch.randn(2, 8000), codes, None, mask, scored=torch.ones(2, 3, dtype=torch.bool))
+    with pytest.raises(ValueError, match="codes"):
+        module(torch.randn(2, 8000), codes[:, :-1], None, mask)

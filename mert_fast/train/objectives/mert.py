@@ -121,6 +121,18 @@ class MERTPretrainer(nn.Module):
             pairs += [(pos, p) for p in conv.parametrizations.weight.parameters()]
         return pairs
 
+    def _check_frames(self, n_frames: int, codes, cqt, mask: torch.Tensor, scored: torch.Tensor) -> None:
+        """The targets, mask and scored frames must all be on the student's ``n_frames`` frames."""
+        if (self.cqt_head is None) != (cqt is None):
+            raise ValueError("cqt: give CQT targets exactly when the module has a CQT head (cqt_bins)")
+        cqt_shape = mask.shape if cqt is None else cqt.shape[:2]
+        shapes = (codes.shape[:2], cqt_shape, scored.shape)
+        if n_frames != mask.shape[1] or any(shape != mask.shape for shape in shapes):
+            raise ValueError(
+                f"frames: student {n_frames}, mask {tuple(mask.shape)}, codes {tuple(codes.shape)}, "
+                f"cqt {tuple(cqt_shape)}, scored {tuple(scored.shape)} must agree"
+            )
+
     def forward(
         self,
         audio: torch.Tensor,
@@ -136,21 +148,8 @@ class MERTPretrainer(nn.Module):
         LayerDrop draw (same on all ranks). ``scored`` ``(B, T)`` bool: the frames the losses are taken on (default
         the masked ones; the learnability check scores frames the student sees)."""
         feats, _ = self.model.extract_features(audio)
-        if (self.cqt_head is None) != (cqt is None):
-            raise ValueError("cqt: give CQT targets exactly when the module has a CQT head (cqt_bins)")
-        cqt_shape = mask.shape if cqt is None else cqt.shape[:2]
-        if scored is None:
-            scored = mask
-        if (
-            feats.shape[1] != mask.shape[1]
-            or codes.shape[:2] != mask.shape
-            or cqt_shape != mask.shape
-            or scored.shape != mask.shape
-        ):
-            raise ValueError(
-                f"frames: student {feats.shape[1]}, mask {tuple(mask.shape)}, codes {tuple(codes.shape)}, "
-                f"cqt {tuple(cqt_shape)}, scored {tuple(scored.shape)} must agree"
-            )
+        scored = mask if scored is None else scored
+        self._check_frames(feats.shape[1], codes, cqt, mask, scored)
         feats, hidden = masked_student(self.model, feats, mask, layer_keep, self.feature_grad_mult)
         features_pen = feats.float().pow(2).mean()
         h = hidden[scored]
