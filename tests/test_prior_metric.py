@@ -10,7 +10,7 @@ import torch
 
 from mert_fast.model.config import PRESETS
 from mert_fast.model.mert import MERTModel
-from mert_fast.train.masking import compute_mask
+from mert_fast.train.masking import compute_mask, nearest_visible
 from mert_fast.train.objectives import CodebookObjective, code_entropy
 from mert_fast.train.objectives.mert import MERTPretrainer
 
@@ -22,12 +22,18 @@ def test_code_entropy():
     assert code_entropy([1.0, 3.0]) == pytest.approx(-(0.25 * math.log(0.25) + 0.75 * math.log(0.75)))
 
 
-def test_prior_is_the_entropy_of_the_masked_codes_summed_over_steps():
+def _tiny_objective():
+    """A tiny student with 2 codebooks of 5 codes, and the objective whose sums and metrics it feeds."""
     config = dataclasses.replace(PRESETS["tiny"], hidden_dropout=0.0, attention_dropout=0.0, layerdrop=0.0)
     torch.manual_seed(0)
     module = MERTPretrainer(MERTModel(config), n_codebooks=2, codebook_size=5, cqt_bins=None)
     objective = object.__new__(CodebookObjective)  # the sums and metrics need the code layout only
     objective.n_q, objective.codebook_size = 2, 5
+    return config, module, objective
+
+
+def test_prior_is_the_entropy_of_the_masked_codes_summed_over_steps():
+    config, module, objective = _tiny_objective()
     gen = torch.Generator().manual_seed(0)
     totals, all_codes = {}, []
     for _ in range(2):
@@ -49,3 +55,31 @@ def test_prior_is_the_entropy_of_the_masked_codes_summed_over_steps():
         assert row[f"prior_{q}"] == pytest.approx(want, rel=1e-9)
     assert row["prior"] == pytest.approx(row["prior_0"] + row["prior_1"])
     assert row["prior_0"] < row["prior_1"] <= math.log(5)
+
+
+def test_the_objective_logs_the_copy_baseline_and_the_ce_per_codebook():
+    """The copy-the-nearest-unmasked-frame baseline against a loop; the per-codebook CE adds up to the CE."""
+    config, module, objective = _tiny_objective()
+    gen = torch.Generator().manual_seed(1)
+    totals: dict[str, float] = {}
+    copied = torch.zeros(2, dtype=torch.long)
+    masked = 0
+    for _ in range(2):
+        n = config.num_frames(8000)
+        codes = torch.randint(5, (2, n, 2), generator=gen)
+        codes[..., 0] = codes[:, :1, 0]  # constant per clip: the copy baseline is always right
+        mask = compute_mask(2, n, mask_prob=0.5, span=5, generator=gen)
+        with torch.no_grad():
+            result = module(0.1 * torch.randn(2, 8000, generator=gen), codes, None, mask)
+        for k, v in objective.sums(result).items():
+            totals[k] = totals.get(k, 0.0) + v
+        src = nearest_visible(mask)
+        for i, j in mask.nonzero().tolist():
+            copied += (codes[i, src[i, j]] == codes[i, j]).long()
+        masked += int(mask.sum())
+    row = objective.metrics(totals)
+    assert row["copy_acc_0"] == 1.0
+    assert row["copy_acc_1"] == pytest.approx(float(copied[1]) / masked, rel=1e-12)
+    assert row["copy_acc"] == pytest.approx((row["copy_acc_0"] + row["copy_acc_1"]) / 2)
+    assert row["ce_0"] + row["ce_1"] == pytest.approx(row["ce"], rel=1e-5)
+    assert row["acc"] == pytest.approx((row["acc_0"] + row["acc_1"]) / 2)
