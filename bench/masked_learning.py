@@ -46,6 +46,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--mask-prob", type=float, default=0.8)
     p.add_argument("--mask-length", type=int, default=5)
     p.add_argument("--conv-dim", type=int, help="conv channels (default: the tiny preset's)")
+    p.add_argument("--front-end", choices=("conv", "logmel"), default="conv", help="the student's feature extractor")
     p.add_argument("--feature-penalty", type=float, default=10.0, help="weight of the conv-feature L2 penalty")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--batches", type=int, default=100, help="distinct training batches cached (then repeated)")
@@ -105,6 +106,8 @@ def main(argv: list[str] | None = None) -> None:
     cfg = dataclasses.replace(cfg, layerdrop=0.0)
     if args.conv_dim:
         cfg = dataclasses.replace(cfg, conv_dim=(args.conv_dim,) * len(cfg.conv_dim))
+    if args.front_end == "logmel":
+        cfg = cfg.with_logmel_front_end()
     files = sorted((args.run / "corpus").glob("*.flac")) + sorted((args.run / "corpus").glob("*.wav"))
     clips = [load_audio(f, cfg.sample_rate) for f in files]
     held = [c for i, c in enumerate(clips) if i % 10 == 0]

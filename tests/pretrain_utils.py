@@ -46,8 +46,9 @@ def deepspeed_cmd(port: int) -> list[str]:
 
 
 def train_args(data: Path, out: Path, steps: int, *extra: str) -> list[str]:
+    """The tiny recipe on ``data``'s corpus and teacher, with the conv front end, whose export transformers loads."""
     return [
-        "--preset", "tiny", "--data", str(data / "corpus"), "--teacher", str(data / "teacher"),
+        "--preset", "tiny", "--front-end", "conv", "--data", str(data / "corpus"), "--teacher", str(data / "teacher"),
         "--output-dir", str(out), "--max-steps", str(steps), "--log-every", "1", "--batch-size", "4",
         "--crop-seconds", "3", "--warmup-steps", "5", "--num-workers", "1", "--seed", "0", *extra,
     ]  # fmt: skip

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
-from mert_fast.train.masking import compute_mask, copy_baseline_correct, nearest_visible
+from mert_fast.train.masking import compute_mask, copy_baseline_ce, copy_baseline_correct, nearest_visible
 
 
 def _nearest_loop(mask: torch.Tensor) -> torch.Tensor:
@@ -67,3 +69,23 @@ def test_scored_frames_must_match_the_mask():
         module(torch.randn(2, 8000), codes, None, mask, scored=torch.ones(2, 3, dtype=torch.bool))
     with pytest.raises(ValueError, match="codes"):
         module(torch.randn(2, 8000), codes[:, :-1], None, mask)
+
+
+@pytest.mark.parametrize("k", [2, 32, 1024])
+def test_copy_baseline_ce_is_the_ce_of_its_distribution(k):
+    """The formula against ``F.cross_entropy`` of the explicit distribution (the copied code gets the realised
+    accuracy, the other codes share the rest) over frames where the copied code is right that often."""
+    gen = torch.Generator().manual_seed(k)
+    n = 4000
+    targets = torch.randint(k, (n,), generator=gen)
+    right = torch.rand(n, generator=gen) < 0.37
+    copied = torch.where(right, targets, (targets + 1 + torch.randint(k - 1, (n,), generator=gen)) % k)
+    a = float(right.double().mean())
+    probs = torch.full((n, k), (1 - a) / (k - 1), dtype=torch.float64)
+    probs[torch.arange(n), copied] = a
+    want = float(torch.nn.functional.nll_loss(probs.log(), targets))
+    assert copy_baseline_ce(a, k) == pytest.approx(want, rel=1e-12)
+    # a guess as good as chance is the uniform distribution; a certain copy costs nothing
+    assert copy_baseline_ce(1 / k, k) == pytest.approx(math.log(k), rel=1e-12)
+    assert copy_baseline_ce(1.0, k) == 0.0
+    assert copy_baseline_ce(0.0, k) == pytest.approx(math.log(k - 1) if k > 2 else 0.0, abs=1e-12)

@@ -81,5 +81,9 @@ def test_the_objective_logs_the_copy_baseline_and_the_ce_per_codebook():
     assert row["copy_acc_0"] == 1.0
     assert row["copy_acc_1"] == pytest.approx(float(copied[1]) / masked, rel=1e-12)
     assert row["copy_acc"] == pytest.approx((row["copy_acc_0"] + row["copy_acc_1"]) / 2)
+    # the baseline's CE: a certain copy costs 0 in codebook 0; codebook 1 from its accuracy over 5 codes
+    a = float(copied[1]) / masked
+    want = -(a * math.log(a) + (1 - a) * math.log((1 - a) / 4))
+    assert row["copy_ce"] == pytest.approx(want, rel=1e-12)
     assert row["ce_0"] + row["ce_1"] == pytest.approx(row["ce"], rel=1e-5)
     assert row["acc"] == pytest.approx((row["acc_0"] + row["acc_1"]) / 2)

@@ -41,6 +41,13 @@ class MERTConfig:
     """Stride of each conv layer (their product is the hop: 320 samples)."""
     conv_bias: bool = False
     """Whether the conv layers have a bias."""
+    feature_extractor_type: str = "conv"
+    """``"conv"``: the learned conv feature encoder (MERT, HuBERT); ``"logmel"``: a fixed log-mel spectrogram of
+    ``conv_dim[-1]`` bands on the conv stack's frames (:mod:`mert_fast.model.frontend`; ``conv_dim``,
+    ``conv_kernel`` and ``conv_stride`` then hold one entry each, e.g. ``(128,)``, ``(400,)``, ``(320,)``). A
+    log-mel model loads in mert_fast only: transformers has no such front end."""
+    mel_n_fft: int = 2048
+    """Window (FFT) length in samples of the ``logmel`` front end."""
     feat_extract_norm: str = "group"
     """``"group"``: GroupNorm(C, C) after conv layer 0 only (HuBERT/MERT); ``"layer"``: LayerNorm after every one."""
     feat_proj_layer_norm: bool = True
@@ -102,6 +109,12 @@ class MERTConfig:
             )
         if min(self.conv_dim + self.conv_kernel + self.conv_stride) <= 0:
             raise ValueError("conv_dim, conv_kernel and conv_stride must hold positive integers")
+        if self.feature_extractor_type not in ("conv", "logmel"):
+            raise ValueError(f"feature_extractor_type must be 'conv' or 'logmel'; got {self.feature_extractor_type!r}")
+        if self.feature_extractor_type == "logmel":
+            check_int("mel_n_fft", self.mel_n_fft, min=self.receptive_field)
+            if len(self.conv_dim) != 1:
+                raise ValueError(f"the logmel front end takes one conv_dim entry (its mel bands); got {self.conv_dim}")
         if self.feat_extract_norm not in ("group", "layer"):
             raise ValueError(f"feat_extract_norm must be 'group' or 'layer'; got {self.feat_extract_norm!r}")
         if self.pos_conv_style not in ("hubert", "data2vec"):
@@ -200,13 +213,26 @@ class MERTConfig:
                  "num_conv_pos_embeddings", "num_conv_pos_embedding_groups", "attention_dropout")  # fmt: skip
         return dataclasses.replace(self, **{k: getattr(tiny, k) for k in sizes}, conv_pos_layers=2)
 
+    def with_logmel_front_end(self, n_mels: int = 128, n_fft: int = 2048) -> MERTConfig:
+        """This configuration with the log-mel front end (:mod:`mert_fast.model.frontend`) in place of the conv
+        feature encoder: ``n_mels`` bands, a window of ``n_fft`` samples, the same frames (hop, receptive field)."""
+        return dataclasses.replace(
+            self,
+            feature_extractor_type="logmel",
+            mel_n_fft=n_fft,
+            conv_dim=(n_mels,),
+            conv_kernel=(self.receptive_field,),
+            conv_stride=(self.hop_length,),
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return {
             f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in dataclasses.fields(self)
         }
 
     def to_hf_dict(self) -> dict[str, Any]:
-        """An HF ``config.json`` for ``HubertModel`` (or ``Data2VecAudioModel`` for the data2vec layout)."""
+        """An HF ``config.json`` for ``HubertModel`` (or ``Data2VecAudioModel`` for the data2vec layout); a log-mel
+        model's also names its front end, which only mert_fast reads."""
         common = {
             "hidden_size": self.hidden_size,
             "num_hidden_layers": self.num_hidden_layers,
@@ -229,6 +255,8 @@ class MERTConfig:
             "mask_time_prob": self.mask_time_prob,
             "sample_rate": self.sample_rate,
         }
+        if self.feature_extractor_type != "conv":
+            common.update(feature_extractor_type=self.feature_extractor_type, mel_n_fft=self.mel_n_fft)
         if self.pos_conv_style == "data2vec":
             if self.feat_extract_norm != "layer" or self.do_stable_layer_norm:
                 raise ValueError("the data2vec layout needs feat_extract_norm='layer' and a post-LN encoder")

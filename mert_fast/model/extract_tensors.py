@@ -139,6 +139,8 @@ def conv_features_chunked(
     """
     check_int("chunk_frames", chunk_frames, min=1, integral=True, expected="a positive integer")
     cfg = model.config
+    if cfg.feature_extractor_type == "logmel":  # a fixed spectrogram, computed in blocks of frames already
+        return model.feature_extractor(audio, lengths).transpose(1, 2)
     conv_layers = model.feature_extractor.conv_layers
     first = conv_layers[0]
     hop, rf = cfg.hop_length, cfg.receptive_field

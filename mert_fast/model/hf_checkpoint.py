@@ -11,6 +11,7 @@ unexpected keys. :meth:`MERTModel.from_pretrained` and :meth:`MERTModel.save_pre
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,6 +22,8 @@ from torch import nn
 from mert_fast.model.config import MERTConfig
 
 __all__ = ["load_hf_state_dict", "normalise_hf_keys", "read_hf_weights", "read_pretrained", "save_pretrained"]
+
+logger = logging.getLogger(__name__)
 
 _PREFIXES = ("hubert.", "data2vec_audio.", "mert.", "model.")
 
@@ -73,9 +76,17 @@ def load_hf_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor]) -> N
 
 
 def save_pretrained(model: nn.Module, path: str | os.PathLike) -> None:
-    """Write ``model.config`` as ``config.json`` and its weights as ``model.safetensors`` into the folder ``path``."""
+    """Write ``model.config`` as ``config.json`` and its weights as ``model.safetensors`` into the folder ``path``.
+
+    A model with the log-mel front end (``feature_extractor_type="logmel"``) is written the same way; it loads with
+    :meth:`MERTModel.from_pretrained` only (transformers has no such front end), which is logged."""
     from safetensors.torch import save_file
 
+    if model.config.feature_extractor_type != "conv":
+        logger.warning(
+            "%s: the %s front end loads in mert_fast only (MERTModel.from_pretrained); transformers' HubertModel "
+            "expects the conv feature encoder", path, model.config.feature_extractor_type,
+        )  # fmt: skip
     directory = Path(path)
     directory.mkdir(parents=True, exist_ok=True)
     model.config.to_json_file(directory / "config.json")

@@ -8,9 +8,11 @@ masked frames (the batch minimum), chosen at random among its masked frames, so 
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-__all__ = ["compute_mask", "copy_baseline_correct", "in_batch_mixture", "nearest_visible"]
+__all__ = ["compute_mask", "copy_baseline_ce", "copy_baseline_correct", "in_batch_mixture", "nearest_visible"]
 
 
 def compute_mask(
@@ -110,3 +112,14 @@ def in_batch_mixture(
             dst = int(torch.randint(length - seg + 1, (), generator=generator))
             out[i, dst : dst + seg] += volume * audio[j, src : src + seg]
     return out
+
+
+def copy_baseline_ce(accuracy: float, codebook_size: int) -> float:
+    """The cross-entropy per frame of the copy baseline as a distribution: probability ``accuracy`` (how often the
+    nearest unmasked frame's code is right, :func:`copy_baseline_correct`) on the copied code, the rest spread evenly
+    over the other ``codebook_size - 1`` codes. It is the best CE of any guess that knows only the copied code."""
+    a = min(max(float(accuracy), 0.0), 1.0)
+    if codebook_size < 2:
+        return 0.0
+    rest = 1.0 - a
+    return -(a * math.log(a) if a > 0 else 0.0) - (rest * math.log(rest / (codebook_size - 1)) if rest > 0 else 0.0)

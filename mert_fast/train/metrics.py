@@ -33,6 +33,8 @@ def learning_status(row: dict[str, Any]) -> tuple[bool, str] | None:
     text = f"masked CE {row['ce']:.3f} vs code prior {row['prior']:.3f} ({below:+.1%} below)"
     if "copy_acc" in row:
         text += f"; accuracy {row['acc']:.3f} vs copy baseline {row['copy_acc']:.3f}"
+    if "copy_ce" in row:
+        text += f" (its CE {row['copy_ce']:.3f})"
     return below < AT_PRIOR, text
 
 

@@ -35,7 +35,7 @@ from mert_fast.model.teachers import align_to_frames
 from mert_fast.model.teachers.cqt import mert_cqt_bins
 from mert_fast.ops import codebook_cross_entropy
 from mert_fast.train.config import TrainConfig
-from mert_fast.train.masking import copy_baseline_correct
+from mert_fast.train.masking import copy_baseline_ce, copy_baseline_correct
 from mert_fast.train.objectives.base import Objective, StepBatch, code_entropy, mask_and_mix
 
 __all__ = ["CodebookObjective", "MERTPretrainer", "PretrainOutput", "cqt_bins", "masked_student", "step_inputs"]
@@ -288,6 +288,7 @@ class CodebookObjective(Objective):
         out.update({f"copy_acc_{q}": totals[f"copy_{q}"] / masked for q in range(self.n_q)})
         out["acc"] = sum(out[f"acc_{q}"] for q in range(self.n_q)) / self.n_q
         out["copy_acc"] = sum(out[f"copy_acc_{q}"] for q in range(self.n_q)) / self.n_q
+        out["copy_ce"] = sum(copy_baseline_ce(out[f"copy_acc_{q}"], self.codebook_size) for q in range(self.n_q))
         # the prior: the entropy of each codebook's code histogram over the scored frames since the last row, the CE
         # of the best constant prediction of those frames; ``ce`` below ``prior`` is what is learnt about each frame
         priors = [code_entropy([totals[f"codes_{q}_{k}"] for k in range(self.codebook_size)]) for q in range(self.n_q)]

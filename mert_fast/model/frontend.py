@@ -1,0 +1,110 @@
+"""The log-mel front end: a fixed spectrogram in place of the learned conv feature encoder.
+
+MERT and HuBERT learn their front end from the waveform: seven strided convs whose first output frame sees 400
+samples. At the scale of a CPU run (32 channels, a few hundred steps) that stack does not learn the spectral detail
+the Mel-RVQ codes are made of, and the student stays at the codes' prior. ``feature_extractor_type="logmel"``
+replaces it by what MuQ feeds its encoder: a log-mel spectrogram, here with the teacher's resolution (Hann window of
+``mel_n_fft`` samples, ``conv_dim[-1]`` HTK mel bands), one frame per conv frame: frame ``t`` is centred on sample
+``hop * t + 200`` (the centre of the conv stack's frame ``t``), so frame counts, the 75 Hz rate and the alignment
+of every teacher's labels stay as they are. Samples outside the clip are zeros.
+
+Per clip, as the Mel-RVQ teacher does, decibels are floored ``TOP_DB`` under the clip's loudest value and centred on
+the clip's mean level (over its real frames and every band), then divided by ``DB_SCALE`` and scaled and shifted per
+band by learned weights (ones and zeros at first). The features do not depend on the clip's gain, keep its spectral
+envelope, and a padded clip gets exactly the features it gets alone.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mert_fast.model.config import MERTConfig
+from mert_fast.model.teachers.mel_rvq import POWER_FLOOR, TOP_DB, mel_filterbank
+
+__all__ = ["LogMelFrontEnd", "group_norm_per_channel"]
+
+#: Decibels per unit of the features: centred log-mel levels of music spread over a few tens of dB.
+DB_SCALE = 20.0
+#: Frames per STFT block: bounds the ``(B, n_fft / 2 + 1, frames)`` spectrum of long clips.
+BLOCK_FRAMES = 2048
+
+
+def group_norm_per_channel(x: torch.Tensor, norm: nn.GroupNorm, lengths: torch.Tensor | None) -> torch.Tensor:
+    """GroupNorm(C, C) whose statistics cover each clip's first ``lengths[b]`` frames only.
+
+    x ``(B, C, T)``; lengths ``(B,)`` int64 or None (every frame valid: plain GroupNorm).
+    """
+    if lengths is None:
+        return norm(x)
+    xf = x.float()
+    valid = (torch.arange(x.shape[-1], device=x.device)[None, :] < lengths[:, None]).to(xf.dtype)[:, None, :]
+    count = valid.sum(-1, keepdim=True)
+    mean = (xf * valid).sum(-1, keepdim=True) / count
+    var = (((xf - mean) * valid) ** 2).sum(-1, keepdim=True) / count
+    y = (xf - mean) * torch.rsqrt(var + norm.eps)
+    y = y * norm.weight.float()[None, :, None] + norm.bias.float()[None, :, None]
+    return y.to(x.dtype)
+
+
+class LogMelFrontEnd(nn.Module):
+    """Audio ``(B, L)`` -> normalised log-mel features ``(B, n_mels, T)``, ``T = config.num_frames(L)``."""
+
+    def __init__(self, config: MERTConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.n_fft = config.mel_n_fft
+        self.hop = config.hop_length
+        self.n_mels = config.conv_dim[-1]
+        #: where frame 0's window starts, relative to sample 0: its centre sits on the conv frame's centre
+        self.offset = config.receptive_field // 2 - self.n_fft // 2
+        self.register_buffer("window", torch.hann_window(self.n_fft), persistent=False)
+        self.register_buffer("mel_fb", mel_filterbank(config.sample_rate, self.n_fft, self.n_mels), persistent=False)
+        self.weight = nn.Parameter(torch.ones(self.n_mels))
+        self.bias = nn.Parameter(torch.zeros(self.n_mels))
+
+    def decibels(self, audio: torch.Tensor, n_frames: int) -> torch.Tensor:
+        """Mel power in dB ``(B, n_mels, n_frames)`` float32 of zero-padded ``audio`` ``(B, L)``, computed in blocks
+        of :data:`BLOCK_FRAMES` frames."""
+        x = audio.float()
+        blocks = []
+        for first in range(0, n_frames, BLOCK_FRAMES):
+            count = min(BLOCK_FRAMES, n_frames - first)
+            start = self.offset + first * self.hop
+            stop = start + (count - 1) * self.hop + self.n_fft
+            left, right = max(0, -start), max(0, stop - x.shape[-1])
+            piece = F.pad(x[:, max(0, start) : max(0, min(stop, x.shape[-1]))], (left, right))
+            spec = torch.stft(piece, self.n_fft, self.hop, window=self.window, center=False, return_complex=True)
+            power = spec.real.square() + spec.imag.square()  # (B, F, count)
+            blocks.append(torch.einsum("bft,fm->bmt", power, self.mel_fb))
+        mel = torch.cat(blocks, dim=-1)
+        return 10.0 * torch.log10(mel.clamp_min(POWER_FLOOR))
+
+    def forward(self, audio: torch.Tensor, sample_lengths: torch.Tensor | None) -> torch.Tensor:
+        """audio ``(B, L)`` (samples past ``sample_lengths[b]`` are treated as zeros) -> ``(B, n_mels, T)``."""
+        n_frames = self.config.num_frames(audio.shape[-1])
+        frames = None
+        if sample_lengths is not None:
+            keep = torch.arange(audio.shape[-1], device=audio.device)[None, :] < sample_lengths[:, None]
+            audio = audio * keep.to(audio.dtype)
+            frames = _frames_of(self.config, sample_lengths)
+        db = self.decibels(audio, n_frames)
+        if frames is None:
+            valid = torch.ones(db.shape[0], 1, n_frames, dtype=torch.bool, device=db.device)
+        else:
+            valid = (torch.arange(n_frames, device=db.device)[None, :] < frames[:, None])[:, None, :]
+        loudest = db.masked_fill(~valid, float("-inf")).amax(dim=(1, 2), keepdim=True)
+        db = torch.maximum(db, loudest - TOP_DB)
+        count = (valid.sum(dim=(1, 2), keepdim=True) * db.shape[1]).clamp_min(1)
+        level = (db * valid).sum(dim=(1, 2), keepdim=True) / count
+        x = (db - level) / DB_SCALE * self.weight[None, :, None] + self.bias[None, :, None]
+        return (x * valid).to(audio.dtype)
+
+
+def _frames_of(config: MERTConfig, sample_lengths: torch.Tensor) -> torch.Tensor:
+    """Valid output frames of clips with ``sample_lengths`` samples ``(B,)`` int64 (the conv stack's count)."""
+    n = sample_lengths.to(torch.int64)
+    for k, s in zip(config.conv_kernel, config.conv_stride, strict=True):
+        n = torch.div(n - k, s, rounding_mode="floor") + 1
+    return n.clamp_min(0)
