@@ -149,7 +149,12 @@ def _codebook_ce_bwd_x_kernel(
     for k0 in range(0, n_k, BLOCK_K):
         cols = k0 + tl.arange(0, BLOCK_K).to(tl.int64)
         col_ok = cols < n_k
-        ct = _code_tile(c_ptr, cols, col_ok, q, n_k, n_d, dims, dim_ok, UPCAST, FP64)
+        # the load written out, not _code_tile: through the helper, triton 3.6 spills here at fp32 (sm_90 gate)
+        ct = tl.load(
+            c_ptr + (q * n_k + cols[:, None]) * n_d + dims[None, :], mask=col_ok[:, None] & dim_ok[None, :], other=0.0
+        )
+        if UPCAST:
+            ct = ct.to(acc_t)
         logits, ic = _logits_tile(
             xt, ct, ix, q, cols, col_ok, nc_ptr, bias_ptr, n_k, scale, eps, HAS_BIAS, NORMALIZE, PRECISION, FP64
         )
