@@ -105,6 +105,11 @@ def _drop_args(dropout_p: float) -> tuple[int, float]:
     return round(dropout_p * 2**DROPOUT_BITS), 1.0 / (1.0 - dropout_p)
 
 
+def _strides(name: str, t: torch.Tensor, row: str) -> dict:
+    """The kernels' ``stride_<name>b``, ``stride_<name>h`` and ``stride_<name><row>`` of a ``(B, H, T, D)`` tensor."""
+    return {f"stride_{name}b": t.stride(0), f"stride_{name}h": t.stride(1), f"stride_{name}{row}": t.stride(2)}
+
+
 def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
@@ -161,18 +166,10 @@ def attention_forward(
         KPM=kpm,
         KV_END=kv_end,
         SEED=seed if dropout_p > 0 else None,
-        stride_qb=q.stride(0),
-        stride_qh=q.stride(1),
-        stride_qm=q.stride(2),
-        stride_kb=k.stride(0),
-        stride_kh=k.stride(1),
-        stride_kn=k.stride(2),
-        stride_vb=v.stride(0),
-        stride_vh=v.stride(1),
-        stride_vn=v.stride(2),
-        stride_ob=out.stride(0),
-        stride_oh=out.stride(1),
-        stride_om=out.stride(2),
+        **_strides("q", q, "m"),
+        **_strides("k", k, "n"),
+        **_strides("v", v, "n"),
+        **_strides("o", out, "m"),
         stride_mb=stride_mb,
         qk_scale=softmax_scale * LOG2E,
         drop_thresh=drop_thresh,
@@ -214,12 +211,8 @@ def attention_backward(
         OUT=out,
         DO=grad_out,
         DELTA=delta,
-        stride_ob=out.stride(0),
-        stride_oh=out.stride(1),
-        stride_om=out.stride(2),
-        stride_dob=grad_out.stride(0),
-        stride_doh=grad_out.stride(1),
-        stride_dom=grad_out.stride(2),
+        **_strides("o", out, "m"),
+        **_strides("do", grad_out, "m"),
         H=heads,
         TQ=t_q,
         HEAD_DIM=head_dim,
@@ -242,18 +235,10 @@ def attention_backward(
         KPM=kpm,
         KV_END=kv_end,
         SEED=seed if dropout_p > 0 else None,
-        stride_qb=q.stride(0),
-        stride_qh=q.stride(1),
-        stride_qm=q.stride(2),
-        stride_kb=k.stride(0),
-        stride_kh=k.stride(1),
-        stride_kn=k.stride(2),
-        stride_vb=v.stride(0),
-        stride_vh=v.stride(1),
-        stride_vn=v.stride(2),
-        stride_dob=grad_out.stride(0),
-        stride_doh=grad_out.stride(1),
-        stride_dom=grad_out.stride(2),
+        **_strides("q", q, "m"),
+        **_strides("k", k, "n"),
+        **_strides("v", v, "n"),
+        **_strides("do", grad_out, "m"),
         stride_mb=stride_mb,
         qk_scale=softmax_scale * LOG2E,
         sm_scale=softmax_scale,
@@ -261,8 +246,8 @@ def attention_backward(
         drop_scale=drop_scale,
         **meta,
     )
-    dkdv_args = dict(shared, DK=dk, DV=dv, stride_dkb=dk.stride(0), stride_dkh=dk.stride(1), stride_dkn=dk.stride(2))
-    dq_args = dict(shared, DQ=dq, stride_dqb=dq.stride(0), stride_dqh=dq.stride(1), stride_dqm=dq.stride(2))
+    dkdv_args = dict(shared, DK=dk, DV=dv, **_strides("dk", dk, "n"))
+    dq_args = dict(shared, DQ=dq, **_strides("dq", dq, "m"))
     if interp:
         _attn_bwd_dkdv_kernel[(triton.cdiv(t_k, _INTERP_DKDV["BLOCK_N"]), heads, batch)](**dkdv_args, **_INTERP_DKDV)
         _attn_bwd_dq_kernel[(triton.cdiv(t_q, _INTERP_DQ["BLOCK_M"]), heads, batch)](**dq_args, **_INTERP_DQ)
