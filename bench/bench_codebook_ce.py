@@ -59,12 +59,6 @@ CASES = [
 ]
 
 
-@pytest.fixture(params=CASES, ids=[c.label.replace(" ", "-") for c in CASES])
-def case(request, device_gate) -> Case:
-    device_gate(request.param.device)
-    return request.param
-
-
 _cache: dict[tuple, object] = {}
 
 

@@ -67,10 +67,9 @@ class Case:
 CASES = [Case("cpu", 4, 5.0), Case("cuda", 64, 5.0)]
 
 
-@pytest.fixture(params=CASES, ids=[c.device for c in CASES])
-def case(request, device_gate) -> Case:
-    device_gate(request.param.device)
-    return request.param
+def case_id(case: Case) -> str:
+    """The test id of a case (the ``case`` fixture, bench/conftest.py)."""
+    return case.device
 
 
 @contextlib.contextmanager

@@ -88,12 +88,6 @@ CASES = [
 ]
 
 
-@pytest.fixture(params=CASES, ids=[c.label.replace(" ", "-") for c in CASES])
-def case(request, device_gate) -> Case:
-    device_gate(request.param.device)
-    return request.param
-
-
 # ---------------------------------------------------------------------------------------------- data and models
 
 _files: dict[Case, tuple[Path, list[Path]]] = {}

@@ -45,10 +45,9 @@ class Case:
 CASES = [Case("cpu", 20_000, 32, 64), Case("cuda", 1_000_000, 128, 1024)]
 
 
-@pytest.fixture(params=CASES, ids=[c.device for c in CASES])
-def case(request, device_gate) -> Case:
-    device_gate(request.param.device)
-    return request.param
+def case_id(case: Case) -> str:
+    """The test id of a case (the ``case`` fixture, bench/conftest.py)."""
+    return case.device
 
 
 @pytest.fixture(autouse=True)

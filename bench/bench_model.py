@@ -64,12 +64,6 @@ def _models(case: Case):
     return _cache[key]
 
 
-@pytest.fixture(params=CASES, ids=[c.label.replace(" ", "-") for c in CASES])
-def case(request, device_gate) -> Case:
-    device_gate(request.param.device)
-    return request.param
-
-
 def _run(benchmark, measure, case: Case, implementation: str, fn, out_dtype: torch.dtype) -> None:
     _, _, audio, ref = _models(case)
     benchmark.group = f"mert forward {case.label}"

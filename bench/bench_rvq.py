@@ -87,10 +87,9 @@ class Case:
 CASES = [Case(n, d, c) for n in ("encodec", "mel-rvq") for d, c in (("cpu", 4), ("cuda", 64))]
 
 
-@pytest.fixture(params=CASES, ids=[f"{c.name}-{c.device}" for c in CASES])
-def case(request, device_gate) -> Case:
-    device_gate(request.param.device)
-    return request.param
+def case_id(case: Case) -> str:
+    """The test id of a case (the ``case`` fixture, bench/conftest.py)."""
+    return f"{case.name}-{case.device}"
 
 
 @pytest.fixture(autouse=True)

@@ -106,12 +106,6 @@ CASES = [
 IMPLS = ("baseline", "mert_fast")
 
 
-@pytest.fixture(params=CASES, ids=[c.label.replace(" ", "-") for c in CASES])
-def case(request, device_gate) -> Case:
-    device_gate(request.param.device)
-    return request.param
-
-
 @pytest.fixture(autouse=True)
 def _true_fp32(true_fp32_matmul):
     """The float32 teachers stay float32 (no TF32 matmuls, whatever the process default)."""

@@ -165,6 +165,32 @@ def device_gate(bench_device):
     return gate
 
 
+def _parametrized_here(metafunc, name: str) -> bool:
+    for mark in metafunc.definition.iter_markers("parametrize"):
+        names = mark.args[0]
+        if name in (names.replace(" ", "").split(",") if isinstance(names, str) else names):
+            return True
+    return False
+
+
+def pytest_generate_tests(metafunc):
+    """A bench module's ``CASES`` parametrize the ``case`` fixture of its tests, with the ids the module's
+    ``case_id(case)`` gives (default: the label, dashed), unless a test parametrizes ``case`` itself."""
+    cases = getattr(metafunc.module, "CASES", None)
+    if "case" not in metafunc.fixturenames or cases is None or _parametrized_here(metafunc, "case"):
+        return
+    case_id = getattr(metafunc.module, "case_id", lambda c: c.label.replace(" ", "-"))
+    metafunc.parametrize("case", cases, ids=[case_id(c) for c in cases], indirect=True)
+
+
+@pytest.fixture
+def case(request, device_gate):
+    """The module's case this test runs (see :func:`pytest_generate_tests`); a GPU case is skipped when the bench
+    device is the CPU."""
+    device_gate(request.param.device)
+    return request.param
+
+
 @pytest.fixture
 def use_backend(monkeypatch):
     """``use_backend(backend, device)`` sets ``MERT_FAST_BACKEND`` for the case, or skips the pairs that are no

@@ -17,7 +17,8 @@ the fp32 logits.
   one writer: no atomics, deterministic.
 
 Both backward kernels end with the Jacobian of the normalisation, ``dx = (dy - y <dy, y>) / ||x||`` for
-``y = x / ||x||`` (``dx = dy / eps`` where the norm is clamped, as for ``F.normalize``).
+``y = x / ||x||`` (``dx = dy / eps`` where the norm is clamped, as for ``F.normalize``). The tile loads and the
+logits tile the three kernels share are in :mod:`.codebook_ce_tiles`.
 """
 
 from __future__ import annotations
@@ -26,52 +27,12 @@ import torch
 import triton
 import triton.language as tl
 
+from .codebook_ce_tiles import _bwd_rows, _code_tile, _dlogits, _logits_tile, _row_inv_norm, _targets, _x_tile
+
 #: (BLOCK_S, BLOCK_K) under the interpreter: small enough that test shapes span several tiles each way.
 INTERPRET_BLOCKS = (32, 32)
 #: Largest feature dimension the kernels hold in one tile.
 MAX_DIM = 256
-
-
-@triton.jit
-def _logits_tile(
-    xt,
-    ct,
-    ix,
-    q,
-    cols,
-    col_ok,
-    nc_ptr,
-    bias_ptr,
-    n_k,
-    scale,
-    eps,
-    HAS_BIAS: tl.constexpr,
-    NORMALIZE: tl.constexpr,
-    PRECISION: tl.constexpr,
-    FP64: tl.constexpr,
-):
-    """``(BLOCK_S, BLOCK_K)`` logits and the codebook rows' inverse norms ``(BLOCK_K,)``; padded columns -inf."""
-    acc_t = tl.float64 if FP64 else tl.float32
-    logits = tl.dot(xt, tl.trans(ct), input_precision=PRECISION).to(acc_t)
-    if NORMALIZE:
-        ic = 1.0 / tl.maximum(tl.load(nc_ptr + q * n_k + cols, mask=col_ok, other=1.0).to(acc_t), eps)
-        logits = logits * (ix * scale)[:, None] * ic[None, :]
-    else:
-        ic = tl.full(cols.shape, 1.0, acc_t)
-        logits = logits * scale
-    if HAS_BIAS:
-        logits += tl.load(bias_ptr + q * n_k + cols, mask=col_ok, other=0.0).to(acc_t)[None, :]
-    return tl.where(col_ok[None, :], logits, float("-inf")), ic
-
-
-@triton.jit
-def _row_inv_norm(nx_ptr, rows, row_ok, q, n_q, eps, NORMALIZE: tl.constexpr, FP64: tl.constexpr):
-    acc_t = tl.float64 if FP64 else tl.float32
-    if NORMALIZE:
-        inv = 1.0 / tl.maximum(tl.load(nx_ptr + rows * n_q + q, mask=row_ok, other=1.0).to(acc_t), eps)
-    else:
-        inv = tl.full(rows.shape, 1.0, acc_t)
-    return inv
 
 
 @triton.jit
@@ -110,13 +71,8 @@ def _codebook_ce_fwd_kernel(
     row_ok = rows < n_s
     dims = tl.arange(0, BLOCK_D)
     dim_ok = dims < n_d
-    xt = tl.load(
-        x_ptr + (rows[:, None] * n_q + q) * n_d + dims[None, :], mask=row_ok[:, None] & dim_ok[None, :], other=0.0
-    )
-    if UPCAST:
-        xt = xt.to(acc_t)
-    tgt = tl.load(tgt_ptr + rows * n_q + q, mask=row_ok, other=ignore_index)
-    valid = row_ok & (tgt != ignore_index)
+    xt = _x_tile(x_ptr, rows, row_ok, q, n_q, n_d, dims, dim_ok, UPCAST, FP64)
+    tgt, valid = _targets(tgt_ptr, rows, row_ok, q, n_q, ignore_index)
     ix = _row_inv_norm(nx_ptr, rows, row_ok, q, n_q, eps, NORMALIZE, FP64)
 
     m = tl.full([BLOCK_S], float("-inf"), acc_t)
@@ -126,11 +82,7 @@ def _codebook_ce_fwd_kernel(
     for k0 in range(0, n_k, BLOCK_K):
         cols = k0 + tl.arange(0, BLOCK_K).to(tl.int64)
         col_ok = cols < n_k
-        ct = tl.load(
-            c_ptr + (q * n_k + cols[:, None]) * n_d + dims[None, :], mask=col_ok[:, None] & dim_ok[None, :], other=0.0
-        )
-        if UPCAST:
-            ct = ct.to(acc_t)
+        ct = _code_tile(c_ptr, cols, col_ok, q, n_k, n_d, dims, dim_ok, UPCAST, FP64)
         logits, _ = _logits_tile(
             xt, ct, ix, q, cols, col_ok, nc_ptr, bias_ptr, n_k, scale, eps, HAS_BIAS, NORMALIZE, PRECISION, FP64
         )
@@ -188,19 +140,16 @@ def _codebook_ce_bwd_x_kernel(
     dims = tl.arange(0, BLOCK_D)
     dim_ok = dims < n_d
     x_mask = row_ok[:, None] & dim_ok[None, :]
-    xt = tl.load(x_ptr + (rows[:, None] * n_q + q) * n_d + dims[None, :], mask=x_mask, other=0.0)
-    if UPCAST:
-        xt = xt.to(acc_t)
-    tgt = tl.load(tgt_ptr + rows * n_q + q, mask=row_ok, other=ignore_index)
-    valid = row_ok & (tgt != ignore_index)
-    lse = tl.load(lse_ptr + rows * n_q + q, mask=row_ok, other=0.0).to(acc_t)
-    g = tl.load(g_ptr + rows * n_q + q, mask=row_ok, other=0.0).to(acc_t)
-    ix = _row_inv_norm(nx_ptr, rows, row_ok, q, n_q, eps, NORMALIZE, FP64)
+    xt = _x_tile(x_ptr, rows, row_ok, q, n_q, n_d, dims, dim_ok, UPCAST, FP64)
+    tgt, valid, lse, g, ix = _bwd_rows(
+        tgt_ptr, lse_ptr, g_ptr, nx_ptr, rows, row_ok, q, n_q, ignore_index, eps, NORMALIZE, FP64
+    )
 
     acc = tl.zeros([BLOCK_S, BLOCK_D], acc_t)
     for k0 in range(0, n_k, BLOCK_K):
         cols = k0 + tl.arange(0, BLOCK_K).to(tl.int64)
         col_ok = cols < n_k
+        # the load written out, not _code_tile: through the helper, triton 3.6 spills here at fp32 (sm_90 gate)
         ct = tl.load(
             c_ptr + (q * n_k + cols[:, None]) * n_d + dims[None, :], mask=col_ok[:, None] & dim_ok[None, :], other=0.0
         )
@@ -209,9 +158,7 @@ def _codebook_ce_bwd_x_kernel(
         logits, ic = _logits_tile(
             xt, ct, ix, q, cols, col_ok, nc_ptr, bias_ptr, n_k, scale, eps, HAS_BIAS, NORMALIZE, PRECISION, FP64
         )
-        onehot = tl.where(cols[None, :] == tgt[:, None], 1.0, 0.0)
-        # where, not a product: padded rows may hold inf - inf; their gradient is 0 by definition
-        dl = tl.where(valid[:, None], g[:, None] * (tl.exp(logits - lse[:, None]) - onehot), 0.0)
+        dl = _dlogits(logits, lse, g, tgt, cols, valid[:, None])
         if NORMALIZE:
             cn = (ct.to(acc_t) * ic[:, None]).to(xt.dtype)
         else:
@@ -266,31 +213,21 @@ def _codebook_ce_bwd_c_kernel(
     dims = tl.arange(0, BLOCK_D)
     dim_ok = dims < n_d
     c_mask = col_ok[:, None] & dim_ok[None, :]
-    ct = tl.load(c_ptr + (q * n_k + cols[:, None]) * n_d + dims[None, :], mask=c_mask, other=0.0)
-    if UPCAST:
-        ct = ct.to(acc_t)
+    ct = _code_tile(c_ptr, cols, col_ok, q, n_k, n_d, dims, dim_ok, UPCAST, FP64)
 
     acc = tl.zeros([BLOCK_K, BLOCK_D], acc_t)
     dbias = tl.zeros([BLOCK_K], acc_t)
     for s0 in range(0, n_s, BLOCK_S):
         rows = s0 + tl.arange(0, BLOCK_S).to(tl.int64)
         row_ok = rows < n_s
-        xt = tl.load(
-            x_ptr + (rows[:, None] * n_q + q) * n_d + dims[None, :], mask=row_ok[:, None] & dim_ok[None, :], other=0.0
+        xt = _x_tile(x_ptr, rows, row_ok, q, n_q, n_d, dims, dim_ok, UPCAST, FP64)
+        tgt, valid, lse, g, ix = _bwd_rows(
+            tgt_ptr, lse_ptr, g_ptr, nx_ptr, rows, row_ok, q, n_q, ignore_index, eps, NORMALIZE, FP64
         )
-        if UPCAST:
-            xt = xt.to(acc_t)
-        tgt = tl.load(tgt_ptr + rows * n_q + q, mask=row_ok, other=ignore_index)
-        valid = row_ok & (tgt != ignore_index)
-        lse = tl.load(lse_ptr + rows * n_q + q, mask=row_ok, other=0.0).to(acc_t)
-        g = tl.load(g_ptr + rows * n_q + q, mask=row_ok, other=0.0).to(acc_t)
-        ix = _row_inv_norm(nx_ptr, rows, row_ok, q, n_q, eps, NORMALIZE, FP64)
         logits, _ = _logits_tile(
             xt, ct, ix, q, cols, col_ok, nc_ptr, bias_ptr, n_k, scale, eps, HAS_BIAS, NORMALIZE, PRECISION, FP64
         )
-        onehot = tl.where(cols[None, :] == tgt[:, None], 1.0, 0.0)
-        keep = valid[:, None] & col_ok[None, :]
-        dl = tl.where(keep, g[:, None] * (tl.exp(logits - lse[:, None]) - onehot), 0.0)
+        dl = _dlogits(logits, lse, g, tgt, cols, valid[:, None] & col_ok[None, :])
         dbias += tl.sum(dl, 0)
         if NORMALIZE:
             xn = (xt.to(acc_t) * ix[:, None]).to(ct.dtype)

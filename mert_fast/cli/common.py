@@ -1,9 +1,11 @@
-"""What several ``mert-fast`` subcommands share: the program name, MERT's sample rate, argument types."""
+"""What several ``mert-fast`` subcommands share: the program name, MERT's sample rate, argument types and the
+arguments more than one subcommand takes."""
 
 from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -41,3 +43,30 @@ def parse_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {name}: no CUDA GPU is visible")
     return device
+
+
+def add_command(
+    commands: argparse._SubParsersAction,
+    name: str,
+    run: Callable[[argparse.Namespace], int],
+    *,
+    help: str,
+    description: str,
+) -> argparse.ArgumentParser:
+    """The parser of subcommand ``name``, which runs ``run(args)``."""
+    p = commands.add_parser(name, help=help, description=description)
+    p.set_defaults(func=run)
+    return p
+
+
+def add_sample_rate(
+    p: argparse.ArgumentParser, help: str = "Hz (default: %(default)s)", default: int | None = MERT_SAMPLE_RATE
+) -> None:
+    """``--sample-rate`` in Hz, a positive integer."""
+    p.add_argument("--sample-rate", type=positive_int, default=default, help=help)
+
+
+def add_render_options(p: argparse.ArgumentParser, source_help: str = "renderer (default: auto)") -> None:
+    """``--format`` and ``--source`` of the subcommands that write synthesized audio."""
+    p.add_argument("--format", choices=("flac", "wav"), default="flac", help="file format (default: %(default)s)")
+    p.add_argument("--source", choices=("auto", "numpy", "fluidsynth"), default="auto", help=source_help)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mert_fast.cli.common import MERT_SAMPLE_RATE, parse_device, positive_int
+from mert_fast.cli.common import add_command, add_sample_rate, parse_device
 
 logger = logging.getLogger(__name__)
 
@@ -107,18 +107,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    p = commands.add_parser(
+    p = add_command(
+        commands,
         "cqt",
+        run,
         help="draw the constant-Q transform MERT trains on (its musical teacher) as a PNG",
         description=_DESCRIPTION,
     )
     p.add_argument("audio", nargs="?", metavar="AUDIO_FILE", help="WAV, FLAC, OGG or MP3 (default: synthesized demo)")
     p.add_argument("--out", default="cqt.png", help="output PNG path (default: %(default)s)")
-    p.add_argument(
-        "--sample-rate",
-        type=positive_int,
-        default=MERT_SAMPLE_RATE,
-        help="decode and analyse at this rate in Hz (default: %(default)s, MERT's)",
-    )
+    add_sample_rate(p, "decode and analyse at this rate in Hz (default: %(default)s, MERT's)")
     p.add_argument("--device", default="cpu", help="torch device for the transform, e.g. cpu or cuda (default: cpu)")
-    p.set_defaults(func=run)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from mert_fast.cli.common import add_command
+
 _DESCRIPTION = (
     "Consolidate the fp32 master weights of a DeepSpeed checkpoint written by train.py (ZeRO-1/2/3 "
     "partitions of every rank; no GPU needed) and write the student as config.json + model.safetensors, the "
@@ -20,11 +22,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    p = commands.add_parser(
+    p = add_command(
+        commands,
         "export",
+        run,
         help="turn a train.py checkpoint (or a run directory's newest) into an HF model directory",
         description=_DESCRIPTION,
     )
     p.add_argument("checkpoint", metavar="CHECKPOINT_OR_RUN_DIR", help="a checkpoint, checkpoints/ or run directory")
     p.add_argument("out_dir", metavar="OUT_DIR", help="output folder")
-    p.set_defaults(func=run)

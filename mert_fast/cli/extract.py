@@ -9,7 +9,7 @@ import sys
 
 import torch
 
-from mert_fast.cli.common import PROG, parse_device, positive_float, positive_int
+from mert_fast.cli.common import PROG, add_command, parse_device, positive_float, positive_int
 
 logger = logging.getLogger(__name__)
 
@@ -92,8 +92,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    p = commands.add_parser(
+    p = add_command(
+        commands,
         "extract",
+        run,
         help="extract MERT features for audio files, folders or manifests (resumable)",
         description=_DESCRIPTION,
     )
@@ -128,4 +130,3 @@ def register(commands: argparse._SubParsersAction) -> None:
         default="auto",
         help="compute dtype (default: bfloat16 on a GPU, float32 on the CPU)",
     )
-    p.set_defaults(func=run)

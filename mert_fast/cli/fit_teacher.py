@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from mert_fast.cli.common import MERT_SAMPLE_RATE, parse_device, positive_float, positive_int
+from mert_fast.cli.common import (
+    MERT_SAMPLE_RATE,
+    add_command,
+    add_sample_rate,
+    parse_device,
+    positive_float,
+    positive_int,
+)
 
 _DESCRIPTION = (
     "--type mel-rvq (MuQ's Mel-RVQ): compute stacked log-mel frames (128 mels, 100 Hz, 4 stacked: "
@@ -78,8 +85,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    p = commands.add_parser(
+    p = add_command(
+        commands,
         "fit-teacher",
+        run,
         help="fit the acoustic teacher (Mel-RVQ tokens or k-means clusters) on a folder of audio, for train.py "
         "--teacher",
         description=_DESCRIPTION,
@@ -89,12 +98,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--type", choices=("mel-rvq", "kmeans"), default="mel-rvq", help="teacher type (default: %(default)s)"
     )
-    p.add_argument(
-        "--sample-rate",
-        type=positive_int,
-        default=None,
-        help=f"Hz (default: {MERT_SAMPLE_RATE} for mel-rvq, 16000 for kmeans)",
-    )
+    add_sample_rate(p, f"Hz (default: {MERT_SAMPLE_RATE} for mel-rvq, 16000 for kmeans)", default=None)
     p.add_argument("--codebooks", type=positive_int, default=None, help="mel-rvq: RVQ stages (default: 8)")
     p.add_argument("--codebook-size", type=positive_int, default=None, help="mel-rvq: codes per stage (default: 1024)")
     p.add_argument("--steps", type=positive_int, default=None, help="mel-rvq: fitting steps (default: 300)")
@@ -113,4 +117,3 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--min-seconds", type=positive_float, default=1.0, help="skip shorter clips (default: 1 s)")
     p.add_argument("--seed", type=int, default=0, help="seed (default: %(default)s)")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
-    p.set_defaults(func=run)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from mert_fast.cli.common import MERT_SAMPLE_RATE, positive_float, positive_int
+from mert_fast.cli.common import add_command, add_render_options, add_sample_rate, positive_float, positive_int
 
 _DESCRIPTION = (
     "Compose and render short pieces of music at random (chord progressions, melodies, bass lines, "
@@ -31,24 +31,20 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    p = commands.add_parser(
+    p = add_command(
+        commands,
         "make-corpus",
+        run,
         help="write a synthetic music corpus (notes, chords, drums; no downloads) for a first training run",
         description=_DESCRIPTION,
     )
     p.add_argument("out_dir", metavar="OUT_DIR", help="output folder (created)")
     p.add_argument("--clips", type=positive_int, default=64, help="number of clips (default: %(default)s)")
     p.add_argument("--seconds", type=positive_float, default=8.0, help="seconds per clip (default: %(default)s)")
-    p.add_argument(
-        "--sample-rate", type=positive_int, default=MERT_SAMPLE_RATE, help="Hz (default: %(default)s, MERT-v1's)"
-    )
+    add_sample_rate(p, "Hz (default: %(default)s, MERT-v1's)")
     p.add_argument("--seed", type=int, default=0, help="corpus seed (default: %(default)s)")
-    p.add_argument("--format", choices=("flac", "wav"), default="flac", help="file format (default: %(default)s)")
-    p.add_argument(
-        "--source",
-        choices=("auto", "numpy", "fluidsynth"),
-        default="auto",
-        help="renderer: fluidsynth (needs the program and a GM soundfont), numpy, or auto (default: fluidsynth when "
+    add_render_options(
+        p,
+        "renderer: fluidsynth (needs the program and a GM soundfont), numpy, or auto (default: fluidsynth when "
         "available)",
     )
-    p.set_defaults(func=run)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from mert_fast.cli.common import MERT_SAMPLE_RATE, positive_float, positive_int
+from mert_fast.cli.common import add_command, add_render_options, add_sample_rate, positive_float, positive_int
 
 _DESCRIPTION = (
     "Render single notes (12 pitch classes x 9 instrument families) and chords (6 qualities x 12 "
@@ -39,15 +39,17 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    p = commands.add_parser(
+    p = add_command(
+        commands,
         "make-probe-data",
+        run,
         help="write a small labelled set of notes and chords (pitch class, instrument family, chord quality) for "
         "mert-fast probe",
         description=_DESCRIPTION,
     )
     p.add_argument("out_dir", metavar="OUT_DIR", help="output folder (created)")
     p.add_argument("--seed", type=int, default=0, help="data seed (default: %(default)s; it fixes the splits)")
-    p.add_argument("--sample-rate", type=positive_int, default=MERT_SAMPLE_RATE, help="Hz (default: %(default)s)")
+    add_sample_rate(p)
     p.add_argument("--seconds", type=positive_float, default=None, help="seconds per clip (default: 2; --real: 10)")
     p.add_argument(
         "--real",
@@ -59,6 +61,4 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--notes-per-cell", type=positive_int, default=10, help="notes per pitch class and family (default: 10)"
     )
     p.add_argument("--chords-per-cell", type=positive_int, default=10, help="chords per quality and root (default: 10)")
-    p.add_argument("--format", choices=("flac", "wav"), default="flac", help="file format (default: %(default)s)")
-    p.add_argument("--source", choices=("auto", "numpy", "fluidsynth"), default="auto", help="renderer (default: auto)")
-    p.set_defaults(func=run)
+    add_render_options(p)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from mert_fast.cli.common import MERT_SAMPLE_RATE, parse_device, positive_float, positive_int
+from mert_fast.cli.common import add_command, add_sample_rate, parse_device, positive_float, positive_int
 
 
 def seeds_arg(text: str) -> list[int]:
@@ -67,8 +67,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    p = commands.add_parser(
+    p = add_command(
+        commands,
         "probe",
+        run,
         help="MARBLE-style probes of frozen features: per-layer and weighted-sum scores for a labelled manifest",
         description=_DESCRIPTION,
     )
@@ -102,8 +104,5 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--patience", type=positive_int, default=20, help="epochs without a better valid score (default: 20)"
     )
-    p.add_argument(
-        "--sample-rate", type=positive_int, default=MERT_SAMPLE_RATE, help="Hz for cqt/mfcc (default: %(default)s)"
-    )
+    add_sample_rate(p, "Hz for cqt/mfcc (default: %(default)s)")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
-    p.set_defaults(func=run)

@@ -46,12 +46,19 @@ import torch.nn.functional as F
 
 from mert_fast._checks import check_int
 from mert_fast.ops._backend import bucket, select_backend, triton_importable, tuned_backend
+from mert_fast.ops.rvq_checks import (
+    METRICS,
+    check_codebook,
+    check_decode_inputs,
+    check_features,
+    check_metric,
+    compute_dtype,
+    prepare_codebooks,
+)
 
 __all__ = ["METRICS", "nearest_code", "rvq_decode", "rvq_encode"]
 
 logger = logging.getLogger(__name__)
-
-METRICS = ("l2", "cosine")
 
 #: Elements of one chunk's distance matrix in the torch path (8 MiB of fp32 on the CPU: 2,048 rows of 1,024 codes).
 #: Measured on 2 shared cores: 256-row chunks ran 2-8x slower than one 1,500-row matmul (every matmul pays the
@@ -60,58 +67,13 @@ _CHUNK_CPU = 1 << 21
 _CHUNK_GPU = 1 << 24
 
 
-# ---------------------------------------------------------------------------------------------- input checks
-
-
-def _check_tensor(name: str, t, *, floating: bool = True) -> None:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor; got {type(t).__name__}")
-    if floating and not t.is_floating_point():
-        raise TypeError(f"{name} must be floating point (float16, bfloat16, float32 or float64); got {t.dtype}")
-
-
-def _check_shape(name: str, t: torch.Tensor, expected: tuple[int, ...], meaning: str) -> None:
-    if tuple(t.shape) != expected:
-        raise ValueError(f"{name} must be shaped {meaning} = {expected}; got {tuple(t.shape)}")
-
-
-def _check_device(name: str, t: torch.Tensor, x: torch.Tensor) -> None:
-    if t.device != x.device:
-        raise ValueError(f"{name} must be on x's device {x.device}; got {t.device}")
-
-
-def _check_finite(named: dict[str, torch.Tensor]) -> None:
-    """One host sync for all tensors; on failure, name the first bad one (and row, for x)."""
-    tensors = [t for t in named.values() if t is not None and t.numel()]
-    if not tensors:
-        return
-    flags = torch.stack([torch.isfinite(t).all() for t in tensors])
-    if bool(flags.all()):
-        return
-    for name, t in named.items():
-        if t is not None and t.numel() and not bool(torch.isfinite(t).all()):
-            bad = (~torch.isfinite(t)).reshape(-1, t.shape[-1]).any(-1).nonzero()
-            where = f" (first at row {int(bad[0])})" if name == "x" and t.dim() > 1 else ""
-            raise ValueError(f"{name} contains NaN or inf values{where}")
-
-
-def _check_metric(metric) -> bool:
-    if metric not in METRICS:
-        raise ValueError(f"metric must be one of {', '.join(repr(m) for m in METRICS)}; got {metric!r}")
-    return metric == "cosine"
-
-
-def _compute_dtype(x: torch.Tensor) -> torch.dtype:
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
-
-
 def _backend(x: torch.Tensor, n_codes: int, code_dim: int, projected: bool, cosine: bool) -> str:
     """The backend for an encode of ``x`` ``(N, D)`` (or ``(B, T, D)``) with ``K = n_codes`` codes of ``code_dim``."""
     auto = "torch"
     if x.is_cuda:
         n_rows = x.numel() // max(1, x.shape[-1])
         metric = "cosine" if cosine else "l2"
-        key = tuning_key(_compute_dtype(x), metric, projected, n_rows, x.shape[-1], code_dim, n_codes)
+        key = tuning_key(compute_dtype(x), metric, projected, n_rows, x.shape[-1], code_dim, n_codes)
         auto = tuned_backend("rvq", x.device, key, _available(x)) or SAFE_DEFAULT
     return select_backend("rvq", x, ("triton", "cuda", "torch"), auto)
 
@@ -314,62 +276,6 @@ _rvq_encode_op.register_autograd(_encode_backward, setup_context=_encode_setup)
 # ---------------------------------------------------------------------------------------------- public ops
 
 
-def _prepare_codebooks(
-    x: torch.Tensor,
-    codebooks: torch.Tensor,
-    in_proj: torch.Tensor | None,
-    in_bias: torch.Tensor | None,
-    out_proj: torch.Tensor | None,
-    out_bias: torch.Tensor | None,
-) -> tuple:
-    """Check the codebooks and projections against ``x`` ``(..., D)``; return them in the compute dtype."""
-    _check_tensor("codebooks", codebooks)
-    if codebooks.dim() != 3:
-        raise ValueError(f"codebooks must be shaped (Q, K, Dc); got {tuple(codebooks.shape)}")
-    n_stages, n_codes, code_dim = codebooks.shape
-    if n_stages == 0 or n_codes == 0 or code_dim == 0:
-        raise ValueError(
-            f"codebooks must hold at least one stage, one code and one dimension (Q, K, Dc >= 1); "
-            f"got shape {tuple(codebooks.shape)}"
-        )
-    _check_device("codebooks", codebooks, x)
-    dim = x.shape[-1]
-    named = {"in_proj": in_proj, "in_bias": in_bias, "out_proj": out_proj, "out_bias": out_bias}
-    for name, t in named.items():
-        if t is not None:
-            _check_tensor(name, t)
-            _check_device(name, t, x)
-    for bias, proj in (("in_bias", "in_proj"), ("out_bias", "out_proj")):
-        if named[bias] is not None and named[proj] is None:
-            raise ValueError(f"{bias} needs {proj}: a bias without its projection has no meaning")
-    for proj, shape, layout in (
-        ("in_proj", (n_stages, code_dim, dim), "(Q, Dc, D)"),
-        ("out_proj", (n_stages, dim, code_dim), "(Q, D, Dc)"),
-    ):
-        if named[proj] is not None:
-            _check_shape(proj, named[proj], shape, layout)
-        elif code_dim != dim:
-            raise ValueError(
-                f"codebooks: without {proj} the code dimension Dc must equal x's last dimension D = {dim}; "
-                f"got codebooks of shape {tuple(codebooks.shape)}"
-            )
-    if in_bias is not None:
-        _check_shape("in_bias", in_bias, (n_stages, code_dim), "(Q, Dc)")
-    if out_bias is not None:
-        _check_shape("out_bias", out_bias, (n_stages, dim), "(Q, D)")
-    _check_finite({"x": x, "codebooks": codebooks, **named})
-    dtype = _compute_dtype(x)
-    return tuple(None if t is None else t.to(dtype) for t in (codebooks, in_proj, in_bias, out_proj, out_bias))
-
-
-def _check_features(x, dims: tuple[int, ...], layouts: str) -> None:
-    _check_tensor("x", x)
-    if x.dim() not in dims:
-        raise ValueError(f"x must be shaped {layouts}; got {tuple(x.shape)}")
-    if x.shape[-1] == 0:
-        raise ValueError(f"x must have at least one feature dimension (D >= 1); got shape {tuple(x.shape)}")
-
-
 def nearest_code(
     x: torch.Tensor, codebook: torch.Tensor, *, metric: str = "l2", k: int = 1
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -390,19 +296,11 @@ def nearest_code(
         ``|x|^2 - 2 <x, c> + |c|^2``), so they are accurate to float rounding and differentiable with respect to
         ``x`` and ``codebook``; for ``k > 1`` the rows are ordered by those distances.
     """
-    _check_features(x, (2,), "(N, D)")
-    cosine = _check_metric(metric)
-    _check_tensor("codebook", codebook)
-    if codebook.dim() != 2:
-        raise ValueError(f"codebook must be shaped (K, D); got {tuple(codebook.shape)}")
-    if codebook.shape[0] == 0:
-        raise ValueError(f"codebook must hold at least one code (K >= 1); got shape {tuple(codebook.shape)}")
-    if codebook.shape[1] != x.shape[1]:
-        raise ValueError(
-            f"codebook must have x's dimension D = {x.shape[1]} (shape (K, D)); got {tuple(codebook.shape)}"
-        )
+    check_features(x, (2,), "(N, D)")
+    cosine = check_metric(metric)
+    check_codebook(codebook, x)
     k = check_int("k", k, min=1, max=codebook.shape[0])
-    (books, *_) = _prepare_codebooks(x, codebook[None], None, None, None, None)
+    (books, *_) = prepare_codebooks(x, codebook[None], None, None, None, None)
     book = books[0]
     if k == 1:
         backend = _backend(x, book.shape[0], book.shape[1], False, cosine)
@@ -467,9 +365,9 @@ def rvq_encode(
         gradient with respect to ``x``, ``in_proj`` and ``in_bias`` is zero (the codes are piecewise constant;
         use a straight-through estimator ``x + (quantized - x).detach()``).
     """
-    _check_features(x, (2, 3), "(N, D) or (B, T, D)")
-    cosine = _check_metric(metric)
-    books, w_in, b_in, w_out, b_out = _prepare_codebooks(x, codebooks, in_proj, in_bias, out_proj, out_bias)
+    check_features(x, (2, 3), "(N, D) or (B, T, D)")
+    cosine = check_metric(metric)
+    books, w_in, b_in, w_out, b_out = prepare_codebooks(x, codebooks, in_proj, in_bias, out_proj, out_bias)
     n_q = books.shape[0] if n_q is None else check_int("n_q", n_q, min=1, max=books.shape[0])
     flat = x.reshape(-1, x.shape[-1])
     backend = _backend(x, books.shape[1], books.shape[2], w_in is not None or w_out is not None, cosine)
@@ -498,40 +396,9 @@ def rvq_decode(
         ``(N, D)`` or ``(B, T, D)`` in the codebooks' dtype, summed stage by stage in float32 (float64 for float64
         codebooks). Differentiable with respect to ``codebooks``, ``out_proj`` and ``out_bias``.
     """
-    _check_tensor("codes", codes, floating=False)
-    if codes.is_floating_point() or codes.is_complex() or codes.dtype == torch.bool:
-        raise TypeError(f"codes must be an integer tensor (int64 from rvq_encode); got {codes.dtype}")
-    _check_tensor("codebooks", codebooks)
-    if codebooks.dim() != 3 or 0 in codebooks.shape:
-        raise ValueError(f"codebooks must be shaped (Q, K, Dc) with Q, K, Dc >= 1; got {tuple(codebooks.shape)}")
-    n_stages, n_codes, code_dim = codebooks.shape
-    _check_device("codebooks", codebooks, codes)
-    if codes.dim() not in (2, 3) or not 1 <= codes.shape[-1] <= n_stages:
-        raise ValueError(
-            f"codes must be shaped (N, q) or (B, T, q) with 1 <= q <= Q = {n_stages}; got {tuple(codes.shape)}"
-        )
-    for name, t in (("out_proj", out_proj), ("out_bias", out_bias)):
-        if t is not None:
-            _check_tensor(name, t)
-            _check_device(name, t, codes)
-    if out_bias is not None and out_proj is None:
-        raise ValueError("out_bias needs out_proj: a bias without its projection has no meaning")
-    dim = code_dim
-    if out_proj is not None:
-        if out_proj.dim() != 3 or out_proj.shape[0] != n_stages or out_proj.shape[2] != code_dim:
-            raise ValueError(
-                f"out_proj must be shaped (Q, D, Dc) with Q, Dc = {n_stages}, {code_dim}; got {tuple(out_proj.shape)}"
-            )
-        dim = out_proj.shape[1]
-        if out_bias is not None:
-            _check_shape("out_bias", out_bias, (n_stages, dim), "(Q, D)")
+    dim = check_decode_inputs(codes, codebooks, out_proj, out_bias)
     flat = codes.reshape(-1, codes.shape[-1]).to(torch.int64)
-    if flat.numel():
-        low, high = int(flat.min()), int(flat.max())
-        if low < 0 or high >= n_codes:
-            bad = low if low < 0 else high
-            raise IndexError(f"codes must lie in [0, K) = [0, {n_codes}); got {bad}")
-    acc = _compute_dtype(codebooks)
+    acc = compute_dtype(codebooks)
     books = codebooks.to(acc)
     w_out = None if out_proj is None else out_proj.to(acc)
     b_out = None if out_bias is None else out_bias.to(acc)
