@@ -7,6 +7,8 @@ import json
 import os
 from typing import Any
 
+import torch
+
 from mert_fast._checks import check_int
 from mert_fast._io import write_text
 
@@ -186,6 +188,13 @@ class MERTConfig:
         for k, s in zip(self.conv_kernel, self.conv_stride, strict=True):
             n = (n - k) // s + 1 if n >= k else 0
         return max(n, 0)
+
+    def frame_counts(self, sample_lengths: torch.Tensor) -> torch.Tensor:
+        """:meth:`num_frames` of each of ``sample_lengths`` ``(B,)``: ``(B,)`` int64 on their device."""
+        n = sample_lengths.to(torch.int64)
+        for k, s in zip(self.conv_kernel, self.conv_stride, strict=True):
+            n = torch.div(n - k, s, rounding_mode="floor") + 1
+        return n.clamp_min(0)
 
     @property
     def receptive_field(self) -> int:

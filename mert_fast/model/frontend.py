@@ -88,7 +88,7 @@ class LogMelFrontEnd(nn.Module):
         if sample_lengths is not None:
             keep = torch.arange(audio.shape[-1], device=audio.device)[None, :] < sample_lengths[:, None]
             audio = audio * keep.to(audio.dtype)
-            frames = _frames_of(self.config, sample_lengths)
+            frames = self.config.frame_counts(sample_lengths)
         db = self.decibels(audio, n_frames)
         if frames is None:
             valid = torch.ones(db.shape[0], 1, n_frames, dtype=torch.bool, device=db.device)
@@ -100,11 +100,3 @@ class LogMelFrontEnd(nn.Module):
         level = (db * valid).sum(dim=(1, 2), keepdim=True) / count
         x = (db - level) / DB_SCALE * self.weight[None, :, None] + self.bias[None, :, None]
         return (x * valid).to(audio.dtype)
-
-
-def _frames_of(config: MERTConfig, sample_lengths: torch.Tensor) -> torch.Tensor:
-    """Valid output frames of clips with ``sample_lengths`` samples ``(B,)`` int64 (the conv stack's count)."""
-    n = sample_lengths.to(torch.int64)
-    for k, s in zip(config.conv_kernel, config.conv_stride, strict=True):
-        n = torch.div(n - k, s, rounding_mode="floor") + 1
-    return n.clamp_min(0)

@@ -325,10 +325,7 @@ class MERTModel(nn.Module):
 
     def frame_lengths(self, sample_lengths: torch.Tensor) -> torch.Tensor:
         """Valid output frames of clips with ``sample_lengths`` samples: ``(B,)`` int64."""
-        n = sample_lengths.to(torch.int64)
-        for k, s in zip(self.config.conv_kernel, self.config.conv_stride, strict=True):
-            n = torch.div(n - k, s, rounding_mode="floor") + 1
-        return n.clamp_min(0)
+        return self.config.frame_counts(sample_lengths)
 
     def check_inputs(
         self, audio: torch.Tensor, attention_mask: torch.Tensor | None = None
