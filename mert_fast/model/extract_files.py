@@ -194,7 +194,8 @@ def run_extraction(
     files = find_audio(inputs)
     if not files:
         raise ValueError("inputs: no audio files found")
-    common = _run_settings(model, model_id, model_sha256, states, pool, fmt, save_dtype, window_s, hop_s)
+    opts = _RunOptions(states, pool, fmt, save_dtype, window_s, hop_s, batch_size, chunk_s)
+    common = _run_settings(model, model_id, model_sha256, opts)
     mine = [i for i in range(len(files)) if i % world_size == rank]
     manifest = out_dir / ("manifest.json" if world_size == 1 else f"manifest.rank{rank}.json")
     log = _RunLog(out_dir, len(mine), progress)
@@ -204,7 +205,7 @@ def run_extraction(
         batches = _batches(sorted(todo, key=lambda it: it.duration_s), batch_size, limit_s)
 
         def run(ready: list[tuple[_Item, torch.Tensor]]) -> None:
-            _run_batch(model, ready, states, pool, fmt, save_dtype, window_s, hop_s, batch_size, chunk_s, log.finish)
+            _run_batch(model, ready, opts, log.finish)
 
         _decode_ahead(batches, model.config, decode_workers, run, log.finish)
     finally:
@@ -240,31 +241,35 @@ def _check_run_args(pool: str, fmt: str, save_dtype: str, rank: int, world_size:
         raise ValueError(f"rank must be in [0, world_size={world_size}); got {rank}")
 
 
-def _run_settings(
-    model: MERTModel,
-    model_id: str,
-    model_sha256: str | None,
-    states: list[int] | str,
-    pool: str,
-    fmt: str,
-    save_dtype: str,
-    window_s: float | None,
-    hop_s: float | None,
-) -> dict[str, Any]:
+@dataclasses.dataclass(frozen=True)
+class _RunOptions:
+    """What a run computes and writes for every clip (checked and resolved by :func:`run_extraction`)."""
+
+    states: list[int] | str
+    pool: str
+    fmt: str
+    save_dtype: str
+    window_s: float | None
+    hop_s: float | None
+    batch_size: int
+    chunk_s: float
+
+
+def _run_settings(model: MERTModel, model_id: str, model_sha256: str | None, opts: _RunOptions) -> dict[str, Any]:
     """The settings every sidecar and the manifest record."""
     cfg = model.config
     param = next(model.parameters())
     return {
         "model": model_id,
         "model_sha256": model_sha256 or weights_sha256(model),
-        "layers": states,
+        "layers": opts.states,
         "num_hidden_states": cfg.num_hidden_layers + 1,
-        "pool": pool,
-        "format": fmt,
-        "dtype": save_dtype,
+        "pool": opts.pool,
+        "format": opts.fmt,
+        "dtype": opts.save_dtype,
         "compute_dtype": str(param.dtype).removeprefix("torch."),
-        "window_s": window_s,
-        "hop_s": hop_s,
+        "window_s": opts.window_s,
+        "hop_s": opts.hop_s,
         "sample_rate": cfg.sample_rate,
         "hop_length": cfg.hop_length,
         "receptive_field": cfg.receptive_field,
@@ -413,17 +418,7 @@ def _batches(items: list[_Item], batch_size: int, limit_s: float) -> list[list[_
 
 
 def _run_batch(
-    model: MERTModel,
-    ready: list[tuple[_Item, torch.Tensor]],
-    states: list[int] | str,
-    pool: str,
-    fmt: str,
-    save_dtype: str,
-    window_s: float | None,
-    hop_s: float | None,
-    batch_size: int,
-    chunk_s: float,
-    finish: Callable[..., None],
+    model: MERTModel, ready: list[tuple[_Item, torch.Tensor]], opts: _RunOptions, finish: Callable[..., None]
 ) -> None:
     """Run one padded batch (or one long clip) and write each clip's features and sidecar."""
     cfg = model.config
@@ -438,23 +433,23 @@ def _run_batch(
         out = extract(
             model,
             audio.to(device),
-            layers=states,
-            window_s=window_s,
-            hop_s=hop_s,
-            chunk_s=chunk_s,
+            layers=opts.states,
+            window_s=opts.window_s,
+            hop_s=opts.hop_s,
+            chunk_s=opts.chunk_s,
             attention_mask=mask.to(device) if len(ready) > 1 else None,
-            batch_size=batch_size,
+            batch_size=opts.batch_size,
         )
     except (RuntimeError, ValueError) as exc:  # e.g. out of memory: report these files, keep going
         logger.debug("batch of %d failed", len(ready), exc_info=True)
         for item, _ in ready:
             finish(item, "failed", f"extraction failed: {' '.join(str(exc).split())[:300]}", item.duration_s)
         return
-    np_dtype = np.float16 if save_dtype == "float16" else np.float32
+    np_dtype = np.float16 if opts.save_dtype == "float16" else np.float32
     for b, (item, wave) in enumerate(ready):
         frames = cfg.num_frames(wave.shape[-1])
         feats = out[b, :, :frames]
-        feats = feats.float().mean(dim=1) if pool == "mean" else feats
+        feats = feats.float().mean(dim=1) if opts.pool == "mean" else feats
         array = feats.float().cpu().numpy().astype(np_dtype)
         duration = wave.shape[-1] / cfg.sample_rate
         if not np.isfinite(array).all():  # checked before writing: a NaN array must never look like a result
@@ -468,7 +463,7 @@ def _run_batch(
             )
             continue
         try:
-            _write_array(item.output, array, fmt)
+            _write_array(item.output, array, opts.fmt)
             write_json(
                 item.sidecar,
                 {
