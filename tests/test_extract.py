@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from model_utils import perturb_weights
 
 from mert_fast.audio import find_audio, load_audio, synth_demo
 from mert_fast.cli import main
@@ -29,9 +30,7 @@ SR = 24000
 def _perturbed(name: str = "tiny", **overrides) -> MERTModel:
     """A small model with every weight moved away from its initialisation (so any wiring error shows)."""
     model = MERTModel(MERTConfig.from_name(name, **overrides)).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.2 * torch.randn_like(p) * (p.std() if p.numel() > 1 and p.std() > 0 else 1.0))
+    perturb_weights(model)
     return model
 
 

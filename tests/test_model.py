@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from model_utils import perturb_weights
 
 from mert_fast.model.config import PRESETS, MERTConfig
 from mert_fast.model.mert import MERTModel
@@ -34,19 +35,12 @@ SMALL = dict(
 )
 
 
-def _perturb(model: torch.nn.Module) -> None:
-    """Move every weight away from its initialisation (zeros/ones init would make any wiring agree)."""
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.2 * torch.randn_like(p) * (p.std() if p.numel() > 1 and p.std() > 0 else 1.0))
-
-
 def _hf_hubert(tmp_path, stable: bool):
     cfg = transformers.HubertConfig(
         **SMALL, feat_extract_norm="group", do_stable_layer_norm=stable, attn_implementation="eager"
     )
     model = transformers.HubertModel(cfg).eval()
-    _perturb(model)
+    perturb_weights(model)
     model.save_pretrained(tmp_path)
     return model
 
@@ -57,7 +51,7 @@ def _hf_data2vec(tmp_path):
         **{**kw, "conv_bias": True}, num_conv_pos_embeddings=3, conv_pos_kernel_size=7, attn_implementation="eager"
     )
     model = transformers.Data2VecAudioModel(cfg).eval()
-    _perturb(model)
+    perturb_weights(model)
     model.save_pretrained(tmp_path)
     return model
 
@@ -106,7 +100,7 @@ def test_encode_streams_the_hidden_states_forward_returns():
     ``output_hidden_states`` returns, padded frames zeroed; the features come back only with a feature_grad_mult."""
     config = dataclasses.replace(PRESETS["tiny"], hidden_dropout=0.0, attention_dropout=0.0, feat_proj_dropout=0.0)
     model = MERTModel(config).eval()
-    _perturb(model)
+    perturb_weights(model)
     audio = 0.1 * torch.randn(2, 9000)
     mask = torch.ones_like(audio, dtype=torch.bool)
     mask[1, 6000:] = False
@@ -128,7 +122,7 @@ def test_encode_streams_the_hidden_states_forward_returns():
 def test_save_pretrained_loads_in_transformers(tmp_path, stable):
     config = MERTConfig.from_hf_dict({**SMALL, "do_stable_layer_norm": stable, "model_type": "hubert"})
     ours = MERTModel(config).eval()
-    _perturb(ours)
+    perturb_weights(ours)
     ours.save_pretrained(tmp_path / "ours")
     hf, info = transformers.HubertModel.from_pretrained(tmp_path / "ours", output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
@@ -189,7 +183,7 @@ def test_padded_batch_matches_clips_alone(preset):
     else:
         config = dataclasses.replace(PRESETS["tiny"], **overrides)
     model = MERTModel(config).eval()
-    _perturb(model)
+    perturb_weights(model)
     # lengths covering several remainders mod 320 (and the receptive field's 400)
     lengths = [12000, 12000 - 1, 12000 - 319, 9000 + 80, 6400 + 399, 400, 5000 + 160]
     batch = torch.zeros(len(lengths), max(lengths))
