@@ -121,6 +121,18 @@ def test_gradients_reach_the_band_weights_and_the_audio():
     assert audio.grad is not None and torch.isfinite(audio.grad).all() and audio.grad.abs().sum() > 0
 
 
+def test_a_bfloat16_model_computes_the_spectrum_in_float32():
+    torch.manual_seed(3)
+    model = MERTModel(_config()).eval()
+    audio = torch.randn(2, 16000, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        want = model.feature_extractor(audio, None)
+        got = model.to(torch.bfloat16).feature_extractor(audio.bfloat16(), None)
+    assert got.dtype == torch.bfloat16
+    # bf16 keeps 8 bits of mantissa: the features (of order 1) agree to about 1%
+    torch.testing.assert_close(got.float(), want, atol=0.05, rtol=0.02)
+
+
 def test_save_and_load_keep_the_front_end(tmp_path):
     torch.manual_seed(2)
     model = MERTModel(_config(n_fft=1536)).eval()

@@ -68,6 +68,7 @@ class LogMelFrontEnd(nn.Module):
         """Mel power in dB ``(B, n_mels, n_frames)`` float32 of zero-padded ``audio`` ``(B, L)``, computed in blocks
         of :data:`BLOCK_FRAMES` frames."""
         x = audio.float()
+        window, mel_fb = self.window.float(), self.mel_fb.float()  # float32 in a half-precision model too
         blocks = []
         for first in range(0, n_frames, BLOCK_FRAMES):
             count = min(BLOCK_FRAMES, n_frames - first)
@@ -75,9 +76,9 @@ class LogMelFrontEnd(nn.Module):
             stop = start + (count - 1) * self.hop + self.n_fft
             left, right = max(0, -start), max(0, stop - x.shape[-1])
             piece = F.pad(x[:, max(0, start) : max(0, min(stop, x.shape[-1]))], (left, right))
-            spec = torch.stft(piece, self.n_fft, self.hop, window=self.window, center=False, return_complex=True)
+            spec = torch.stft(piece, self.n_fft, self.hop, window=window, center=False, return_complex=True)
             power = spec.real.square() + spec.imag.square()  # (B, F, count)
-            blocks.append(torch.einsum("bft,fm->bmt", power, self.mel_fb))
+            blocks.append(torch.einsum("bft,fm->bmt", power, mel_fb))
         mel = torch.cat(blocks, dim=-1)
         return 10.0 * torch.log10(mel.clamp_min(POWER_FLOOR))
 
