@@ -21,31 +21,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from mert_fast.model.config import MERTConfig
-from mert_fast.model.teachers.mel_rvq import POWER_FLOOR, TOP_DB, mel_filterbank
+from mert_fast.model.teachers.mel_rvq import TOP_DB, log_mel_db, mel_filterbank
 
-__all__ = ["LogMelFrontEnd", "group_norm_per_channel"]
+__all__ = ["LogMelFrontEnd"]
 
 #: Decibels per unit of the features: centred log-mel levels of music spread over a few tens of dB.
 DB_SCALE = 20.0
 #: Frames per STFT block: bounds the ``(B, n_fft / 2 + 1, frames)`` spectrum of long clips.
 BLOCK_FRAMES = 2048
-
-
-def group_norm_per_channel(x: torch.Tensor, norm: nn.GroupNorm, lengths: torch.Tensor | None) -> torch.Tensor:
-    """GroupNorm(C, C) whose statistics cover each clip's first ``lengths[b]`` frames only.
-
-    x ``(B, C, T)``; lengths ``(B,)`` int64 or None (every frame valid: plain GroupNorm).
-    """
-    if lengths is None:
-        return norm(x)
-    xf = x.float()
-    valid = (torch.arange(x.shape[-1], device=x.device)[None, :] < lengths[:, None]).to(xf.dtype)[:, None, :]
-    count = valid.sum(-1, keepdim=True)
-    mean = (xf * valid).sum(-1, keepdim=True) / count
-    var = (((xf - mean) * valid) ** 2).sum(-1, keepdim=True) / count
-    y = (xf - mean) * torch.rsqrt(var + norm.eps)
-    y = y * norm.weight.float()[None, :, None] + norm.bias.float()[None, :, None]
-    return y.to(x.dtype)
 
 
 class LogMelFrontEnd(nn.Module):
@@ -64,9 +47,9 @@ class LogMelFrontEnd(nn.Module):
         self.weight = nn.Parameter(torch.ones(self.n_mels))
         self.bias = nn.Parameter(torch.zeros(self.n_mels))
 
-    def decibels(self, audio: torch.Tensor, n_frames: int) -> torch.Tensor:
-        """Mel power in dB ``(B, n_mels, n_frames)`` float32 of zero-padded ``audio`` ``(B, L)``, computed in blocks
-        of :data:`BLOCK_FRAMES` frames."""
+    def mel_power(self, audio: torch.Tensor, n_frames: int) -> torch.Tensor:
+        """Mel power ``(B, n_mels, n_frames)`` float32 of zero-padded ``audio`` ``(B, L)``, computed in blocks of
+        :data:`BLOCK_FRAMES` frames."""
         x = audio.float()
         window, mel_fb = self.window.float(), self.mel_fb.float()  # float32 in a half-precision model too
         blocks = []
@@ -79,25 +62,17 @@ class LogMelFrontEnd(nn.Module):
             spec = torch.stft(piece, self.n_fft, self.hop, window=window, center=False, return_complex=True)
             power = spec.real.square() + spec.imag.square()  # (B, F, count)
             blocks.append(torch.einsum("bft,fm->bmt", power, mel_fb))
-        mel = torch.cat(blocks, dim=-1)
-        return 10.0 * torch.log10(mel.clamp_min(POWER_FLOOR))
+        return torch.cat(blocks, dim=-1)
 
     def forward(self, audio: torch.Tensor, sample_lengths: torch.Tensor | None) -> torch.Tensor:
         """audio ``(B, L)`` (samples past ``sample_lengths[b]`` are treated as zeros) -> ``(B, n_mels, T)``."""
         n_frames = self.config.num_frames(audio.shape[-1])
-        frames = None
+        valid = None  # (B, 1, T): each clip's real frames
         if sample_lengths is not None:
             keep = torch.arange(audio.shape[-1], device=audio.device)[None, :] < sample_lengths[:, None]
             audio = audio * keep.to(audio.dtype)
             frames = self.config.frame_counts(sample_lengths)
-        db = self.decibels(audio, n_frames)
-        if frames is None:
-            valid = torch.ones(db.shape[0], 1, n_frames, dtype=torch.bool, device=db.device)
-        else:
-            valid = (torch.arange(n_frames, device=db.device)[None, :] < frames[:, None])[:, None, :]
-        loudest = db.masked_fill(~valid, float("-inf")).amax(dim=(1, 2), keepdim=True)
-        db = torch.maximum(db, loudest - TOP_DB)
-        count = (valid.sum(dim=(1, 2), keepdim=True) * db.shape[1]).clamp_min(1)
-        level = (db * valid).sum(dim=(1, 2), keepdim=True) / count
-        x = (db - level) / DB_SCALE * self.weight[None, :, None] + self.bias[None, :, None]
-        return (x * valid).to(audio.dtype)
+            valid = (torch.arange(n_frames, device=audio.device)[None, :] < frames[:, None])[:, None, :]
+        db = log_mel_db(self.mel_power(audio, n_frames), TOP_DB, valid=valid)  # floored and centred as the teacher's
+        x = db / DB_SCALE * self.weight[None, :, None] + self.bias[None, :, None]
+        return (x if valid is None else x * valid).to(audio.dtype)

@@ -24,7 +24,7 @@ from torch.utils.checkpoint import checkpoint
 
 from mert_fast.model import hf_checkpoint
 from mert_fast.model.config import MERTConfig
-from mert_fast.model.frontend import LogMelFrontEnd, group_norm_per_channel
+from mert_fast.model.frontend import LogMelFrontEnd
 from mert_fast.model.inputs import check_audio_inputs
 from mert_fast.ops.attention import attention
 
@@ -87,8 +87,25 @@ class _ConvLayer(nn.Module):
         if self.norm_kind == "layer":
             x = self.layer_norm(x.transpose(1, 2)).transpose(1, 2)
         elif self.norm_kind == "group":
-            x = group_norm_per_channel(x, self.layer_norm, lengths)
+            x = _group_norm_per_channel(x, self.layer_norm, lengths)
         return F.gelu(x)
+
+
+def _group_norm_per_channel(x: torch.Tensor, norm: nn.GroupNorm, lengths: torch.Tensor | None) -> torch.Tensor:
+    """GroupNorm(C, C) whose statistics cover each clip's first ``lengths[b]`` frames only.
+
+    x ``(B, C, T)``; lengths ``(B,)`` int64 or None (every frame valid: plain GroupNorm).
+    """
+    if lengths is None:
+        return norm(x)
+    xf = x.float()
+    valid = (torch.arange(x.shape[-1], device=x.device)[None, :] < lengths[:, None]).to(xf.dtype)[:, None, :]
+    count = valid.sum(-1, keepdim=True)
+    mean = (xf * valid).sum(-1, keepdim=True) / count
+    var = (((xf - mean) * valid) ** 2).sum(-1, keepdim=True) / count
+    y = (xf - mean) * torch.rsqrt(var + norm.eps)
+    y = y * norm.weight.float()[None, :, None] + norm.bias.float()[None, :, None]
+    return y.to(x.dtype)
 
 
 class _FeatureEncoder(nn.Module):

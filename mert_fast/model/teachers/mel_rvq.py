@@ -37,19 +37,29 @@ TOP_DB = 80.0
 COLLAPSED_PERPLEXITY = 4.0
 
 
-def log_mel_db(mel: torch.Tensor, top_db: float | None = TOP_DB, *, centre: bool = True) -> torch.Tensor:
-    """Per-clip decibels of mel powers ``(B, T, n_mels)`` (float32 or float64, same out).
+def log_mel_db(
+    mel: torch.Tensor, top_db: float | None = TOP_DB, *, centre: bool = True, valid: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Per-clip decibels of mel powers ``(B, T, n_mels)`` (or ``(B, n_mels, T)``; float32 or float64, same out).
 
     ``10 log10(max(mel, 1e-10))``, floored at ``top_db`` under the clip's loudest bin (``None``: no floor), then,
     with ``centre``, minus the clip's mean over every frame and bin. Scaling a clip's audio by ``g`` scales its
     powers by ``g^2``: the floored, centred values do not change (as long as the loudest bin stays above
     ``1e-10 * 10^(top_db / 10)``), and bins far under the music sit on the floor instead of following the noise.
+    ``valid``: a bool mask broadcastable to ``mel`` (a padded batch's real frames); the loudest bin and the mean are
+    then taken over those entries only.
     """
     db = 10.0 * torch.log10(mel.clamp_min(POWER_FLOOR))
     if top_db is not None:
-        db = torch.maximum(db, db.amax(dim=(1, 2), keepdim=True) - top_db)
+        loud = db if valid is None else db.masked_fill(~valid, float("-inf"))
+        db = torch.maximum(db, loud.amax(dim=(1, 2), keepdim=True) - top_db)
     if centre:
-        db = db - db.mean(dim=(1, 2), keepdim=True)
+        if valid is None:
+            db = db - db.mean(dim=(1, 2), keepdim=True)
+        else:
+            weight = valid.to(db.dtype).expand_as(db)
+            count = weight.sum(dim=(1, 2), keepdim=True).clamp_min(1)
+            db = db - (db * weight).sum(dim=(1, 2), keepdim=True) / count
     return db
 
 
