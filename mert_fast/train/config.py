@@ -228,7 +228,8 @@ _RECIPES: dict[str, dict[str, Any]] = {
 
 
 def model_config(cfg: TrainConfig) -> MERTConfig:
-    """The student's configuration: the preset's, shrunk to the tiny sizes when ``model_size`` is ``tiny``."""
+    """The student's configuration: the preset's, shrunk to the tiny sizes when ``model_size`` is ``tiny``, with the
+    log-mel front end when ``front_end`` is ``logmel``."""
     model_cfg = MERTConfig.from_name(cfg.preset)
     model_cfg = model_cfg.shrunk() if cfg.model_size == "tiny" else model_cfg
     return model_cfg.with_logmel_front_end() if cfg.front_end == "logmel" else model_cfg

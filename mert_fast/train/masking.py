@@ -117,7 +117,7 @@ def in_batch_mixture(
 def copy_baseline_ce(accuracy: float, codebook_size: int) -> float:
     """The cross-entropy per frame of the copy baseline as a distribution: probability ``accuracy`` (how often the
     nearest unmasked frame's code is right, :func:`copy_baseline_correct`) on the copied code, the rest spread evenly
-    over the other ``codebook_size - 1`` codes. It is the best CE of any guess that knows only the copied code."""
+    over the other ``codebook_size - 1`` codes: what copying scores when it is allowed to hedge."""
     a = min(max(float(accuracy), 0.0), 1.0)
     if codebook_size < 2:
         return 0.0
