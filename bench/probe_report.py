@@ -23,6 +23,7 @@ import argparse
 import json
 import logging
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -50,10 +51,10 @@ REAL_TARGET_TASKS = ("key", "instrument")
 REAL_TARGET_POINTS = 10.0
 
 
-def _pretrain(work: Path, seed: int) -> Path:
+def _pretrain(work: Path, seed: int, train_args: tuple[str, ...] = ()) -> Path:
     run = work / f"pretrain_s{seed}"
     if not (run / "model" / "config.json").is_file():
-        cmd = [sys.executable, str(ROOT / "train.py"), "--output-dir", str(run), "--seed", str(seed)]
+        cmd = [sys.executable, str(ROOT / "train.py"), "--output-dir", str(run), "--seed", str(seed), *train_args]
         logger.info("pre-training: %s", " ".join(cmd))
         subprocess.run(cmd, check=True, cwd=ROOT)
     return run / "model"
@@ -79,9 +80,16 @@ def _score(result: dict, metric: str) -> tuple[float, str]:
     return candidates[name]["test"][metric]["mean"], name
 
 
-def run(work: Path, seeds: list[int], tasks: tuple[str, ...] = TASKS, data: Path | None = None) -> dict:
+def run(
+    work: Path,
+    seeds: list[int],
+    tasks: tuple[str, ...] = TASKS,
+    data: Path | None = None,
+    train_args: tuple[str, ...] = (),
+) -> dict:
     """Pre-train, probe and summarise; ``data``: a probe set made before (``make-probe-data --real``), else the
-    synthetic set is made in ``WORK/data``."""
+    synthetic set is made in ``WORK/data``; ``train_args``: more ``train.py`` flags (another recipe than the main
+    command's)."""
     if data is None:
         data = work / "data"
         if not (data / "probe_data.json").is_file():
@@ -94,7 +102,7 @@ def run(work: Path, seeds: list[int], tasks: tuple[str, ...] = TASKS, data: Path
     timings: dict[str, float] = {}
     for seed in seeds:
         t0 = time.perf_counter()
-        pretrained = _pretrain(work, seed)
+        pretrained = _pretrain(work, seed, train_args)
         timings[f"pretrain_s{seed}"] = time.perf_counter() - t0
         sources = {"pretrained": str(pretrained), "random": str(_random_init(work, seed, pretrained))}
         sources |= {"cqt": "cqt", "mfcc": "mfcc"}
@@ -160,6 +168,7 @@ def main() -> int:
     parser.add_argument("--tasks", default=",".join(TASKS), help="comma-separated (default: %(default)s)")
     parser.add_argument("--out", type=Path, default=None, help="also write the report JSON here")
     parser.add_argument("--data", type=Path, default=None, help="a probe set made before (default: make one)")
+    parser.add_argument("--train-args", default="", help="more train.py flags, one string (default: none)")
     parser.add_argument("--table", action="store_true", help="only print the table of WORK/report.json")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -167,7 +176,9 @@ def main() -> int:
         print(table(json.loads((args.work / "report.json").read_text())))
         return 0
     args.work.mkdir(parents=True, exist_ok=True)
-    report = run(args.work, [int(s) for s in args.seeds.split(",")], tuple(args.tasks.split(",")), args.data)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    report = run(args.work, seeds, tuple(args.tasks.split(",")), args.data, tuple(shlex.split(args.train_args)))
+    report["train_args"] = args.train_args
     git = ["git", "-C", str(ROOT)]
     report["commit"] = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     report["dirty"] = bool(subprocess.run([*git, "status", "--porcelain", "--", "mert_fast", "train.py", "bench"],

@@ -168,3 +168,57 @@ def test_cli_flag(monkeypatch, tmp_path):
     monkeypatch.setattr(data, "make_probe_data", fake)
     assert main(["make-probe-data", str(tmp_path)]) == 0
     assert seen["seconds"] == 2.0 and "notes_per_cell" in seen  # without --real: the synthetic set, 2 s clips
+
+
+def test_excluded_pieces_are_never_used(built, tmp_path):
+    """A pre-training corpus made with ``exclude_pieces=probe_set_pieces(probe set)`` shares no piece with it."""
+    from mert_fast.probe.real import probe_set_pieces
+
+    a, _ = built
+    used = probe_set_pieces(a)
+    assert used == {c["piece"] for c in _meta(a)["clips"]} and len(used) == 3
+    out = tmp_path / "corpus"
+    make_real_probe_data(out, seed=3, sample_rate=SR, seconds=SECONDS, composers=("bach",), pieces_per_composer=3,
+                         clips_per_composer=3, exclude_pieces=used)  # fmt: skip
+    meta = _meta(out)
+    assert len({c["piece"] for c in meta["clips"]}) == 3
+    assert not {c["piece"] for c in meta["clips"]} & used
+    assert meta["excluded_pieces"] == sorted(used)
+
+
+def test_probe_set_pieces_rejects_other_folders(tmp_path):
+    from mert_fast.probe.real import probe_set_pieces
+
+    with pytest.raises(ValueError, match="probe_dir: no probe_data.json"):
+        probe_set_pieces(tmp_path)
+    (tmp_path / "probe_data.json").write_text(json.dumps({"clips": []}))
+    with pytest.raises(ValueError, match="not a real-music set"):
+        probe_set_pieces(tmp_path)
+    with pytest.raises(TypeError, match="exclude_pieces"):
+        make_real_probe_data(tmp_path / "out", exclude_pieces="bach/bwv1.6.mxl")
+
+
+def test_make_corpus_real_flag(monkeypatch, tmp_path, capsys):
+    import mert_fast.probe.real as real
+    from mert_fast.cli import main
+
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    pieces = {"bach": [{"path": "bach/bwv1.6.mxl"}, {"path": "bach/bwv2.6.mxl"}], "mozart": [{"path": "m/k1.xml"}]}
+    (probe / "probe_data.json").write_text(json.dumps({"pieces": pieces}))
+    seen = {}
+
+    def fake(out_dir, **kwargs):
+        seen.update(kwargs, out_dir=out_dir)
+        return {}
+
+    monkeypatch.setattr(real, "make_real_probe_data", fake)
+    out = tmp_path / "corpus"
+    assert main(["make-corpus", str(out), "--real", "--clips", "10", "--exclude-probe-set", str(probe)]) == 0
+    assert seen["composers"] == real.CORPUS_COMPOSERS and seen["clips_per_composer"] == 4  # 10 over 3, rounded up
+    assert seen["exclude_pieces"] == {"bach/bwv1.6.mxl", "bach/bwv2.6.mxl", "m/k1.xml"}
+    assert "3 pieces excluded" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="--exclude-probe-set: probe_dir: no probe_data.json"):
+        main(["make-corpus", str(out), "--real", "--exclude-probe-set", str(tmp_path / "nowhere")])
+    with pytest.raises(SystemExit, match="--exclude-probe-set needs --real"):
+        main(["make-corpus", str(out), "--exclude-probe-set", str(probe)])

@@ -10,13 +10,19 @@ _DESCRIPTION = (
     "Compose and render short pieces of music at random (chord progressions, melodies, bass lines, "
     "arpeggios and drums with varied tempo, key and timbre) into OUT_DIR as clip_NNNNN.flac, with a manifest.csv. "
     "Clip i depends on (--seed, i) only. Uses fluidsynth with a General MIDI soundfont when both are installed "
-    "(--source auto), else the built-in numpy synthesizer."
+    "(--source auto), else the built-in numpy synthesizer. --real renders public-domain scores of music21's corpus "
+    "instead (Bach chorales, Haydn quartets, trecento songs; 10 s clips under OUT_DIR/audio: train with "
+    "--data OUT_DIR/audio); --exclude-probe-set leaves out every piece of a make-probe-data --real set."
 )
 
 
 def run(args: argparse.Namespace) -> int:
     from mert_fast.synth import make_corpus
 
+    if args.real:
+        return _run_real(args)
+    if args.exclude_probe_set:
+        raise SystemExit("error: --exclude-probe-set needs --real")
     paths = make_corpus(
         args.out_dir,
         n_clips=args.clips,
@@ -27,6 +33,31 @@ def run(args: argparse.Namespace) -> int:
         source=args.source,
     )
     print(f"{args.out_dir}: {len(paths)} clips of {args.seconds:g} s at {args.sample_rate} Hz; manifest.csv lists them")
+    return 0
+
+
+def _run_real(args: argparse.Namespace) -> int:
+    from mert_fast.probe.real import CORPUS_COMPOSERS, make_real_probe_data, probe_set_pieces
+
+    exclude = set()
+    for probe_dir in args.exclude_probe_set:
+        try:
+            exclude |= probe_set_pieces(probe_dir)
+        except ValueError as exc:
+            raise SystemExit(f"error: --exclude-probe-set: {exc}") from None
+    per_composer = -(-args.clips // len(CORPUS_COMPOSERS))
+    make_real_probe_data(
+        args.out_dir,
+        seed=args.seed,
+        sample_rate=args.sample_rate,
+        seconds=args.seconds,
+        composers=CORPUS_COMPOSERS,
+        clips_per_composer=per_composer,
+        format=args.format,
+        exclude_pieces=exclude,
+    )
+    n = per_composer * len(CORPUS_COMPOSERS)
+    print(f"{args.out_dir}/audio: {n} clips of {args.seconds:g} s of rendered scores ({len(exclude)} pieces excluded)")
     return 0
 
 
@@ -43,6 +74,19 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--seconds", type=positive_float, default=8.0, help="seconds per clip (default: %(default)s)")
     add_sample_rate(p, "Hz (default: %(default)s, MERT-v1's)")
     p.add_argument("--seed", type=int, default=0, help="corpus seed (default: %(default)s)")
+    p.add_argument(
+        "--real",
+        action="store_true",
+        help="render music21's public-domain scores with fluidsynth (needs pip install 'mert_fast[probe]', the "
+        "fluidsynth program and a GM soundfont); --clips is split evenly over the composers",
+    )
+    p.add_argument(
+        "--exclude-probe-set",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="with --real: leave out every piece of this make-probe-data --real set (repeatable)",
+    )
     add_render_options(
         p,
         "renderer: fluidsynth (needs the program and a GM soundfont), numpy, or auto (default: fluidsynth when "

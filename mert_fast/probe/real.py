@@ -53,6 +53,7 @@ import shutil
 import subprocess
 import time
 import zlib
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -61,12 +62,24 @@ import soundfile as sf
 from mert_fast._checks import check_float, check_int
 from mert_fast.synth.midi import fluidsynth_soundfont, render_midi
 
-__all__ = ["COMPOSERS", "FAMILY_PROGRAMS", "KEYS", "make_real_probe_data", "piece_notes", "require_music21"]
+__all__ = [
+    "COMPOSERS",
+    "CORPUS_COMPOSERS",
+    "FAMILY_PROGRAMS",
+    "KEYS",
+    "make_real_probe_data",
+    "piece_notes",
+    "probe_set_pieces",
+    "require_music21",
+]
 
 logger = logging.getLogger(__name__)
 
 #: Composers of music21's corpus with many pieces (usable at seed 0: Bach and Palestrina 40, Monteverdi 21, Mozart 16).
 COMPOSERS = ("bach", "palestrina", "monteverdi", "mozart")
+#: Composers of a real-music pre-training corpus (``mert-fast make-corpus --real``): Bach chorales other than the
+#: probe set's, Haydn string quartets and trecento songs (at seed 7: 40, 9 and 29 usable pieces).
+CORPUS_COMPOSERS = ("bach", "haydn", "trecento")
 #: General MIDI programs (0-based) of each instrument family; families chosen to sound clearly different.
 FAMILY_PROGRAMS = {
     "keyboard": (0, 1, 2),  # acoustic grand, bright acoustic, electric grand piano
@@ -208,9 +221,11 @@ def _load_piece(rel: str) -> dict | None:
     }
 
 
-def _choose_pieces(composer: str, seed: int, n: int) -> list[dict]:
+def _choose_pieces(composer: str, seed: int, n: int, exclude: frozenset[str] = frozenset()) -> list[dict]:
     chosen = []
     for rel in _candidates(composer, seed):
+        if rel in exclude:
+            continue
         piece = _load_piece(rel)
         if piece is not None:
             chosen.append(piece)
@@ -294,9 +309,9 @@ def _check_args(seed, sample_rate, seconds, composers, pieces_per_composer, clip
         raise ValueError(f"composers must be distinct names; got {composers!r}")
 
 
-def _choose_split_pieces(composer: str, seed: int, pieces_per_composer: int) -> list[dict]:
-    """The pieces of ``composer`` in the set, each with its ``split``."""
-    chosen = _choose_pieces(composer, seed, pieces_per_composer)
+def _choose_split_pieces(composer: str, seed: int, pieces_per_composer: int, exclude: frozenset[str]) -> list[dict]:
+    """The pieces of ``composer`` in the set (none of ``exclude``), each with its ``split``."""
+    chosen = _choose_pieces(composer, seed, pieces_per_composer, exclude)
     for piece, split in zip(chosen, _piece_splits(seed, composer, len(chosen)), strict=True):
         piece["split"] = split
     return chosen
@@ -386,6 +401,18 @@ def _write_task_manifests(out: Path, rows: dict[str, list]) -> tuple[dict[str, P
     return manifests, counts
 
 
+def probe_set_pieces(probe_dir: str | os.PathLike) -> set[str]:
+    """The music21 corpus paths of every piece a set made by :func:`make_real_probe_data` uses (all splits)."""
+    meta_path = Path(probe_dir) / "probe_data.json"
+    if not meta_path.is_file():
+        where = os.fspath(probe_dir)
+        raise ValueError(f"probe_dir: no probe_data.json in {where!r} (expected a make-probe-data --real set)")
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    if "pieces" not in meta:
+        raise ValueError(f"probe_dir: {os.fspath(meta_path)!r} is not a real-music set (it lists no pieces)")
+    return {p["path"] for ps in meta["pieces"].values() for p in ps}
+
+
 def make_real_probe_data(
     out_dir: str | os.PathLike,
     *,
@@ -396,6 +423,7 @@ def make_real_probe_data(
     pieces_per_composer: int = 40,
     clips_per_composer: int = 120,
     format: str = "flac",  # noqa: A002  (mirrors make_probe_data and the CLI's --format)
+    exclude_pieces: Iterable[str] = (),
 ) -> dict[str, Path]:
     """Write the real-music probe set (see the module docstring) into ``out_dir``.
 
@@ -408,6 +436,8 @@ def make_real_probe_data(
         pieces_per_composer: at most this many pieces per composer (fewer when the corpus has fewer usable ones).
         clips_per_composer: clips per composer, spread evenly over its pieces.
         format: ``"flac"`` or ``"wav"`` (16-bit PCM, mono).
+        exclude_pieces: music21 corpus paths never to use (e.g. :func:`probe_set_pieces` of a probe set, so that a
+            pre-training corpus made with this function shares no piece with it).
 
     Returns:
         The manifests by task: ``key``, ``instrument`` and ``composer`` (``out_dir/<task>.csv``).
@@ -418,13 +448,16 @@ def make_real_probe_data(
         RuntimeError: fluidsynth ran but failed.
     """
     _check_args(seed, sample_rate, seconds, composers, pieces_per_composer, clips_per_composer, format)
+    if isinstance(exclude_pieces, str):
+        raise TypeError("exclude_pieces must be a collection of music21 corpus paths, not one string")
+    exclude = frozenset(exclude_pieces)
     music21 = require_music21()
     soundfont = fluidsynth_soundfont("fluidsynth")
     t0 = time.perf_counter()
     out = Path(out_dir)
     pieces: dict[str, list[dict]] = {}
     for composer in composers:
-        pieces[composer] = _choose_split_pieces(composer, seed, pieces_per_composer)
+        pieces[composer] = _choose_split_pieces(composer, seed, pieces_per_composer, exclude)
         logger.info("%s: %d pieces (%.0f s)", composer, len(pieces[composer]), time.perf_counter() - t0)
 
     tonic_start = np.random.default_rng(np.random.SeedSequence([seed, 3])).integers(12, size=len(MODES))
@@ -445,6 +478,7 @@ def make_real_probe_data(
         "fluidsynth": _fluidsynth_version(),
         "soundfont": {"path": str(soundfont), "sha256": _sha256(Path(soundfont))},
         "composers": list(composers),
+        "excluded_pieces": sorted(exclude),
         "families": {f: list(p) for f, p in FAMILY_PROGRAMS.items()},
         "tasks": {
             "key": {"manifest": "key.csv", "type": "multiclass", "labels": list(KEYS)},
