@@ -127,6 +127,7 @@ setup(
         "train": ["deepspeed>=0.19", "tensorboard", "nvtx"],
         "test": [
             "pytest",
+            "pytest-xdist",
             "pytest-benchmark",
             "nnAudio",
             "librosa",

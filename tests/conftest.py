@@ -16,9 +16,22 @@ def pytest_configure(config):
     # kernel module is imported: without a GPU every Triton kernel runs on CPU tensors through the interpreter.
     if not torch.cuda.is_available():
         os.environ.setdefault("TRITON_INTERPRET", "1")
+    # pytest -n N (pytest-xdist): N workers share the cores; more threads than cores makes OpenMP spin-wait, which
+    # slows every worker several times over. Each worker (and the programs a test starts, unless the test sets its
+    # own) gets its share, unless OMP_NUM_THREADS was set by hand.
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1 and "OMP_NUM_THREADS" not in os.environ:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
 
 
 def pytest_collection_modifyitems(config, items):
+    # Files with a test marked slow first, each file's tests kept together and in order: with pytest -n N
+    # --dist loadfile the long files start at once and the short ones fill in around them, instead of one long
+    # file (the main command's loss curve) running alone at the end.
+    slow_files = {item.path for item in items if "slow" in item.keywords}
+    items.sort(key=lambda item: item.path not in slow_files)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU")

@@ -163,7 +163,7 @@ def test_batch_independence(teacher):
 
     The convolution library may pick another algorithm for a batch of 1 than for 4, so the encoder's output can
     differ by float32 rounding, and a code at a near-tie can flip: both code sets must be nearest codes within
-    rounding of the batch's embeddings (float64 distances), and almost every row must agree.
+    rounding of the batch's embeddings (float64 distances), and almost every row (99%) must agree.
     """
     audio = 0.5 * torch.randn(4, 24000 + 321)
     batched = teacher(audio)
@@ -175,7 +175,8 @@ def test_batch_independence(teacher):
         gap, scale = rvq_code_gaps_ref(emb, c.reshape(-1, teacher.n_q), books)
         assert float((gap / scale).max()) <= RTOL, f"{name}: a code is farther than the nearest one"
     rows = batched.shape[0] * batched.shape[1]
-    assert int((batched != single).any(-1).sum()) <= max(1, rows // 1000)
+    # measured: 0 rows of 308 differ with 2 threads, 2 with 1 thread (pytest -n: each worker gets one core)
+    assert int((batched != single).any(-1).sum()) <= max(3, rows // 100)
 
 
 def test_normalising_model_matches_transformers(encodec):

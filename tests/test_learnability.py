@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import pytest
 import torch
 
 from mert_fast.model.config import MERTConfig
@@ -77,6 +78,7 @@ def _train(masked: bool, hold: int, steps: int) -> tuple[float, float, float]:
     return float(out.ce_sum) / out.n_masked, float(out.correct[0]) / out.n_masked, float(copy[0]) / out.n_masked
 
 
+@pytest.mark.slow
 def test_the_student_learns_the_codes_of_the_frames_it_sees():
     ce, acc, _ = _train(masked=False, hold=1, steps=120)  # measured: CE 0.13 (6% of the prior), accuracy 0.99
     prior = math.log(K)  # uniform codes: the best constant guess
@@ -84,6 +86,7 @@ def test_the_student_learns_the_codes_of_the_frames_it_sees():
     assert acc > 0.9
 
 
+@pytest.mark.slow
 def test_the_student_predicts_masked_codes_from_their_context():
     ce, acc, copy = _train(masked=True, hold=10, steps=250)  # measured: CE 0.59 (28%), accuracy 0.83, copy 0.95
     prior = math.log(K)

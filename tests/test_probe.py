@@ -280,6 +280,7 @@ def test_weighted_only(tmp_path):
     torch.testing.assert_close(torch.tensor(report["weighted_sum"]["weights"]).sum(), torch.tensor(1.0))
 
 
+@pytest.mark.slow
 def test_probe_on_the_probe_data_set(tmp_path, capsys):
     """A small end-to-end run: make-probe-data, then probe a multi-class task with CQT features, the multi-label
     chord notes with a (random) model and the pitch regression with MFCC."""

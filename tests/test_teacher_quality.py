@@ -22,6 +22,9 @@ def _clips(n: int, seed: int, seconds: float = 4.0) -> list[torch.Tensor]:
     return [torch.from_numpy(synth_clip(i, seconds=seconds, sample_rate=SR, seed=seed)).float() for i in range(n)]
 
 
+pytestmark = pytest.mark.slow
+
+
 @pytest.fixture(scope="module")
 def corpus() -> dict:
     """24 clips to fit on (corpus seed 0) and 8 clips of other pieces (corpus seed 7)."""
