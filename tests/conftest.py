@@ -27,11 +27,6 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
-    # Files with a test marked slow first, each file's tests kept together and in order: with pytest -n N
-    # --dist loadfile the long files start at once and the short ones fill in around them, instead of one long
-    # file (the main command's loss curve) running alone at the end.
-    slow_files = {item.path for item in items if "slow" in item.keywords}
-    items.sort(key=lambda item: item.path not in slow_files)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU")
