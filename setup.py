@@ -127,7 +127,7 @@ setup(
         "train": ["deepspeed>=0.19", "tensorboard", "nvtx"],
         "test": [
             "pytest",
-            "pytest-xdist",
+            "pytest-xdist>=3.8",  # --no-loadscope-reorder
             "pytest-benchmark",
             "nnAudio",
             "librosa",

@@ -27,6 +27,12 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
+    # Files with a test marked slow first, each file's tests kept together and in order. With pytest -n N --dist
+    # loadfile --no-loadscope-reorder (README's test command) the long files start at once and the short ones fill
+    # in around them; xdist's default reorder (files with the most tests first) would leave the main command's loss
+    # curve, a file of one five-minute test, running alone at the end.
+    slow_files = {item.path for item in items if "slow" in item.keywords}
+    items.sort(key=lambda item: item.path not in slow_files)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from mert_fast.probe.real import KEYS, PITCH_CLASSES, make_real_probe_data
+from mert_fast.probe.real import FAMILY_PROGRAMS, KEYS, PITCH_CLASSES, PROGRAM_NAMES, PROGRAMS, make_real_probe_data
 from mert_fast.synth import fluidsynth_available
 
 SR = 16000
@@ -58,7 +58,7 @@ def _chroma(x: np.ndarray, sr: int) -> np.ndarray:
 
 def test_manifests_and_audio_are_deterministic(built):
     a, b = built
-    for name in ("key.csv", "instrument.csv", "composer.csv", "probe_data.json"):
+    for name in ("key.csv", "instrument.csv", "program.csv", "composer.csv", "probe_data.json"):
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
     for clip in _meta(a)["clips"]:
         xa, _ = sf.read(a / clip["path"])
@@ -85,10 +85,24 @@ def test_split_by_piece(built):
         assert split_of.setdefault(clip["piece"], clip["split"]) == clip["split"], clip["piece"]
     assert sorted(split_of.values()) == ["test", "train", "valid"]  # 3 pieces: one per split
     clips = {c["path"]: c for c in meta["clips"]}
-    for task in ("key", "instrument", "composer"):
+    for task in ("key", "instrument", "program", "composer"):
         for row in _rows(a / f"{task}.csv"):
             assert row["split"] == clips[row["path"]]["split"]
     assert {r["path"] for r in _rows(a / "composer.csv")} == set(clips)
+
+
+def test_program_labels_refine_the_family(built):
+    """program.csv names the GM program each clip was rendered with, one of its instrument family's programs."""
+    a, _ = built
+    meta = _meta(a)
+    clips = {c["path"]: c for c in meta["clips"]}
+    family = {r["path"]: r["label"] for r in _rows(a / "instrument.csv")}
+    program = {r["path"]: r["label"] for r in _rows(a / "program.csv")}
+    assert set(program) == set(clips) and meta["tasks"]["program"]["labels"] == list(PROGRAMS)
+    by_name = {name: p for p, name in PROGRAM_NAMES.items()}
+    for path, clip in clips.items():
+        assert by_name[program[path]] == clip["program"]
+        assert clip["program"] in FAMILY_PROGRAMS[family[path]], (path, program[path], family[path])
 
 
 def test_key_labels_follow_the_transposition(built):

@@ -3,12 +3,13 @@
 ``make_real_probe_data`` picks pieces by composers with many pieces in music21's bundled corpus (default
 :data:`COMPOSERS`: Bach chorales, Palestrina mass movements, Monteverdi madrigals, Mozart string-quartet movements)
 and renders clips of ``seconds`` (default 10 s) from them through a General MIDI soundfont. Each clip is one window of
-one piece, every part played by one GM program, transposed and at a tempo of its own. Three multi-class tasks, one
+one piece, every part played by one GM program, transposed and at a tempo of its own. Four multi-class tasks, one
 manifest each (CSV ``path,label,split``, paths relative to ``out_dir``):
 
 ================  ==================================================================================
 ``key.csv``       global key of the piece after transposition: 24 classes, e.g. ``C# minor``
 ``instrument.csv`` the family of the GM program that plays the clip (:data:`FAMILY_PROGRAMS`, 7 classes)
+``program.csv``   the GM program itself (:data:`PROGRAMS`, 20 classes): a finer timbre task than the family
 ``composer.csv``  the composer (:data:`COMPOSERS`)
 ================  ==================================================================================
 
@@ -23,7 +24,7 @@ How the labels and clips are made:
   and mode, the target tonics run through all 12 in turn (balanced and not tied to a piece); the shift is the
   nearest one (-6 to +5 semitones). A window can modulate away from the global key, so ``key.csv`` keeps only the
   clips whose own notes, analysed the same way, give the piece's key (63% of the default set's 10 s clips);
-  ``instrument.csv`` and ``composer.csv`` list every clip.
+  ``instrument.csv``, ``program.csv`` and ``composer.csv`` list every clip.
 - Instrument: the families take turns within each composer (so no composer is tied to a family); the program is
   drawn from the family.
 - Tempo: scores notate at different note values (Palestrina in half notes, Mozart in sixteenths), so the tempo is
@@ -67,6 +68,7 @@ __all__ = [
     "CORPUS_COMPOSERS",
     "FAMILY_PROGRAMS",
     "KEYS",
+    "PROGRAMS",
     "make_real_probe_data",
     "piece_notes",
     "probe_set_pieces",
@@ -82,15 +84,26 @@ COMPOSERS = ("bach", "palestrina", "monteverdi", "mozart")
 CORPUS_COMPOSERS = ("bach", "haydn", "trecento")
 #: General MIDI programs (0-based) of each instrument family; families chosen to sound clearly different.
 FAMILY_PROGRAMS = {
-    "keyboard": (0, 1, 2),  # acoustic grand, bright acoustic, electric grand piano
-    "organ": (19, 20),  # church organ, reed organ
-    "guitar": (24, 25),  # nylon, steel
-    "strings": (40, 42, 48, 49),  # violin, cello, string ensembles 1 and 2
-    "brass": (56, 57, 61),  # trumpet, trombone, brass section
-    "woodwinds": (68, 70, 73, 74),  # oboe, bassoon, flute, recorder
-    "mallets": (11, 12),  # vibraphone, marimba
+    "keyboard": (0, 1, 2),
+    "organ": (19, 20),
+    "guitar": (24, 25),
+    "strings": (40, 42, 48, 49),
+    "brass": (56, 57, 61),
+    "woodwinds": (68, 70, 73, 74),
+    "mallets": (11, 12),
 }
 FAMILIES = tuple(FAMILY_PROGRAMS)
+#: The label of each program of :data:`FAMILY_PROGRAMS` in ``program.csv`` (General MIDI's names, shortened).
+PROGRAM_NAMES = {
+    0: "acoustic grand piano", 1: "bright acoustic piano", 2: "electric grand piano",
+    19: "church organ", 20: "reed organ",
+    24: "nylon guitar", 25: "steel guitar",
+    40: "violin", 42: "cello", 48: "string ensemble 1", 49: "string ensemble 2",
+    56: "trumpet", 57: "trombone", 61: "brass section",
+    68: "oboe", 70: "bassoon", 73: "flute", 74: "recorder",
+    11: "vibraphone", 12: "marimba",
+}  # fmt: skip
+PROGRAMS = tuple(PROGRAM_NAMES[p] for ps in FAMILY_PROGRAMS.values() for p in ps)
 PITCH_CLASSES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
 MODES = ("major", "minor")
 #: The 24 key labels, ``"<tonic> <mode>"`` with sharp names.
@@ -377,6 +390,7 @@ def _task_rows(clips: list[dict]) -> dict[str, list[tuple[str, str, str]]]:
     rows = {
         "key": [(c["path"], c["key"], c["split"]) for c in clips if c["window_key_agrees"]],
         "instrument": [(c["path"], c["family"], c["split"]) for c in clips],
+        "program": [(c["path"], PROGRAM_NAMES[c["program"]], c["split"]) for c in clips],
         "composer": [(c["path"], c["composer"], c["split"]) for c in clips],
     }
     train_keys = {label for _, label, split in rows["key"] if split == "train"}
@@ -440,7 +454,7 @@ def make_real_probe_data(
             pre-training corpus made with this function shares no piece with it).
 
     Returns:
-        The manifests by task: ``key``, ``instrument`` and ``composer`` (``out_dir/<task>.csv``).
+        The manifests by task: ``key``, ``instrument``, ``program`` and ``composer`` (``out_dir/<task>.csv``).
 
     Raises:
         ImportError: music21 is not installed (the message says how to install it).
@@ -483,6 +497,7 @@ def make_real_probe_data(
         "tasks": {
             "key": {"manifest": "key.csv", "type": "multiclass", "labels": list(KEYS)},
             "instrument": {"manifest": "instrument.csv", "type": "multiclass", "labels": list(FAMILIES)},
+            "program": {"manifest": "program.csv", "type": "multiclass", "labels": list(PROGRAMS)},
             "composer": {"manifest": "composer.csv", "type": "multiclass", "labels": list(composers)},
         },
         "counts": counts,
