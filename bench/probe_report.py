@@ -12,6 +12,9 @@ features do not depend on the seed; only their probes do.
     python bench/probe_report.py --work /tmp/probe_report            # about 20-30 min on 2 CPU cores
     python bench/probe_report.py --work /tmp/probe_report --table    # print the table of a finished run
     python bench/probe_report.py --work /tmp/real_report --data REAL --tasks key,instrument,composer  # real music
+    # the longer recipe, one command: the real probe set, a real-music corpus and 4,000 steps a seed
+    python bench/probe_report.py --work /tmp/real_long --real --tasks key,instrument,program,composer \
+        --corpus-clips 300 --train-args "--loss-weights 10 20 --max-steps 4000"
 
 Writes ``WORK/report.json`` and ``WORK/report.md`` (the README table); ``--out FILE`` copies the JSON (the
 committed ``bench/results/cpu/probe_report.json``). Finished steps are reused when the script is run again.
@@ -38,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 from mert_fast.model.mert import MERTModel  # noqa: E402
 from mert_fast.probe.dataset import make_probe_data  # noqa: E402
 from mert_fast.probe.probe import run_probe  # noqa: E402
+from mert_fast.probe.real import make_real_corpus, make_real_probe_data  # noqa: E402
 
 logger = logging.getLogger("probe_report")
 
@@ -49,6 +53,21 @@ TARGET_POINTS = 5.0
 #: On the real-music set (``make-probe-data --real``): pre-training beats random init by this much on both tasks.
 REAL_TARGET_TASKS = ("key", "instrument")
 REAL_TARGET_POINTS = 10.0
+
+
+def _corpus_args(work: Path, data: Path, clips: int, seeds: list[int], train_args: tuple[str, ...]) -> dict:
+    """``train.py`` flags by seed for pre-training on a real-music corpus of ``clips`` clips rendered into
+    ``WORK/corpus`` (every piece of the probe set ``data`` left out): the first seed's run fits the teacher, the
+    others reuse it (unless ``train_args`` name a teacher)."""
+    audio = work / "corpus" / "audio"
+    if not (work / "corpus" / "probe_data.json").is_file():
+        logger.info("rendering a real-music corpus of %d clips into %s", clips, audio.parent)
+        make_real_corpus(audio.parent, clips, exclude_probe_sets=[data])
+    args = {seed: (*train_args, "--data", str(audio)) for seed in seeds}
+    if "--teacher" not in train_args:
+        teacher = work / f"pretrain_s{seeds[0]}" / "teacher"
+        args |= {seed: (*args[seed], "--teacher", str(teacher)) for seed in seeds[1:]}
+    return args
 
 
 def _pretrain(work: Path, seed: int, train_args: tuple[str, ...] = ()) -> Path:
@@ -86,14 +105,20 @@ def run(
     tasks: tuple[str, ...] = TASKS,
     data: Path | None = None,
     train_args: tuple[str, ...] = (),
+    real: bool = False,
+    corpus_clips: int | None = None,
 ) -> dict:
-    """Pre-train, probe and summarise; ``data``: a probe set made before (``make-probe-data --real``), else the
-    synthetic set is made in ``WORK/data``; ``train_args``: more ``train.py`` flags (another recipe than the main
-    command's)."""
+    """Pre-train, probe and summarise; ``data``: a probe set made before, else one is made in ``WORK/data`` (the
+    real-music set when ``real``, else the synthetic one); ``train_args``: more ``train.py`` flags (another recipe
+    than the main command's); ``corpus_clips``: pre-train on that many clips of real music instead
+    (:func:`_corpus_args`)."""
     if data is None:
         data = work / "data"
         if not (data / "probe_data.json").is_file():
-            make_probe_data(data)
+            (make_real_probe_data if real else make_probe_data)(data)
+    seed_args = {seed: train_args for seed in seeds}
+    if corpus_clips is not None:
+        seed_args = _corpus_args(work, data, corpus_clips, seeds, train_args)
     manifests = {t: data / f"{t}.csv" for t in tasks}
     rows: dict[str, dict[str, list[float]]] = {t: {s: [] for s in SOURCES} for t in tasks}
     best_layer: dict[str, dict[str, list]] = {t: {s: [] for s in SOURCES} for t in tasks}
@@ -102,7 +127,7 @@ def run(
     timings: dict[str, float] = {}
     for seed in seeds:
         t0 = time.perf_counter()
-        pretrained = _pretrain(work, seed, train_args)
+        pretrained = _pretrain(work, seed, seed_args[seed])
         timings[f"pretrain_s{seed}"] = time.perf_counter() - t0
         sources = {"pretrained": str(pretrained), "random": str(_random_init(work, seed, pretrained))}
         sources |= {"cqt": "cqt", "mfcc": "mfcc"}
@@ -169,6 +194,10 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=None, help="also write the report JSON here")
     parser.add_argument("--data", type=Path, default=None, help="a probe set made before (default: make one)")
     parser.add_argument("--train-args", default="", help="more train.py flags, one string (default: none)")
+    parser.add_argument("--real", action="store_true", help="without --data: make the real-music probe set")
+    parser.add_argument("--corpus-clips", type=int, default=None,
+                        help="pre-train on this many clips of real music rendered into WORK/corpus, none of the "
+                        "probe set's pieces; the first seed's run fits the teacher the others use")  # fmt: skip
     parser.add_argument("--table", action="store_true", help="only print the table of WORK/report.json")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -177,8 +206,10 @@ def main() -> int:
         return 0
     args.work.mkdir(parents=True, exist_ok=True)
     seeds = [int(s) for s in args.seeds.split(",")]
-    report = run(args.work, seeds, tuple(args.tasks.split(",")), args.data, tuple(shlex.split(args.train_args)))
+    train_args = tuple(shlex.split(args.train_args))
+    report = run(args.work, seeds, tuple(args.tasks.split(",")), args.data, train_args, args.real, args.corpus_clips)
     report["train_args"] = args.train_args
+    report["corpus_clips"] = args.corpus_clips
     git = ["git", "-C", str(ROOT)]
     report["commit"] = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     report["dirty"] = bool(subprocess.run([*git, "status", "--porcelain", "--", "mert_fast", "train.py", "bench"],

@@ -6,12 +6,21 @@ import builtins
 import csv
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-from mert_fast.probe.real import FAMILY_PROGRAMS, KEYS, PITCH_CLASSES, PROGRAM_NAMES, PROGRAMS, make_real_probe_data
+from mert_fast.probe.real import (
+    FAMILY_PROGRAMS,
+    KEYS,
+    PITCH_CLASSES,
+    PROGRAM_NAMES,
+    PROGRAMS,
+    make_real_corpus,
+    make_real_probe_data,
+)
 from mert_fast.synth import fluidsynth_available
 
 SR = 16000
@@ -210,6 +219,12 @@ def test_probe_set_pieces_rejects_other_folders(tmp_path):
         probe_set_pieces(tmp_path)
     with pytest.raises(TypeError, match="exclude_pieces"):
         make_real_probe_data(tmp_path / "out", exclude_pieces="bach/bwv1.6.mxl")
+    with pytest.raises(TypeError, match="exclude_probe_sets"):
+        make_real_corpus(tmp_path / "out", 3, exclude_probe_sets=tmp_path)
+    with pytest.raises(ValueError, match="clips"):
+        make_real_corpus(tmp_path / "out", 0)
+    with pytest.raises(ValueError, match="probe_dir: no probe_data.json"):
+        make_real_corpus(tmp_path / "out", 3, exclude_probe_sets=[tmp_path / "nowhere"])
 
 
 def test_make_corpus_real_flag(monkeypatch, tmp_path, capsys):
@@ -224,6 +239,10 @@ def test_make_corpus_real_flag(monkeypatch, tmp_path, capsys):
 
     def fake(out_dir, **kwargs):
         seen.update(kwargs, out_dir=out_dir)
+        clips = [{}] * kwargs["clips_per_composer"] * len(kwargs["composers"])
+        meta = {"excluded_pieces": sorted(kwargs["exclude_pieces"]), "clips": clips}
+        Path(out_dir).mkdir(parents=True)
+        (Path(out_dir) / "probe_data.json").write_text(json.dumps(meta))
         return {}
 
     monkeypatch.setattr(real, "make_real_probe_data", fake)
@@ -231,7 +250,7 @@ def test_make_corpus_real_flag(monkeypatch, tmp_path, capsys):
     assert main(["make-corpus", str(out), "--real", "--clips", "10", "--exclude-probe-set", str(probe)]) == 0
     assert seen["composers"] == real.CORPUS_COMPOSERS and seen["clips_per_composer"] == 4  # 10 over 3, rounded up
     assert seen["exclude_pieces"] == {"bach/bwv1.6.mxl", "bach/bwv2.6.mxl", "m/k1.xml"}
-    assert "3 pieces excluded" in capsys.readouterr().out
+    assert f"{out / 'audio'}: 12 clips of 8 s of rendered scores (3 pieces excluded)" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="--exclude-probe-set: probe_dir: no probe_data.json"):
         main(["make-corpus", str(out), "--real", "--exclude-probe-set", str(tmp_path / "nowhere")])
     with pytest.raises(SystemExit, match="--exclude-probe-set needs --real"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 
 from mert_fast.cli.common import add_command, add_render_options, add_sample_rate, positive_float, positive_int
 
@@ -37,27 +38,25 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_real(args: argparse.Namespace) -> int:
-    from mert_fast.probe.real import CORPUS_COMPOSERS, make_real_probe_data, probe_set_pieces
+    from mert_fast.probe.real import make_real_corpus, probe_set_pieces
 
-    exclude = set()
     for probe_dir in args.exclude_probe_set:
         try:
-            exclude |= probe_set_pieces(probe_dir)
+            probe_set_pieces(probe_dir)
         except ValueError as exc:
             raise SystemExit(f"error: --exclude-probe-set: {exc}") from None
-    per_composer = -(-args.clips // len(CORPUS_COMPOSERS))
-    make_real_probe_data(
+    audio = make_real_corpus(
         args.out_dir,
+        args.clips,
+        exclude_probe_sets=args.exclude_probe_set,
         seed=args.seed,
         sample_rate=args.sample_rate,
         seconds=args.seconds,
-        composers=CORPUS_COMPOSERS,
-        clips_per_composer=per_composer,
         format=args.format,
-        exclude_pieces=exclude,
     )
-    n = per_composer * len(CORPUS_COMPOSERS)
-    print(f"{args.out_dir}/audio: {n} clips of {args.seconds:g} s of rendered scores ({len(exclude)} pieces excluded)")
+    meta = json.loads((audio.parent / "probe_data.json").read_text(encoding="utf-8"))
+    excluded = len(meta["excluded_pieces"])
+    print(f"{audio}: {len(meta['clips'])} clips of {args.seconds:g} s of rendered scores ({excluded} pieces excluded)")
     return 0
 
 

@@ -69,6 +69,7 @@ __all__ = [
     "FAMILY_PROGRAMS",
     "KEYS",
     "PROGRAMS",
+    "make_real_corpus",
     "make_real_probe_data",
     "piece_notes",
     "probe_set_pieces",
@@ -507,3 +508,36 @@ def make_real_probe_data(
     (out / "probe_data.json").write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
     logger.info("real probe set: %d clips in %.0f s (%s)", len(clips), time.perf_counter() - t0, counts)
     return manifests
+
+
+def make_real_corpus(
+    out_dir: str | os.PathLike,
+    clips: int,
+    *,
+    exclude_probe_sets: Iterable[str | os.PathLike] = (),
+    seed: int = 7,
+    seconds: float = 10.0,
+    sample_rate: int = 24000,
+    format: str = "flac",  # noqa: A002  (mirrors make_real_probe_data)
+) -> Path:
+    """A real-music pre-training corpus (``mert-fast make-corpus --real``): :func:`make_real_probe_data` over
+    :data:`CORPUS_COMPOSERS`, ``clips`` split evenly over them (rounded up), leaving out every piece of each folder
+    in ``exclude_probe_sets`` (sets made by :func:`make_real_probe_data`). Returns ``out_dir/audio``, the folder to
+    train on (``train.py --data``)."""
+    check_int("clips", clips, min=1)
+    if isinstance(exclude_probe_sets, (str, os.PathLike)):
+        raise TypeError("exclude_probe_sets must be a collection of probe-set folders, not one path")
+    exclude: set[str] = set()
+    for probe_dir in exclude_probe_sets:
+        exclude |= probe_set_pieces(probe_dir)
+    make_real_probe_data(
+        out_dir,
+        seed=seed,
+        sample_rate=sample_rate,
+        seconds=seconds,
+        composers=CORPUS_COMPOSERS,
+        clips_per_composer=-(-clips // len(CORPUS_COMPOSERS)),
+        format=format,
+        exclude_pieces=exclude,
+    )
+    return Path(out_dir) / "audio"

@@ -1,0 +1,52 @@
+"""bench/probe_report.py's plumbing: which flags each seed's pre-training gets, and which probe is reported."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def report():
+    spec = importlib.util.spec_from_file_location("probe_report", ROOT / "bench" / "probe_report.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_real_corpus_is_rendered_once_without_the_probe_pieces(report, tmp_path, monkeypatch):
+    calls = []
+
+    def fake(out_dir, clips, *, exclude_probe_sets):
+        calls.append((Path(out_dir), clips, list(exclude_probe_sets)))
+        Path(out_dir).mkdir(parents=True)
+        (Path(out_dir) / "probe_data.json").write_text(json.dumps({"clips": []}))
+        return Path(out_dir) / "audio"
+
+    monkeypatch.setattr(report, "make_real_corpus", fake)
+    data = tmp_path / "probe"
+    args = report._corpus_args(tmp_path, data, 90, [2, 0, 1], ("--max-steps", "7"))
+    audio = str(tmp_path / "corpus" / "audio")
+    teacher = str(tmp_path / "pretrain_s2" / "teacher")
+    assert calls == [(tmp_path / "corpus", 90, [data])]
+    assert args[2] == ("--max-steps", "7", "--data", audio)  # the first seed fits the teacher
+    assert args[0] == args[1] == ("--max-steps", "7", "--data", audio, "--teacher", teacher)
+    # run again: the corpus is reused; a teacher given by hand is every seed's
+    args = report._corpus_args(tmp_path, data, 90, [0, 1], ("--teacher", "T"))
+    assert len(calls) == 1
+    assert args == {0: ("--teacher", "T", "--data", audio), 1: ("--teacher", "T", "--data", audio)}
+
+
+def test_reported_probe_is_the_best_on_valid(report):
+    def cell(valid, test):
+        return {"valid": {"accuracy": {"mean": valid}}, "test": {"accuracy": {"mean": test}}}
+
+    summary = {"layers": {"0": cell(0.5, 0.9), "1": cell(0.7, 0.4)}, "weighted_sum": cell(0.6, 0.8)}
+    assert report._score({"summary": summary}, "accuracy") == (0.4, "layer 1")
+    summary["weighted_sum"] = cell(0.8, 0.3)
+    assert report._score({"summary": summary}, "accuracy") == (0.3, "weighted sum")
