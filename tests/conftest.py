@@ -17,14 +17,15 @@ def pytest_configure(config):
     if not torch.cuda.is_available():
         os.environ.setdefault("TRITON_INTERPRET", "1")
     # pytest -n N (pytest-xdist): N workers share the cores; more threads than cores makes OpenMP spin-wait, which
-    # slows every worker several times over. Each worker (and the programs a test starts, unless the test sets its
-    # own) gets its share, unless OMP_NUM_THREADS was set by hand.
-    # Threads waiting at the end of a parallel region sleep instead of spinning (OMP_WAIT_POLICY=PASSIVE) in the
-    # programs the tests start: with the other worker busy, the main command's two threads took 133 s spinning
-    # against 100 s sleeping for 150 steps on 2 cores. The numbers they compute do not change.
+    # slows every worker several times over.
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if workers > 1:
+        # Threads waiting at the end of a parallel region sleep instead of spinning in the programs the tests start:
+        # with the other worker busy, the main command's two threads took 133 s spinning against 100 s sleeping for
+        # 150 steps on 2 cores. The numbers they compute do not change.
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # Each worker (and the programs a test starts, unless the test sets its own) gets its share of the cores, unless
+    # OMP_NUM_THREADS was set by hand.
     if workers > 1 and "OMP_NUM_THREADS" not in os.environ:
         threads = max(1, (os.cpu_count() or 1) // workers)
         os.environ["OMP_NUM_THREADS"] = str(threads)
