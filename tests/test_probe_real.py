@@ -193,6 +193,50 @@ def test_cli_flag(monkeypatch, tmp_path):
     assert seen["seconds"] == 2.0 and "notes_per_cell" in seen  # without --real: the synthetic set, 2 s clips
 
 
+def _fake_set(folder: Path, pieces: dict[str, list[str]]) -> Path:
+    """A folder that looks like a made real-music set to :func:`probe_set_pieces` (its pieces by composer)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    listed = {c: [{"path": p} for p in ps] for c, ps in pieces.items()}
+    (folder / "probe_data.json").write_text(json.dumps({"pieces": listed}))
+    return folder
+
+
+def test_cli_real_set_options(monkeypatch, tmp_path, capsys):
+    """``make-probe-data --real`` passes composers, sizes and the pieces of every --exclude-probe-set folder on
+    (a fresh confirmation set shares no piece with the probe set nor with the pre-training corpus)."""
+    import mert_fast.probe.real as real
+    from mert_fast.cli import main
+
+    probe = _fake_set(tmp_path / "probe", {"bach": ["bach/bwv1.6.mxl"], "mozart": ["m/k1.xml"]})
+    corpus = _fake_set(tmp_path / "corpus", {"bach": ["bach/bwv2.6.mxl", "bach/bwv1.6.mxl"]})
+    seen = {}
+
+    def fake(out_dir, **kwargs):
+        seen.update(kwargs, out_dir=out_dir)
+        return {"key": tmp_path / "key.csv"}
+
+    monkeypatch.setattr(real, "make_real_probe_data", fake)
+    out = str(tmp_path / "confirm")
+    argv = ["make-probe-data", out, "--real", "--seed", "1", "--composers", "bach, palestrina"]
+    argv += ["--pieces-per-composer", "7", "--clips-per-composer", "30"]
+    argv += ["--exclude-probe-set", str(probe), "--exclude-probe-set", str(corpus)]
+    assert main(argv) == 0
+    assert seen["composers"] == ("bach", "palestrina") and seen["seed"] == 1
+    assert seen["pieces_per_composer"] == 7 and seen["clips_per_composer"] == 30
+    assert seen["exclude_pieces"] == {"bach/bwv1.6.mxl", "bach/bwv2.6.mxl", "m/k1.xml"}
+    seen.clear()
+    assert main(["make-probe-data", out, "--real"]) == 0  # unset options keep the function's defaults
+    assert "composers" not in seen and "clips_per_composer" not in seen and seen["exclude_pieces"] == set()
+    with pytest.raises(SystemExit, match="--exclude-probe-set: probe_dir: no probe_data.json"):
+        main(["make-probe-data", out, "--real", "--exclude-probe-set", str(tmp_path / "nowhere")])
+    for flag, value in (("--composers", "bach"), ("--clips-per-composer", "3"), ("--exclude-probe-set", str(probe))):
+        with pytest.raises(SystemExit, match=f"{flag} needs --real"):
+            main(["make-probe-data", out, flag, value])
+    with pytest.raises(SystemExit):
+        main(["make-probe-data", out, "--real", "--pieces-per-composer", "0"])
+    assert "expected a positive integer" in capsys.readouterr().err
+
+
 def test_excluded_pieces_are_never_used(built, tmp_path):
     """A pre-training corpus made with ``exclude_pieces=probe_set_pieces(probe set)`` shares no piece with it."""
     from mert_fast.probe.real import probe_set_pieces
@@ -231,10 +275,7 @@ def test_make_corpus_real_flag(monkeypatch, tmp_path, capsys):
     import mert_fast.probe.real as real
     from mert_fast.cli import main
 
-    probe = tmp_path / "probe"
-    probe.mkdir()
-    pieces = {"bach": [{"path": "bach/bwv1.6.mxl"}, {"path": "bach/bwv2.6.mxl"}], "mozart": [{"path": "m/k1.xml"}]}
-    (probe / "probe_data.json").write_text(json.dumps({"pieces": pieces}))
+    probe = _fake_set(tmp_path / "probe", {"bach": ["bach/bwv1.6.mxl", "bach/bwv2.6.mxl"], "mozart": ["m/k1.xml"]})
     seen = {}
 
     def fake(out_dir, **kwargs):

@@ -70,3 +70,19 @@ def add_render_options(p: argparse.ArgumentParser, source_help: str = "renderer 
     """``--format`` and ``--source`` of the subcommands that write synthesized audio."""
     p.add_argument("--format", choices=("flac", "wav"), default="flac", help="file format (default: %(default)s)")
     p.add_argument("--source", choices=("auto", "numpy", "fluidsynth"), default="auto", help=source_help)
+
+
+def add_exclude_probe_set(p: argparse.ArgumentParser, help: str) -> None:
+    """``--exclude-probe-set DIR`` (repeatable): folders whose music21 pieces a new real-music set leaves out."""
+    p.add_argument("--exclude-probe-set", action="append", default=[], metavar="DIR", help=help)
+
+
+def excluded_pieces(probe_dirs: list[str]) -> set[str]:
+    """Every piece of the ``--exclude-probe-set`` folders; a folder that is not a real-music set ends the program
+    with an error naming the flag."""
+    from mert_fast.probe.real import pieces_of_sets
+
+    try:
+        return pieces_of_sets(probe_dirs)
+    except ValueError as exc:
+        raise SystemExit(f"error: --exclude-probe-set: {exc}") from None

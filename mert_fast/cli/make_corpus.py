@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 
-from mert_fast.cli.common import add_command, add_render_options, add_sample_rate, positive_float, positive_int
+from mert_fast.cli.common import (
+    add_command,
+    add_exclude_probe_set,
+    add_render_options,
+    add_sample_rate,
+    excluded_pieces,
+    positive_float,
+    positive_int,
+)
 
 _DESCRIPTION = (
     "Compose and render short pieces of music at random (chord progressions, melodies, bass lines, "
@@ -38,13 +46,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_real(args: argparse.Namespace) -> int:
-    from mert_fast.probe.real import make_real_corpus, probe_set_pieces
+    from mert_fast.probe.real import make_real_corpus
 
-    for probe_dir in args.exclude_probe_set:
-        try:
-            probe_set_pieces(probe_dir)
-        except ValueError as exc:
-            raise SystemExit(f"error: --exclude-probe-set: {exc}") from None
+    excluded_pieces(args.exclude_probe_set)  # a bad folder ends here, naming the flag
     audio = make_real_corpus(
         args.out_dir,
         args.clips,
@@ -79,13 +83,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="render music21's public-domain scores with fluidsynth (needs pip install 'mert_fast[probe]', the "
         "fluidsynth program and a GM soundfont); --clips is split evenly over the composers",
     )
-    p.add_argument(
-        "--exclude-probe-set",
-        action="append",
-        default=[],
-        metavar="DIR",
-        help="with --real: leave out every piece of this make-probe-data --real set (repeatable)",
-    )
+    add_exclude_probe_set(p, "with --real: leave out every piece of this make-probe-data --real set (repeatable)")
     add_render_options(
         p,
         "renderer: fluidsynth (needs the program and a GM soundfont), numpy, or auto (default: fluidsynth when "

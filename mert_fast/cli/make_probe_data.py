@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import argparse
 
-from mert_fast.cli.common import add_command, add_render_options, add_sample_rate, positive_float, positive_int
+from mert_fast.cli.common import (
+    add_command,
+    add_exclude_probe_set,
+    add_render_options,
+    add_sample_rate,
+    excluded_pieces,
+    positive_float,
+    positive_int,
+)
 
 _DESCRIPTION = (
     "Render single notes (12 pitch classes x 9 instrument families) and chords (6 qualities x 12 "
@@ -14,16 +22,32 @@ _DESCRIPTION = (
     "numpy synthesizer."
 )
 
+#: The options that only ``--real`` takes.
+_REAL_ONLY = ("composers", "pieces_per_composer", "clips_per_composer", "exclude_probe_set")
+
 
 def run(args: argparse.Namespace) -> int:
     from mert_fast.probe.dataset import make_probe_data
     from mert_fast.probe.real import make_real_probe_data
 
+    real_only = {k: v for k in _REAL_ONLY if (v := getattr(args, k)) not in (None, [])}
     if args.real:
-        manifests = make_real_probe_data(args.out_dir, seed=args.seed, sample_rate=args.sample_rate,
-                                         seconds=args.seconds or 10.0, format=args.format)  # fmt: skip
+        real_only.pop("exclude_probe_set", None)
+        if "composers" in real_only:
+            real_only["composers"] = tuple(c.strip() for c in args.composers.split(",") if c.strip())
+        manifests = make_real_probe_data(
+            args.out_dir,
+            seed=args.seed,
+            sample_rate=args.sample_rate,
+            seconds=args.seconds or 10.0,
+            format=args.format,
+            exclude_pieces=excluded_pieces(args.exclude_probe_set),
+            **real_only,
+        )
         print(f"{args.out_dir}: probe tasks " + ", ".join(f"{n} ({p.name})" for n, p in manifests.items()))
         return 0
+    if real_only:
+        raise SystemExit(f"error: --{next(iter(real_only)).replace('_', '-')} needs --real")
     manifests = make_probe_data(
         args.out_dir,
         seed=args.seed,
@@ -57,6 +81,15 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="key/instrument/composer clips of music21's public-domain "
         "scores rendered with fluidsynth (needs pip install 'mert_fast[probe]'); see mert_fast.probe.real",
     )
+    p.add_argument("--composers", default=None, metavar="A,B",
+                   help="with --real: music21 corpus composers, comma-separated (default: bach, palestrina, "
+                   "monteverdi, mozart)")  # fmt: skip
+    p.add_argument("--pieces-per-composer", type=positive_int, default=None,
+                   help="with --real: at most this many pieces per composer (default: 40)")  # fmt: skip
+    p.add_argument("--clips-per-composer", type=positive_int, default=None,
+                   help="with --real: clips per composer, spread over its pieces (default: 120)")  # fmt: skip
+    add_exclude_probe_set(p, "with --real: leave out every piece of this --real set or make-corpus --real folder, "
+                          "e.g. for a fresh confirmation set (repeatable)")  # fmt: skip
     p.add_argument(
         "--notes-per-cell", type=positive_int, default=10, help="notes per pitch class and family (default: 10)"
     )

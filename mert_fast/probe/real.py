@@ -72,6 +72,7 @@ __all__ = [
     "make_real_corpus",
     "make_real_probe_data",
     "piece_notes",
+    "pieces_of_sets",
     "probe_set_pieces",
     "require_music21",
 ]
@@ -417,7 +418,8 @@ def _write_task_manifests(out: Path, rows: dict[str, list]) -> tuple[dict[str, P
 
 
 def probe_set_pieces(probe_dir: str | os.PathLike) -> set[str]:
-    """The music21 corpus paths of every piece a set made by :func:`make_real_probe_data` uses (all splits)."""
+    """The music21 corpus paths of every piece a set made by :func:`make_real_probe_data` uses (all splits); a
+    corpus made by :func:`make_real_corpus` is such a set too."""
     meta_path = Path(probe_dir) / "probe_data.json"
     if not meta_path.is_file():
         where = os.fspath(probe_dir)
@@ -426,6 +428,16 @@ def probe_set_pieces(probe_dir: str | os.PathLike) -> set[str]:
     if "pieces" not in meta:
         raise ValueError(f"probe_dir: {os.fspath(meta_path)!r} is not a real-music set (it lists no pieces)")
     return {p["path"] for ps in meta["pieces"].values() for p in ps}
+
+
+def pieces_of_sets(probe_dirs: Iterable[str | os.PathLike]) -> set[str]:
+    """:func:`probe_set_pieces` of every folder of ``probe_dirs`` together (the pieces to leave out of a new set)."""
+    if isinstance(probe_dirs, (str, os.PathLike)):
+        raise TypeError("expected a collection of probe-set folders, not one path")
+    pieces: set[str] = set()
+    for probe_dir in probe_dirs:
+        pieces |= probe_set_pieces(probe_dir)
+    return pieces
 
 
 def make_real_probe_data(
@@ -527,9 +539,7 @@ def make_real_corpus(
     check_int("clips", clips, min=1)
     if isinstance(exclude_probe_sets, (str, os.PathLike)):
         raise TypeError("exclude_probe_sets must be a collection of probe-set folders, not one path")
-    exclude: set[str] = set()
-    for probe_dir in exclude_probe_sets:
-        exclude |= probe_set_pieces(probe_dir)
+    exclude = pieces_of_sets(exclude_probe_sets)
     make_real_probe_data(
         out_dir,
         seed=seed,
