@@ -15,6 +15,11 @@ features do not depend on the seed; only their probes do.
     # the longer recipe, one command: the real probe set, a real-music corpus and 4,000 steps a seed
     python bench/probe_report.py --work /tmp/real_long --real --tasks key,instrument,program,composer \
         --corpus-clips 300 --train-args "--loss-weights 10 20 --max-steps 4000"
+    # the same models on a fresh set that shares no piece with the probe set or the corpus (no training)
+    mert-fast make-probe-data /tmp/confirm --real --seed 1 --composers bach,palestrina --pieces-per-composer 100 \
+        --clips-per-composer 800 --exclude-probe-set /tmp/real_long/data --exclude-probe-set /tmp/real_long/corpus
+    python bench/probe_report.py --work /tmp/real_long_confirm --data /tmp/confirm --tasks key \
+        --models-from /tmp/real_long
 
 Writes ``WORK/report.json`` and ``WORK/report.md`` (the README table); ``--out FILE`` copies the JSON (the
 committed ``bench/results/cpu/probe_report.json``). Finished steps are reused when the script is run again.
@@ -79,6 +84,22 @@ def _pretrain(work: Path, seed: int, train_args: tuple[str, ...] = ()) -> Path:
     return run / "model"
 
 
+def _trained_model(models_from: Path, seed: int) -> Path:
+    """The model seed ``seed`` pre-trained in another report's working folder ``models_from`` (to probe it on
+    another set without training again)."""
+    model = models_from / f"pretrain_s{seed}" / "model"
+    if not (model / "config.json").is_file():
+        raise SystemExit(f"error: --models-from: no pre-trained model of seed {seed} in {models_from} ({model})")
+    return model
+
+
+def _recipe_of(models_from: Path) -> dict:
+    """Where ``--models-from`` models come from and the recipe their own report recorded (None where it has none)."""
+    path = models_from / "report.json"
+    earlier = json.loads(path.read_text()) if path.is_file() else {}
+    return {"work": str(models_from)} | {k: earlier.get(k) for k in ("train_args", "corpus_clips", "commit")}
+
+
 def _random_init(work: Path, seed: int, pretrained: Path) -> Path:
     out = work / f"random_s{seed}"
     if not (out / "config.json").is_file():
@@ -107,11 +128,15 @@ def run(
     train_args: tuple[str, ...] = (),
     real: bool = False,
     corpus_clips: int | None = None,
+    models_from: Path | None = None,
 ) -> dict:
     """Pre-train, probe and summarise; ``data``: a probe set made before, else one is made in ``WORK/data`` (the
     real-music set when ``real``, else the synthetic one); ``train_args``: more ``train.py`` flags (another recipe
     than the main command's); ``corpus_clips``: pre-train on that many clips of real music instead
-    (:func:`_corpus_args`)."""
+    (:func:`_corpus_args`); ``models_from``: probe the models another run of this script pre-trained there
+    instead of training (``train_args`` and ``corpus_clips`` are then unused)."""
+    if models_from is not None and (train_args or corpus_clips is not None):
+        raise ValueError("models_from probes models trained before: train_args and corpus_clips must be unset")
     if data is None:
         data = work / "data"
         if not (data / "probe_data.json").is_file():
@@ -127,7 +152,10 @@ def run(
     timings: dict[str, float] = {}
     for seed in seeds:
         t0 = time.perf_counter()
-        pretrained = _pretrain(work, seed, seed_args[seed])
+        if models_from is None:
+            pretrained = _pretrain(work, seed, seed_args[seed])
+        else:
+            pretrained = _trained_model(models_from, seed)
         timings[f"pretrain_s{seed}"] = time.perf_counter() - t0
         sources = {"pretrained": str(pretrained), "random": str(_random_init(work, seed, pretrained))}
         sources |= {"cqt": "cqt", "mfcc": "mfcc"}
@@ -198,18 +226,26 @@ def main() -> int:
     parser.add_argument("--corpus-clips", type=int, default=None,
                         help="pre-train on this many clips of real music rendered into WORK/corpus, none of the "
                         "probe set's pieces; the first seed's run fits the teacher the others use")  # fmt: skip
+    parser.add_argument("--models-from", type=Path, default=None, metavar="WORK",
+                        help="probe the models a finished run pre-trained in WORK (WORK/pretrain_s<seed>/model) "
+                        "instead of training, e.g. on a fresh set given by --data")  # fmt: skip
     parser.add_argument("--table", action="store_true", help="only print the table of WORK/report.json")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.table:
         print(table(json.loads((args.work / "report.json").read_text())))
         return 0
+    if args.models_from is not None and (args.train_args or args.corpus_clips is not None):
+        parser.error("--models-from probes models trained before: it takes no --train-args or --corpus-clips")
     args.work.mkdir(parents=True, exist_ok=True)
     seeds = [int(s) for s in args.seeds.split(",")]
     train_args = tuple(shlex.split(args.train_args))
-    report = run(args.work, seeds, tuple(args.tasks.split(",")), args.data, train_args, args.real, args.corpus_clips)
+    tasks = tuple(args.tasks.split(","))
+    report = run(args.work, seeds, tasks, args.data, train_args, args.real, args.corpus_clips, args.models_from)
     report["train_args"] = args.train_args
     report["corpus_clips"] = args.corpus_clips
+    if args.models_from is not None:
+        report["models_from"] = _recipe_of(args.models_from)
     git = ["git", "-C", str(ROOT)]
     report["commit"] = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     report["dirty"] = bool(subprocess.run([*git, "status", "--porcelain", "--", "mert_fast", "train.py", "bench"],

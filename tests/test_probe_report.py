@@ -50,3 +50,39 @@ def test_reported_probe_is_the_best_on_valid(report):
     assert report._score({"summary": summary}, "accuracy") == (0.4, "layer 1")
     summary["weighted_sum"] = cell(0.8, 0.3)
     assert report._score({"summary": summary}, "accuracy") == (0.3, "weighted sum")
+
+
+def test_models_from_probes_earlier_models_without_training(report, tmp_path, monkeypatch):
+    """--models-from: each seed's model is the one an earlier report pre-trained; nothing is trained again, and a
+    seed that report lacks is an error naming the flag."""
+    earlier = tmp_path / "earlier"
+    for seed in (0, 3):
+        (earlier / f"pretrain_s{seed}" / "model").mkdir(parents=True)
+        (earlier / f"pretrain_s{seed}" / "model" / "config.json").write_text("{}")
+    (earlier / "report.json").write_text(json.dumps({"train_args": "--max-steps 9", "corpus_clips": 30, "commit": "c"}))
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "probe_data.json").write_text("{}")
+    probed = []
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("--models-from must not pre-train")
+
+    def fake_probe(manifest, source, out, cache, seeds):
+        probed.append((Path(manifest).name, source, seeds))
+        cell = {"valid": {"accuracy": {"mean": 0.5}}, "test": {"accuracy": {"mean": 0.25}}}
+        return {"primary_metric": "accuracy", "summary": {"layers": {"0": cell}, "weighted_sum": None}}
+
+    monkeypatch.setattr(report, "_pretrain", no_training)
+    monkeypatch.setattr(report, "_random_init", lambda work, seed, pretrained: work / f"random_s{seed}")
+    monkeypatch.setattr(report, "run_probe", fake_probe)
+    out = report.run(tmp_path / "work", [3, 0], ("key",), data, models_from=earlier)
+    assert ("key.csv", str(earlier / "pretrain_s3" / "model"), [3]) in probed
+    assert ("key.csv", str(earlier / "pretrain_s0" / "model"), [0]) in probed
+    assert out["scores"]["key"]["pretrained"] == [0.25, 0.25]
+    assert report._recipe_of(earlier) == {"work": str(earlier), "train_args": "--max-steps 9", "corpus_clips": 30,
+                                          "commit": "c"}  # fmt: skip
+    with pytest.raises(SystemExit, match="--models-from: no pre-trained model of seed 1"):
+        report.run(tmp_path / "work", [1], ("key",), data, models_from=earlier)
+    with pytest.raises(ValueError, match="train_args and corpus_clips must be unset"):
+        report.run(tmp_path / "work", [0], ("key",), data, train_args=("--max-steps", "5"), models_from=earlier)
