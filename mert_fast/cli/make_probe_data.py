@@ -31,33 +31,26 @@ def run(args: argparse.Namespace) -> int:
     from mert_fast.probe.real import make_real_probe_data
 
     real_only = {k: v for k in _REAL_ONLY if (v := getattr(args, k)) not in (None, [])}
+    common = {"seed": args.seed, "sample_rate": args.sample_rate, "format": args.format}
     if args.real:
         real_only.pop("exclude_probe_set", None)
         if "composers" in real_only:
             real_only["composers"] = tuple(c.strip() for c in args.composers.split(",") if c.strip())
+        exclude = excluded_pieces(args.exclude_probe_set)
         manifests = make_real_probe_data(
-            args.out_dir,
-            seed=args.seed,
-            sample_rate=args.sample_rate,
-            seconds=args.seconds or 10.0,
-            format=args.format,
-            exclude_pieces=excluded_pieces(args.exclude_probe_set),
-            **real_only,
+            args.out_dir, seconds=args.seconds or 10.0, exclude_pieces=exclude, **common, **real_only
         )
-        print(f"{args.out_dir}: probe tasks " + ", ".join(f"{n} ({p.name})" for n, p in manifests.items()))
-        return 0
-    if real_only:
+    elif real_only:
         raise SystemExit(f"error: --{next(iter(real_only)).replace('_', '-')} needs --real")
-    manifests = make_probe_data(
-        args.out_dir,
-        seed=args.seed,
-        sample_rate=args.sample_rate,
-        seconds=args.seconds or 2.0,
-        notes_per_cell=args.notes_per_cell,
-        chords_per_cell=args.chords_per_cell,
-        source=args.source,
-        format=args.format,
-    )
+    else:
+        manifests = make_probe_data(
+            args.out_dir,
+            seconds=args.seconds or 2.0,
+            notes_per_cell=args.notes_per_cell,
+            chords_per_cell=args.chords_per_cell,
+            source=args.source,
+            **common,
+        )
     print(f"{args.out_dir}: probe tasks " + ", ".join(f"{name} ({path.name})" for name, path in manifests.items()))
     return 0
 
