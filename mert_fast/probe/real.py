@@ -430,10 +430,11 @@ def probe_set_pieces(probe_dir: str | os.PathLike) -> set[str]:
     return {p["path"] for ps in meta["pieces"].values() for p in ps}
 
 
-def pieces_of_sets(probe_dirs: Iterable[str | os.PathLike]) -> set[str]:
-    """:func:`probe_set_pieces` of every folder of ``probe_dirs`` together (the pieces to leave out of a new set)."""
+def pieces_of_sets(probe_dirs: Iterable[str | os.PathLike], name: str = "probe_dirs") -> set[str]:
+    """:func:`probe_set_pieces` of every folder of ``probe_dirs`` together (the pieces to leave out of a new set);
+    ``name``: the argument an error names."""
     if isinstance(probe_dirs, (str, os.PathLike)):
-        raise TypeError("expected a collection of probe-set folders, not one path")
+        raise TypeError(f"{name} must be a collection of probe-set folders, not one path")
     pieces: set[str] = set()
     for probe_dir in probe_dirs:
         pieces |= probe_set_pieces(probe_dir)
@@ -537,9 +538,7 @@ def make_real_corpus(
     in ``exclude_probe_sets`` (sets made by :func:`make_real_probe_data`). Returns ``out_dir/audio``, the folder to
     train on (``train.py --data``)."""
     check_int("clips", clips, min=1)
-    if isinstance(exclude_probe_sets, (str, os.PathLike)):
-        raise TypeError("exclude_probe_sets must be a collection of probe-set folders, not one path")
-    exclude = pieces_of_sets(exclude_probe_sets)
+    exclude = pieces_of_sets(exclude_probe_sets, "exclude_probe_sets")
     make_real_probe_data(
         out_dir,
         seed=seed,
