@@ -14,7 +14,7 @@ from mert_fast.model.mert import INITIALIZER_RANGE, MERTModel
 
 
 def _config(name: str) -> MERTConfig:
-    return MERTConfig.from_name("mert-v1-95m").shrunk() if name == "tiny" else MERTConfig.from_name(name)
+    return MERTConfig.from_name("mert-v1-95m").shrunk(name) if name in ("tiny", "small") else MERTConfig.from_name(name)
 
 
 def _conv_stds(model: MERTModel, audio: torch.Tensor) -> list[float]:
@@ -26,7 +26,7 @@ def _conv_stds(model: MERTModel, audio: torch.Tensor) -> list[float]:
     return stds
 
 
-@pytest.mark.parametrize("name", ["tiny", "mert-v1-95m"])
+@pytest.mark.parametrize("name", ["tiny", "small", "mert-v1-95m"])
 def test_fresh_model_keeps_its_scale_through_the_conv_front_end(name):
     """Bound: every conv layer's output has a standard deviation in [0.1, 10].
 

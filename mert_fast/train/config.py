@@ -16,14 +16,14 @@ import typing
 from typing import Any
 
 from mert_fast._checks import check_int
-from mert_fast.model.config import PRESETS, MERTConfig
+from mert_fast.model.config import CPU_SIZES, PRESETS, MERTConfig
 
 __all__ = ["CHOICES", "TrainConfig", "add_config_arguments", "config_from_args", "field_docs", "model_config"]
 
 #: The values a field that names one of a few options accepts.
 CHOICES: dict[str, tuple[str, ...]] = {
     "preset": tuple(sorted(PRESETS)),
-    "model_size": ("full", "tiny"),
+    "model_size": ("full", *CPU_SIZES),
     "front_end": ("conv", "logmel"),
     "objective": ("mert", "muq", "data2vec"),
     "teacher_type": ("mel-rvq", "kmeans"),
@@ -37,10 +37,11 @@ class TrainConfig:
     """Everything a pre-training run needs besides the DeepSpeed engine settings (``configs/ds_zero*.json``)."""
 
     preset: str = "tiny"
-    """Model preset (``mert-v1-95m``, ``mert-v1-330m``, ``mert-v0``, ``music2vec-v1``, ``tiny``)."""
+    """Model preset (``mert-v1-95m``, ``mert-v1-330m``, ``mert-v0``, ``music2vec-v1``, ``tiny``, ``small``)."""
     model_size: str = "full"
     """``full``: the preset's model; ``tiny``: the preset's layout, sample rate and recipe with the ``tiny`` preset's
-    sizes (CPU smoke runs and tests of every objective)."""
+    sizes (CPU smoke runs and tests of every objective); ``small``: the same with the ``small`` preset's (4 x 256,
+    the wider student of the longer CPU recipe)."""
     front_end: str = "conv"
     """The student's feature extractor: ``conv`` (the preset's learned conv stack, as MERT) or ``logmel`` (a fixed
     128-band log-mel spectrogram on the same frames, as MuQ feeds its encoder; it learns the codes in minutes on a
@@ -153,7 +154,7 @@ class TrainConfig:
                 f"mixture_seconds must be an increasing pair of positive lengths; got {self.mixture_seconds}"
             )
         if self.model_size not in CHOICES["model_size"]:
-            raise ValueError(f"model_size must be full or tiny; got {self.model_size!r}")
+            raise ValueError(f"model_size must be one of {', '.join(CHOICES['model_size'])}; got {self.model_size!r}")
         if self.front_end not in CHOICES["front_end"]:
             raise ValueError(f"front_end must be conv or logmel; got {self.front_end!r}")
         if self.objective not in CHOICES["objective"]:
@@ -228,10 +229,10 @@ _RECIPES: dict[str, dict[str, Any]] = {
 
 
 def model_config(cfg: TrainConfig) -> MERTConfig:
-    """The student's configuration: the preset's, shrunk to the tiny sizes when ``model_size`` is ``tiny``, with the
-    log-mel front end when ``front_end`` is ``logmel``."""
+    """The student's configuration: the preset's, shrunk to the ``tiny`` or ``small`` sizes when ``model_size`` names
+    one, with the log-mel front end when ``front_end`` is ``logmel``."""
     model_cfg = MERTConfig.from_name(cfg.preset)
-    model_cfg = model_cfg.shrunk() if cfg.model_size == "tiny" else model_cfg
+    model_cfg = model_cfg.shrunk(cfg.model_size) if cfg.model_size != "full" else model_cfg
     return model_cfg.with_logmel_front_end() if cfg.front_end == "logmel" else model_cfg
 
 
