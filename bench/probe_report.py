@@ -157,6 +157,8 @@ def run(
         else:
             pretrained = _trained_model(models_from, seed)
         timings[f"pretrain_s{seed}"] = time.perf_counter() - t0
+        hf = json.loads((pretrained / "config.json").read_text())
+        student = f"{hf['num_hidden_layers']} x {hf['hidden_size']}"
         sources = {"pretrained": str(pretrained), "random": str(_random_init(work, seed, pretrained))}
         sources |= {"cqt": "cqt", "mfcc": "mfcc"}
         for task, manifest in manifests.items():
@@ -177,7 +179,7 @@ def run(
                     weighted_sum[task][name].append(weighted["test"][result["primary_metric"]]["mean"])
                 logger.info("%s %s seed %d: %.4f", task, name, seed, rows[task][name][-1])
     report = {"seeds": seeds, "metrics": metrics, "scores": rows, "chosen_probe": best_layer,
-              "weighted_sum_scores": weighted_sum, "seconds": timings}  # fmt: skip
+              "weighted_sum_scores": weighted_sum, "seconds": timings, "student": student}  # fmt: skip
     report["summary"] = {
         t: {
             s: {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0} for s, v in r.items()
@@ -197,7 +199,8 @@ def run(
 def table(report: dict) -> str:
     """The README table: mean ± std over seeds of the weighted-sum probe's test score."""
     scale = {"accuracy": 100.0, "roc_auc": 100.0, "r2": 1.0}
-    head = "| task (test metric) | pre-trained tiny | random init | pre-trained − random | CQT | MFCC |"
+    student = report.get("student", "2 x 64")  # reports from before it was recorded: the tiny preset's
+    head = f"| task (test metric) | pre-trained ({student}) | random init | pre-trained − random | CQT | MFCC |"
     lines = [head, "|---|---|---|---|---|---|"]
     for task, row in report["summary"].items():
         metric = report["metrics"][task]

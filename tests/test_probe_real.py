@@ -193,6 +193,75 @@ def test_cli_flag(monkeypatch, tmp_path):
     assert seen["seconds"] == 2.0 and "notes_per_cell" in seen  # without --real: the synthetic set, 2 s clips
 
 
+@pytest.fixture(scope="module")
+def ensemble_built(tmp_path_factory, built):
+    """The set of ``built`` with ``ensemble=True``, and the (channel -> program, events) of every render."""
+    import mert_fast.probe.real as real
+
+    out, renders = tmp_path_factory.mktemp("real_ensemble"), []
+    render = real.render_midi
+
+    def recording(events, **kwargs):
+        renders.append((dict(kwargs["programs"]), list(events)))
+        return render(events, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(real, "render_midi", recording)
+        make_real_probe_data(out, seed=3, sample_rate=SR, seconds=SECONDS, composers=("bach",),
+                             pieces_per_composer=3, clips_per_composer=3, ensemble=True)  # fmt: skip
+    return out, renders
+
+
+def test_ensemble_parts_play_instruments_of_their_own(built, ensemble_built):
+    """Each part is rendered on a channel of its own with its family's program; the windows, keys and tempi are
+    the single-instrument set's; ``ensemble.csv`` lists the families of the parts sounding, ``instrument.csv``
+    the top sounding part's; and the audio is not the single-instrument clip's."""
+    from mert_fast.probe.real import FAMILIES
+
+    single, (out, renders) = _meta(built[0]), ensemble_built
+    meta = _meta(out)
+    assert meta["ensemble"] is True and meta["tasks"]["ensemble"]["type"] == "multilabel"
+    tags = {r["path"]: r["label"] for r in _rows(out / "ensemble.csv")}
+    family = {r["path"]: r["label"] for r in _rows(out / "instrument.csv")}
+    assert len(renders) == len(meta["clips"]) == 3  # clip j depends on (seed, composer, j): the first 3 of 6
+    sizes = set()
+    for clip, plain, (programs, events) in zip(meta["clips"], single["clips"][:3], renders, strict=True):
+        for k in ("path", "piece", "key", "semitones", "bpm", "start_q", "notes", "split"):
+            assert clip[k] == plain[k], k
+        part_programs = clip["part_programs"]
+        assert part_programs[0] == plain["program"]  # the top part keeps the single-instrument clip's program
+        part_families = [next(f for f in FAMILIES if p in FAMILY_PROGRAMS[f]) for p in part_programs]
+        assert 2 <= len(set(part_families)) <= 4  # a chorale has 4 parts
+        assert sorted(programs.values()) == sorted(part_programs) and len(programs) == len(part_programs)
+        sounding_programs = {programs[ch] for _, _, ch, _, _ in events}
+        assert {next(f for f in FAMILIES if p in FAMILY_PROGRAMS[f]) for p in sounding_programs} == set(
+            tags[clip["path"]].split(";"))  # fmt: skip
+        assert clip["families"] == tags[clip["path"]].split(";")
+        assert family[clip["path"]] == clip["family"] in clip["families"]
+        sizes.add(len(clip["families"]))
+        x, _ = sf.read(out / clip["path"])
+        y, _ = sf.read(built[0] / plain["path"])
+        assert np.abs(x - y).max() > 0.05
+    assert max(sizes) >= 2
+
+
+def test_ensemble_draw():
+    """Part 0 keeps the clip's family and program; 2 to min(4, parts) families, programs from their families."""
+    from mert_fast.probe.real import _ensemble
+
+    counts = set()
+    for n_parts in range(1, 9):
+        for seed in range(40):
+            families, programs = _ensemble("organ", 19, n_parts, np.random.default_rng(seed))
+            assert len(families) == len(programs) == n_parts
+            assert families[0] == "organ" and programs[0] == 19
+            assert all(p in FAMILY_PROGRAMS[f] for f, p in zip(families, programs, strict=True))
+            k = len(set(families))
+            assert k == 1 if n_parts == 1 else 2 <= k <= min(4, n_parts)
+            counts.add(k)
+    assert counts == {1, 2, 3, 4}
+
+
 def _fake_set(folder: Path, pieces: dict[str, list[str]]) -> Path:
     """A folder that looks like a made real-music set to :func:`probe_set_pieces` (its pieces by composer)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -219,19 +288,22 @@ def test_cli_real_set_options(monkeypatch, tmp_path, capsys):
     out = str(tmp_path / "confirm")
     argv = ["make-probe-data", out, "--real", "--seed", "1", "--composers", "bach, palestrina"]
     argv += ["--pieces-per-composer", "7", "--clips-per-composer", "30"]
-    argv += ["--exclude-probe-set", str(probe), "--exclude-probe-set", str(corpus)]
+    argv += ["--exclude-probe-set", str(probe), "--exclude-probe-set", str(corpus), "--ensemble"]
     assert main(argv) == 0
-    assert seen["composers"] == ("bach", "palestrina") and seen["seed"] == 1
+    assert seen["composers"] == ("bach", "palestrina") and seen["seed"] == 1 and seen["ensemble"] is True
     assert seen["pieces_per_composer"] == 7 and seen["clips_per_composer"] == 30
     assert seen["exclude_pieces"] == {"bach/bwv1.6.mxl", "bach/bwv2.6.mxl", "m/k1.xml"}
     seen.clear()
     assert main(["make-probe-data", out, "--real"]) == 0  # unset options keep the function's defaults
     assert "composers" not in seen and "clips_per_composer" not in seen and seen["exclude_pieces"] == set()
+    assert "ensemble" not in seen
     with pytest.raises(SystemExit, match="--exclude-probe-set: probe_dir: no probe_data.json"):
         main(["make-probe-data", out, "--real", "--exclude-probe-set", str(tmp_path / "nowhere")])
     for flag, value in (("--composers", "bach"), ("--clips-per-composer", "3"), ("--exclude-probe-set", str(probe))):
         with pytest.raises(SystemExit, match=f"{flag} needs --real"):
             main(["make-probe-data", out, flag, value])
+    with pytest.raises(SystemExit, match="--ensemble needs --real"):
+        main(["make-probe-data", out, "--ensemble"])
     with pytest.raises(SystemExit):
         main(["make-probe-data", out, "--real", "--pieces-per-composer", "0"])
     assert "expected a positive integer" in capsys.readouterr().err

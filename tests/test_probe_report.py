@@ -58,7 +58,9 @@ def test_models_from_probes_earlier_models_without_training(report, tmp_path, mo
     earlier = tmp_path / "earlier"
     for seed in (0, 3):
         (earlier / f"pretrain_s{seed}" / "model").mkdir(parents=True)
-        (earlier / f"pretrain_s{seed}" / "model" / "config.json").write_text("{}")
+        (earlier / f"pretrain_s{seed}" / "model" / "config.json").write_text(
+            '{"num_hidden_layers": 4, "hidden_size": 256}'
+        )
     (earlier / "report.json").write_text(json.dumps({"train_args": "--max-steps 9", "corpus_clips": 30, "commit": "c"}))
     data = tmp_path / "data"
     data.mkdir()
@@ -80,6 +82,7 @@ def test_models_from_probes_earlier_models_without_training(report, tmp_path, mo
     assert ("key.csv", str(earlier / "pretrain_s3" / "model"), [3]) in probed
     assert ("key.csv", str(earlier / "pretrain_s0" / "model"), [0]) in probed
     assert out["scores"]["key"]["pretrained"] == [0.25, 0.25]
+    assert out["student"] == "4 x 256" and "| pre-trained (4 x 256) |" in report.table(out)
     assert report._recipe_of(earlier) == {"work": str(earlier), "train_args": "--max-steps 9", "corpus_clips": 30,
                                           "commit": "c"}  # fmt: skip
     with pytest.raises(SystemExit, match="--models-from: no pre-trained model of seed 1"):

@@ -23,14 +23,14 @@ _DESCRIPTION = (
 )
 
 #: The options that only ``--real`` takes.
-_REAL_ONLY = ("composers", "pieces_per_composer", "clips_per_composer", "exclude_probe_set")
+_REAL_ONLY = ("composers", "pieces_per_composer", "clips_per_composer", "exclude_probe_set", "ensemble")
 
 
 def run(args: argparse.Namespace) -> int:
     from mert_fast.probe.dataset import make_probe_data
     from mert_fast.probe.real import make_real_probe_data
 
-    real_only = {k: v for k in _REAL_ONLY if (v := getattr(args, k)) not in (None, [])}
+    real_only = {k: v for k in _REAL_ONLY if (v := getattr(args, k)) not in (None, [], False)}
     common = {"seed": args.seed, "sample_rate": args.sample_rate, "format": args.format}
     if args.real:
         real_only.pop("exclude_probe_set", None)
@@ -81,6 +81,9 @@ def register(commands: argparse._SubParsersAction) -> None:
                    help="with --real: at most this many pieces per composer (default: 40)")  # fmt: skip
     p.add_argument("--clips-per-composer", type=positive_int, default=None,
                    help="with --real: clips per composer, spread over its pieces (default: 120)")  # fmt: skip
+    p.add_argument("--ensemble", action="store_true",
+                   help="with --real: each part on an instrument of its own (2-4 families a clip) and a multi-label "
+                   "ensemble.csv of the families sounding")  # fmt: skip
     add_exclude_probe_set(p, "with --real: leave out every piece of this --real set or make-corpus --real folder, "
                           "e.g. for a fresh confirmation set (repeatable)")  # fmt: skip
     p.add_argument(

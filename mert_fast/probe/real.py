@@ -11,6 +11,7 @@ manifest each (CSV ``path,label,split``, paths relative to ``out_dir``):
 ``instrument.csv`` the family of the GM program that plays the clip (:data:`FAMILY_PROGRAMS`, 7 classes)
 ``program.csv``   the GM program itself (:data:`PROGRAMS`, 20 classes): a finer timbre task than the family
 ``composer.csv``  the composer (:data:`COMPOSERS`)
+``ensemble.csv``  with ``ensemble``: the families sounding in the clip (multi-label, ``;``-separated)
 ================  ==================================================================================
 
 How the labels and clips are made:
@@ -27,6 +28,12 @@ How the labels and clips are made:
   ``instrument.csv``, ``program.csv`` and ``composer.csv`` list every clip.
 - Instrument: the families take turns within each composer (so no composer is tied to a family); the program is
   drawn from the family.
+- Ensembles (``ensemble=True``, ``make-probe-data --real --ensemble``): each part gets an instrument of its own,
+  on a MIDI channel of its own. The score's top part keeps the clip's family and program (in turn as above); 2-4
+  families in all, each playing at least one part, the others drawn from the remaining families. ``instrument.csv``
+  and ``program.csv`` then name the top sounding part's, and ``ensemble.csv`` lists every family sounding in the
+  clip: recognising instruments in a mixture, as MARBLE's instrument task does, where a single instrument's timbre
+  leaves a probe little to gain. Its windows, keys, tempi and velocities are those of the same seed without it.
 - Tempo: scores notate at different note values (Palestrina in half notes, Mozart in sixteenths), so the tempo is
   set from the piece's median time between onsets: each clip draws a target of 0.18-0.40 s between onsets, clamped
   to 40-160 quarter notes per minute.
@@ -115,6 +122,10 @@ _SPLITS = ("train", "valid", "test")
 _IOI_SECONDS = (0.18, 0.40)
 _BPM = (40.0, 160.0)
 _FADE_S = 0.05
+#: MIDI channels an ensemble's parts are played on (channel 9 is General MIDI's drum kit).
+_CHANNELS = tuple(c for c in range(16) if c != 9)
+#: An ensemble clip (``ensemble=True``) has this many families at most (fewer when the piece has fewer parts).
+_MAX_ENSEMBLE_FAMILIES = 4
 
 
 def require_music21():
@@ -283,8 +294,17 @@ def _window(
 
 
 def _render_clip(
-    window: list, spq: float, semitones: int, program: int, rng: np.random.Generator, seconds: float, sr: int, sf2
+    window: list,
+    spq: float,
+    semitones: int,
+    programs: tuple[int, ...],
+    rng: np.random.Generator,
+    seconds: float,
+    sr: int,
+    sf2,
 ) -> np.ndarray:
+    """One clip: every part on MIDI channel 0 with ``programs[0]`` when ``programs`` has one program, else part
+    ``k`` on a channel of its own (:data:`_CHANNELS`) with ``programs[k]``."""
     n_parts = 1 + max((n[3] for n in window), default=0)
     part_velocity = rng.integers(60, 101, n_parts)
     events = []
@@ -295,8 +315,14 @@ def _render_clip(
         while key > 119:
             key -= 12
         velocity = int(np.clip(part_velocity[part] + rng.integers(-6, 7), 1, 127))
-        events.append((onset * spq, dur * spq, 0, key, velocity))
-    x = render_midi(events, tempo=120.0, programs={0: program}, volumes={0: 100}, sample_rate=sr, soundfont=sf2)
+        channel = 0 if len(programs) == 1 else _CHANNELS[part % len(_CHANNELS)]
+        events.append((onset * spq, dur * spq, channel, key, velocity))
+    if len(programs) == 1:
+        channels = {0: programs[0]}
+    else:
+        channels = {_CHANNELS[k % len(_CHANNELS)]: p for k, p in enumerate(programs)}
+    x = render_midi(events, tempo=120.0, programs=channels, volumes=dict.fromkeys(channels, 100), sample_rate=sr,
+                    soundfont=sf2)  # fmt: skip
     total = round(seconds * sr)
     x = np.concatenate([np.asarray(x, dtype=np.float64)[:total], np.zeros(max(0, total - len(x)))])
     fade = min(total, round(_FADE_S * sr))
@@ -305,6 +331,23 @@ def _render_clip(
     if peak > 0:
         x *= float(rng.uniform(0.5, 0.9)) / peak
     return x
+
+
+def _ensemble(family: str, program: int, n_parts: int, rng: np.random.Generator) -> tuple[list[str], tuple[int, ...]]:
+    """The family and GM program of each of ``n_parts`` parts of an ensemble clip: part 0 (the score's top part)
+    keeps ``family`` and ``program``; 2 to :data:`_MAX_ENSEMBLE_FAMILIES` families in all (at most one a part), each
+    playing at least one part, the others drawn from the rest, their programs from their families."""
+    if n_parts < 2:
+        return [family], (program,)
+    others = [FAMILIES[k] for k in rng.permutation(len(FAMILIES)) if FAMILIES[k] != family]
+    n_families = int(rng.integers(2, min(_MAX_ENSEMBLE_FAMILIES, n_parts) + 1))
+    chosen = [family, *others[: n_families - 1]]
+    rest = list(range(1, n_families)) + [int(k) for k in rng.integers(0, n_families, n_parts - n_families)]
+    part_family = [family] + [chosen[k] for k in rng.permutation(rest)]
+    programs = [program] + [
+        int(FAMILY_PROGRAMS[f][int(rng.integers(len(FAMILY_PROGRAMS[f])))]) for f in part_family[1:]
+    ]
+    return part_family, tuple(programs)
 
 
 def _check_args(seed, sample_rate, seconds, composers, pieces_per_composer, clips_per_composer, fmt) -> None:
@@ -344,10 +387,13 @@ def _write_composer_clips(
     seconds: float,
     soundfont: Path,
     fmt: str,
+    ensemble: bool = False,
 ) -> list[dict]:
     """Render and write the ``n_clips`` clips of ``composer`` (spread evenly over its ``pieces``) under
     ``out/audio/<composer>``, and return their records. Each clip is transposed to the next tonic of its
-    (split, mode) in turn, counted in ``turn`` (updated) from ``tonic_start``."""
+    (split, mode) in turn, counted in ``turn`` (updated) from ``tonic_start``. ``ensemble``: each part played by
+    an instrument of its own (:func:`_ensemble`, from a generator of its own, so the windows, keys and tempi are
+    those of the same clip without it)."""
     crc = zlib.crc32(composer.encode())
     family_start = int(np.random.default_rng(np.random.SeedSequence([seed, crc, 4])).integers(len(FAMILIES)))
     (out / "audio" / composer).mkdir(parents=True, exist_ok=True)
@@ -363,7 +409,14 @@ def _write_composer_clips(
         program = int(FAMILY_PROGRAMS[family][int(rng.integers(len(FAMILY_PROGRAMS[family])))])
         spq, start, window = _window(piece, rng, seconds)
         window_key = _key_of_notes(window) if window else None
-        audio = _render_clip(window, spq, semitones, program, rng, seconds, sample_rate, soundfont)
+        programs, families = (program,), [family]
+        if ensemble:
+            ensemble_rng = np.random.default_rng(np.random.SeedSequence([seed, crc, 5, j]))
+            part_family, programs = _ensemble(family, program, piece["parts"], ensemble_rng)
+            sounding = sorted({n[3] for n in window}) or [0]
+            family, program = part_family[sounding[0]], programs[sounding[0]]
+            families = sorted({part_family[k] for k in sounding}, key=FAMILIES.index)
+        audio = _render_clip(window, spq, semitones, programs, rng, seconds, sample_rate, soundfont)
         rel = f"audio/{composer}/{composer}_{j:05d}.{fmt}"
         sf.write(out / rel, audio, sample_rate, format=fmt.upper(), subtype="PCM_16")
         own = key_name(*_key_of(window_key)) if window_key is not None else None
@@ -379,6 +432,7 @@ def _write_composer_clips(
             "window_key_agrees": own == piece["key"],
             "family": family,
             "program": program,
+            **({"families": families, "part_programs": list(programs)} if ensemble else {}),
             "bpm": round(60.0 / spq, 3),
             "start_q": round(start, 4),
             "notes": len(window),
@@ -388,13 +442,16 @@ def _write_composer_clips(
 
 def _task_rows(clips: list[dict]) -> dict[str, list[tuple[str, str, str]]]:
     """The ``(path, label, split)`` rows of each task. Key clips are those whose window agrees with the piece's
-    key; valid/test clips of a key absent from train are left out."""
+    key; valid/test clips of a key absent from train are left out. Ensemble clips also give ``ensemble`` rows,
+    the families sounding in the clip joined by ``;`` (multi-label)."""
     rows = {
         "key": [(c["path"], c["key"], c["split"]) for c in clips if c["window_key_agrees"]],
         "instrument": [(c["path"], c["family"], c["split"]) for c in clips],
         "program": [(c["path"], PROGRAM_NAMES[c["program"]], c["split"]) for c in clips],
         "composer": [(c["path"], c["composer"], c["split"]) for c in clips],
     }
+    if clips and "families" in clips[0]:
+        rows["ensemble"] = [(c["path"], ";".join(c["families"]), c["split"]) for c in clips]
     train_keys = {label for _, label, split in rows["key"] if split == "train"}
     unseen = [r for r in rows["key"] if r[2] != "train" and r[1] not in train_keys]
     if unseen:  # a probe cannot score a class it never trained on
@@ -452,6 +509,7 @@ def make_real_probe_data(
     clips_per_composer: int = 120,
     format: str = "flac",  # noqa: A002  (mirrors make_probe_data and the CLI's --format)
     exclude_pieces: Iterable[str] = (),
+    ensemble: bool = False,
 ) -> dict[str, Path]:
     """Write the real-music probe set (see the module docstring) into ``out_dir``.
 
@@ -466,9 +524,12 @@ def make_real_probe_data(
         format: ``"flac"`` or ``"wav"`` (16-bit PCM, mono).
         exclude_pieces: music21 corpus paths never to use (e.g. :func:`probe_set_pieces` of a probe set, so that a
             pre-training corpus made with this function shares no piece with it).
+        ensemble: play each part of a clip on an instrument of its own, 2-4 families a clip (the module docstring's
+            "Ensembles"); adds the multi-label ``ensemble`` task.
 
     Returns:
-        The manifests by task: ``key``, ``instrument``, ``program`` and ``composer`` (``out_dir/<task>.csv``).
+        The manifests by task: ``key``, ``instrument``, ``program`` and ``composer`` (``out_dir/<task>.csv``), and
+        ``ensemble`` when ``ensemble``.
 
     Raises:
         ImportError: music21 is not installed (the message says how to install it).
@@ -476,6 +537,8 @@ def make_real_probe_data(
         RuntimeError: fluidsynth ran but failed.
     """
     _check_args(seed, sample_rate, seconds, composers, pieces_per_composer, clips_per_composer, format)
+    if not isinstance(ensemble, bool):
+        raise TypeError(f"ensemble must be a bool; got {ensemble!r}")
     if isinstance(exclude_pieces, str):
         raise TypeError("exclude_pieces must be a collection of music21 corpus paths, not one string")
     exclude = frozenset(exclude_pieces)
@@ -492,7 +555,7 @@ def make_real_probe_data(
     turn = {(s, m): 0 for s in _SPLITS for m in MODES}
     clips = []
     for composer in composers:
-        clip_args = (seed, tonic_start, turn, sample_rate, float(seconds), soundfont, format)
+        clip_args = (seed, tonic_start, turn, sample_rate, float(seconds), soundfont, format, ensemble)
         clips += _write_composer_clips(out, composer, pieces[composer], clips_per_composer, *clip_args)
         logger.info("%s: %d clips written (%.0f s)", composer, clips_per_composer, time.perf_counter() - t0)
     manifests, counts = _write_task_manifests(out, _task_rows(clips))
@@ -513,7 +576,13 @@ def make_real_probe_data(
             "instrument": {"manifest": "instrument.csv", "type": "multiclass", "labels": list(FAMILIES)},
             "program": {"manifest": "program.csv", "type": "multiclass", "labels": list(PROGRAMS)},
             "composer": {"manifest": "composer.csv", "type": "multiclass", "labels": list(composers)},
-        },
+        }
+        | (
+            {"ensemble": {"manifest": "ensemble.csv", "type": "multilabel", "labels": list(FAMILIES)}}
+            if ensemble
+            else {}
+        ),
+        "ensemble": ensemble,
         "counts": counts,
         "pieces": {c: [{k: v for k, v in p.items() if k != "notes"} for p in ps] for c, ps in pieces.items()},
         "clips": clips,
