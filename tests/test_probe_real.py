@@ -246,11 +246,12 @@ def test_ensemble_parts_play_instruments_of_their_own(built, ensemble_built):
 
 
 def test_ensemble_draw():
-    """Part 0 keeps the clip's family and program; 2 to min(4, parts) families, programs from their families."""
+    """Part 0 keeps the clip's family and program; 2 to min(4, parts) families, programs from their families; a
+    piece with more parts than MIDI channels doubles the first 15."""
     from mert_fast.probe.real import _ensemble
 
     counts = set()
-    for n_parts in range(1, 9):
+    for n_parts in (*range(1, 9), 16, 21):
         for seed in range(40):
             families, programs = _ensemble("organ", 19, n_parts, np.random.default_rng(seed))
             assert len(families) == len(programs) == n_parts
@@ -259,6 +260,8 @@ def test_ensemble_draw():
             k = len(set(families))
             assert k == 1 if n_parts == 1 else 2 <= k <= min(4, n_parts)
             counts.add(k)
+            # parts 15 apart share a MIDI channel, so they share the program too
+            assert all(programs[j] == programs[j % 15] for j in range(n_parts))
     assert counts == {1, 2, 3, 4}
 
 

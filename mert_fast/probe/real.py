@@ -304,7 +304,8 @@ def _render_clip(
     sf2,
 ) -> np.ndarray:
     """One clip: every part on MIDI channel 0 with ``programs[0]`` when ``programs`` has one program, else part
-    ``k`` on a channel of its own (:data:`_CHANNELS`) with ``programs[k]``."""
+    ``k`` on channel ``_CHANNELS[k % 15]`` with ``programs[k]`` (parts 15 channels apart have one program: see
+    :func:`_ensemble`)."""
     n_parts = 1 + max((n[3] for n in window), default=0)
     part_velocity = rng.integers(60, 101, n_parts)
     events = []
@@ -339,14 +340,18 @@ def _ensemble(family: str, program: int, n_parts: int, rng: np.random.Generator)
     playing at least one part, the others drawn from the rest, their programs from their families."""
     if n_parts < 2:
         return [family], (program,)
+    drawn = min(n_parts, len(_CHANNELS))
     others = [FAMILIES[k] for k in rng.permutation(len(FAMILIES)) if FAMILIES[k] != family]
-    n_families = int(rng.integers(2, min(_MAX_ENSEMBLE_FAMILIES, n_parts) + 1))
+    n_families = int(rng.integers(2, min(_MAX_ENSEMBLE_FAMILIES, drawn) + 1))
     chosen = [family, *others[: n_families - 1]]
-    rest = list(range(1, n_families)) + [int(k) for k in rng.integers(0, n_families, n_parts - n_families)]
+    rest = list(range(1, n_families)) + [int(k) for k in rng.integers(0, n_families, drawn - n_families)]
     part_family = [family] + [chosen[k] for k in rng.permutation(rest)]
     programs = [program] + [
         int(FAMILY_PROGRAMS[f][int(rng.integers(len(FAMILY_PROGRAMS[f])))]) for f in part_family[1:]
     ]
+    # more parts than MIDI channels: part k doubles part k mod 15, which shares its channel (_render_clip)
+    part_family += [part_family[k % drawn] for k in range(drawn, n_parts)]
+    programs += [programs[k % drawn] for k in range(drawn, n_parts)]
     return part_family, tuple(programs)
 
 
