@@ -196,17 +196,17 @@ def test_cli_flag(monkeypatch, tmp_path):
 @pytest.fixture(scope="module")
 def ensemble_built(tmp_path_factory, built):
     """The set of ``built`` with ``ensemble=True``, and the (channel -> program, events) of every render."""
-    import mert_fast.probe.real as real
+    import mert_fast.probe.real_render as real_render
 
     out, renders = tmp_path_factory.mktemp("real_ensemble"), []
-    render = real.render_midi
+    render = real_render.render_midi
 
     def recording(events, **kwargs):
         renders.append((dict(kwargs["programs"]), list(events)))
         return render(events, **kwargs)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(real, "render_midi", recording)
+        mp.setattr(real_render, "render_midi", recording)
         make_real_probe_data(out, seed=3, sample_rate=SR, seconds=SECONDS, composers=("bach",),
                              pieces_per_composer=3, clips_per_composer=3, ensemble=True)  # fmt: skip
     return out, renders
@@ -216,7 +216,7 @@ def test_ensemble_parts_play_instruments_of_their_own(built, ensemble_built):
     """Each part is rendered on a channel of its own with its family's program; the windows, keys and tempi are
     the single-instrument set's; ``ensemble.csv`` lists the families of the parts sounding, ``instrument.csv``
     the top sounding part's; and the audio is not the single-instrument clip's."""
-    from mert_fast.probe.real import FAMILIES
+    from mert_fast.probe.real_render import FAMILIES
 
     single, (out, renders) = _meta(built[0]), ensemble_built
     meta = _meta(out)
@@ -248,12 +248,12 @@ def test_ensemble_parts_play_instruments_of_their_own(built, ensemble_built):
 def test_ensemble_draw():
     """Part 0 keeps the clip's family and program; 2 to min(4, parts) families, programs from their families; a
     piece with more parts than MIDI channels doubles the first 15."""
-    from mert_fast.probe.real import _ensemble
+    from mert_fast.probe.real_render import ensemble_parts
 
     counts = set()
     for n_parts in (*range(1, 9), 16, 21):
         for seed in range(40):
-            families, programs = _ensemble("organ", 19, n_parts, np.random.default_rng(seed))
+            families, programs = ensemble_parts("organ", 19, n_parts, np.random.default_rng(seed))
             assert len(families) == len(programs) == n_parts
             assert families[0] == "organ" and programs[0] == 19
             assert all(p in FAMILY_PROGRAMS[f] for f, p in zip(families, programs, strict=True))

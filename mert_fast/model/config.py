@@ -393,7 +393,7 @@ PRESETS: dict[str, MERTConfig] = {
         # on the CPU, attention dropout regenerates its counter-based mask in PyTorch (slow); the demo trains without
         attention_dropout=0.0,
     ),
-    # the CPU recipe's wider student: 4 x 256 (3.2M parameters in the encoder), still minutes a thousand steps
+    # the CPU recipe's wider student: 4 x 256 (3.5M parameters with the log-mel front end), minutes a thousand steps
     "small": MERTConfig(
         hidden_size=256,
         num_hidden_layers=4,

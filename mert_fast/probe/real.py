@@ -68,7 +68,16 @@ import numpy as np
 import soundfile as sf
 
 from mert_fast._checks import check_float, check_int
-from mert_fast.synth.midi import fluidsynth_soundfont, render_midi
+from mert_fast.probe.real_render import (
+    FAMILIES,
+    FAMILY_PROGRAMS,
+    PROGRAM_NAMES,
+    PROGRAMS,
+    clip_window,
+    ensemble_parts,
+    render_clip,
+)
+from mert_fast.synth.midi import fluidsynth_soundfont
 
 __all__ = [
     "COMPOSERS",
@@ -91,41 +100,12 @@ COMPOSERS = ("bach", "palestrina", "monteverdi", "mozart")
 #: Composers of a real-music pre-training corpus (``mert-fast make-corpus --real``): Bach chorales other than the
 #: probe set's, Haydn string quartets and trecento songs (at seed 7: 40, 9 and 29 usable pieces).
 CORPUS_COMPOSERS = ("bach", "haydn", "trecento")
-#: General MIDI programs (0-based) of each instrument family; families chosen to sound clearly different.
-FAMILY_PROGRAMS = {
-    "keyboard": (0, 1, 2),
-    "organ": (19, 20),
-    "guitar": (24, 25),
-    "strings": (40, 42, 48, 49),
-    "brass": (56, 57, 61),
-    "woodwinds": (68, 70, 73, 74),
-    "mallets": (11, 12),
-}
-FAMILIES = tuple(FAMILY_PROGRAMS)
-#: The label of each program of :data:`FAMILY_PROGRAMS` in ``program.csv`` (General MIDI's names, shortened).
-PROGRAM_NAMES = {
-    0: "acoustic grand piano", 1: "bright acoustic piano", 2: "electric grand piano",
-    19: "church organ", 20: "reed organ",
-    24: "nylon guitar", 25: "steel guitar",
-    40: "violin", 42: "cello", 48: "string ensemble 1", 49: "string ensemble 2",
-    56: "trumpet", 57: "trombone", 61: "brass section",
-    68: "oboe", 70: "bassoon", 73: "flute", 74: "recorder",
-    11: "vibraphone", 12: "marimba",
-}  # fmt: skip
-PROGRAMS = tuple(PROGRAM_NAMES[p] for ps in FAMILY_PROGRAMS.values() for p in ps)
 PITCH_CLASSES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
 MODES = ("major", "minor")
 #: The 24 key labels, ``"<tonic> <mode>"`` with sharp names.
 KEYS = tuple(f"{pc} {mode}" for mode in MODES for pc in PITCH_CLASSES)
 _SUFFIXES = (".mxl", ".krn", ".xml", ".musicxml")
 _SPLITS = ("train", "valid", "test")
-_IOI_SECONDS = (0.18, 0.40)
-_BPM = (40.0, 160.0)
-_FADE_S = 0.05
-#: MIDI channels an ensemble's parts are played on (channel 9 is General MIDI's drum kit).
-_CHANNELS = tuple(c for c in range(16) if c != 9)
-#: An ensemble clip (``ensemble=True``) has this many families at most (fewer when the piece has fewer parts).
-_MAX_ENSEMBLE_FAMILIES = 4
 
 
 def require_music21():
@@ -271,90 +251,6 @@ def _piece_splits(seed: int, composer: str, n: int) -> list[str]:
     return [names[k] for k in order]
 
 
-def _window(
-    piece: dict, rng: np.random.Generator, seconds: float
-) -> tuple[float, float, list[tuple[float, float, int, int]]]:
-    """Tempo (seconds per quarter), window start (quarters) and the notes of one window, in quarters from its start."""
-    target = float(rng.uniform(*_IOI_SECONDS))
-    bpm = float(np.clip(60.0 * piece["median_ioi_q"] / target, *_BPM))
-    spq = 60.0 / bpm
-    span_q = seconds / spq
-    onsets = np.unique([n[0] for n in piece["notes"]])
-    starts = onsets[onsets <= max(0.0, piece["length_q"] - span_q)]
-    start = float(starts[int(rng.integers(len(starts)))]) if len(starts) else 0.0
-    window = []
-    for onset, dur, midi, part in piece["notes"]:
-        if onset >= start + span_q:
-            break
-        end = min(onset + dur, start + span_q)
-        if end > start:
-            begin = max(onset, start)
-            window.append((begin - start, end - begin, midi, part))
-    return spq, start, window
-
-
-def _render_clip(
-    window: list,
-    spq: float,
-    semitones: int,
-    programs: tuple[int, ...],
-    rng: np.random.Generator,
-    seconds: float,
-    sr: int,
-    sf2,
-) -> np.ndarray:
-    """One clip: every part on MIDI channel 0 with ``programs[0]`` when ``programs`` has one program, else part
-    ``k`` on channel ``_CHANNELS[k % 15]`` with ``programs[k]`` (parts 15 channels apart have one program: see
-    :func:`_ensemble`)."""
-    n_parts = 1 + max((n[3] for n in window), default=0)
-    part_velocity = rng.integers(60, 101, n_parts)
-    events = []
-    for onset, dur, midi, part in window:
-        key = midi + semitones
-        while key < 12:
-            key += 12
-        while key > 119:
-            key -= 12
-        velocity = int(np.clip(part_velocity[part] + rng.integers(-6, 7), 1, 127))
-        channel = 0 if len(programs) == 1 else _CHANNELS[part % len(_CHANNELS)]
-        events.append((onset * spq, dur * spq, channel, key, velocity))
-    if len(programs) == 1:
-        channels = {0: programs[0]}
-    else:
-        channels = {_CHANNELS[k % len(_CHANNELS)]: p for k, p in enumerate(programs)}
-    x = render_midi(events, tempo=120.0, programs=channels, volumes=dict.fromkeys(channels, 100), sample_rate=sr,
-                    soundfont=sf2)  # fmt: skip
-    total = round(seconds * sr)
-    x = np.concatenate([np.asarray(x, dtype=np.float64)[:total], np.zeros(max(0, total - len(x)))])
-    fade = min(total, round(_FADE_S * sr))
-    x[total - fade :] *= np.linspace(1.0, 0.0, fade)
-    peak = float(np.abs(x).max())
-    if peak > 0:
-        x *= float(rng.uniform(0.5, 0.9)) / peak
-    return x
-
-
-def _ensemble(family: str, program: int, n_parts: int, rng: np.random.Generator) -> tuple[list[str], tuple[int, ...]]:
-    """The family and GM program of each of ``n_parts`` parts of an ensemble clip: part 0 (the score's top part)
-    keeps ``family`` and ``program``; 2 to :data:`_MAX_ENSEMBLE_FAMILIES` families in all (at most one a part), each
-    playing at least one part, the others drawn from the rest, their programs from their families."""
-    if n_parts < 2:
-        return [family], (program,)
-    drawn = min(n_parts, len(_CHANNELS))
-    others = [FAMILIES[k] for k in rng.permutation(len(FAMILIES)) if FAMILIES[k] != family]
-    n_families = int(rng.integers(2, min(_MAX_ENSEMBLE_FAMILIES, drawn) + 1))
-    chosen = [family, *others[: n_families - 1]]
-    rest = list(range(1, n_families)) + [int(k) for k in rng.integers(0, n_families, drawn - n_families)]
-    part_family = [family] + [chosen[k] for k in rng.permutation(rest)]
-    programs = [program] + [
-        int(FAMILY_PROGRAMS[f][int(rng.integers(len(FAMILY_PROGRAMS[f])))]) for f in part_family[1:]
-    ]
-    # more parts than MIDI channels: part k doubles part k mod 15, which shares its channel (_render_clip)
-    part_family += [part_family[k % drawn] for k in range(drawn, n_parts)]
-    programs += [programs[k % drawn] for k in range(drawn, n_parts)]
-    return part_family, tuple(programs)
-
-
 def _check_args(seed, sample_rate, seconds, composers, pieces_per_composer, clips_per_composer, fmt) -> None:
     for name, value in (
         ("seed", seed),
@@ -397,8 +293,8 @@ def _write_composer_clips(
     """Render and write the ``n_clips`` clips of ``composer`` (spread evenly over its ``pieces``) under
     ``out/audio/<composer>``, and return their records. Each clip is transposed to the next tonic of its
     (split, mode) in turn, counted in ``turn`` (updated) from ``tonic_start``. ``ensemble``: each part played by
-    an instrument of its own (:func:`_ensemble`, from a generator of its own, so the windows, keys and tempi are
-    those of the same clip without it)."""
+    an instrument of its own (:func:`~mert_fast.probe.real_render.ensemble_parts`, from a generator of its own,
+    so the windows, keys and tempi are those of the same clip without it)."""
     crc = zlib.crc32(composer.encode())
     family_start = int(np.random.default_rng(np.random.SeedSequence([seed, crc, 4])).integers(len(FAMILIES)))
     (out / "audio" / composer).mkdir(parents=True, exist_ok=True)
@@ -412,16 +308,16 @@ def _write_composer_clips(
         semitones = (tonic - piece["tonic"] + 6) % 12 - 6
         family = FAMILIES[(family_start + j) % len(FAMILIES)]
         program = int(FAMILY_PROGRAMS[family][int(rng.integers(len(FAMILY_PROGRAMS[family])))])
-        spq, start, window = _window(piece, rng, seconds)
+        spq, start, window = clip_window(piece, rng, seconds)
         window_key = _key_of_notes(window) if window else None
         programs, families = (program,), [family]
         if ensemble:
             ensemble_rng = np.random.default_rng(np.random.SeedSequence([seed, crc, 5, j]))
-            part_family, programs = _ensemble(family, program, piece["parts"], ensemble_rng)
+            part_family, programs = ensemble_parts(family, program, piece["parts"], ensemble_rng)
             sounding = sorted({n[3] for n in window}) or [0]
             family, program = part_family[sounding[0]], programs[sounding[0]]
             families = sorted({part_family[k] for k in sounding}, key=FAMILIES.index)
-        audio = _render_clip(window, spq, semitones, programs, rng, seconds, sample_rate, soundfont)
+        audio = render_clip(window, spq, semitones, programs, rng, seconds, sample_rate, soundfont)
         rel = f"audio/{composer}/{composer}_{j:05d}.{fmt}"
         sf.write(out / rel, audio, sample_rate, format=fmt.upper(), subtype="PCM_16")
         own = key_name(*_key_of(window_key)) if window_key is not None else None
