@@ -367,6 +367,12 @@ def test_make_corpus_real_flag(monkeypatch, tmp_path, capsys):
     assert seen["composers"] == real.CORPUS_COMPOSERS and seen["clips_per_composer"] == 4  # 10 over 3, rounded up
     assert seen["exclude_pieces"] == {"bach/bwv1.6.mxl", "bach/bwv2.6.mxl", "m/k1.xml"}
     assert f"{out / 'audio'}: 12 clips of 8 s of rendered scores (3 pieces excluded)" in capsys.readouterr().out
+    assert seen["ensemble"] is False
+    assert main(["make-corpus", str(tmp_path / "mix"), "--real", "--clips", "3", "--ensemble"]) == 0
+    assert seen["ensemble"] is True and seen["clips_per_composer"] == 1 and seen["exclude_pieces"] == set()
+    assert "3 clips of 8 s of ensembles of rendered scores (0 pieces excluded)" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="--ensemble needs --real"):
+        main(["make-corpus", str(out), "--ensemble"])
     with pytest.raises(SystemExit, match="--exclude-probe-set: probe_dir: no probe_data.json"):
         main(["make-corpus", str(out), "--real", "--exclude-probe-set", str(tmp_path / "nowhere")])
     with pytest.raises(SystemExit, match="--exclude-probe-set needs --real"):

@@ -21,7 +21,8 @@ _DESCRIPTION = (
     "Clip i depends on (--seed, i) only. Uses fluidsynth with a General MIDI soundfont when both are installed "
     "(--source auto), else the built-in numpy synthesizer. --real renders public-domain scores of music21's corpus "
     "instead (Bach chorales, Haydn quartets, trecento songs; 10 s clips under OUT_DIR/audio: train with "
-    "--data OUT_DIR/audio); --exclude-probe-set leaves out every piece of a make-probe-data --real set."
+    "--data OUT_DIR/audio); --exclude-probe-set leaves out every piece of a make-probe-data --real set, and "
+    "--ensemble plays every part on an instrument of its own."
 )
 
 
@@ -30,8 +31,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.real:
         return _run_real(args)
-    if args.exclude_probe_set:
-        raise SystemExit("error: --exclude-probe-set needs --real")
+    for flag in ("exclude_probe_set", "ensemble"):
+        if getattr(args, flag):
+            raise SystemExit(f"error: --{flag.replace('_', '-')} needs --real")
     paths = make_corpus(
         args.out_dir,
         n_clips=args.clips,
@@ -57,10 +59,12 @@ def _run_real(args: argparse.Namespace) -> int:
         sample_rate=args.sample_rate,
         seconds=args.seconds,
         format=args.format,
+        ensemble=args.ensemble,
     )
     meta = json.loads((audio.parent / "probe_data.json").read_text(encoding="utf-8"))
     excluded = len(meta["excluded_pieces"])
-    print(f"{audio}: {len(meta['clips'])} clips of {args.seconds:g} s of rendered scores ({excluded} pieces excluded)")
+    kind = "ensembles of rendered scores" if args.ensemble else "rendered scores"
+    print(f"{audio}: {len(meta['clips'])} clips of {args.seconds:g} s of {kind} ({excluded} pieces excluded)")
     return 0
 
 
@@ -82,6 +86,12 @@ def register(commands: argparse._SubParsersAction) -> None:
         action="store_true",
         help="render music21's public-domain scores with fluidsynth (needs pip install 'mert_fast[probe]', the "
         "fluidsynth program and a GM soundfont); --clips is split evenly over the composers",
+    )
+    p.add_argument(
+        "--ensemble",
+        action="store_true",
+        help="with --real: each part on an instrument of its own (2-4 instrument families a clip) instead of one "
+        "instrument a clip",
     )
     add_exclude_probe_set(p, "with --real: leave out every piece of this make-probe-data --real set (repeatable)")
     add_render_options(

@@ -502,11 +502,13 @@ def make_real_corpus(
     seconds: float = 10.0,
     sample_rate: int = 24000,
     format: str = "flac",  # noqa: A002  (mirrors make_real_probe_data)
+    ensemble: bool = False,
 ) -> Path:
     """A real-music pre-training corpus (``mert-fast make-corpus --real``): :func:`make_real_probe_data` over
     :data:`CORPUS_COMPOSERS`, ``clips`` split evenly over them (rounded up), leaving out every piece of each folder
-    in ``exclude_probe_sets`` (sets made by :func:`make_real_probe_data`). Returns ``out_dir/audio``, the folder to
-    train on (``train.py --data``)."""
+    in ``exclude_probe_sets`` (sets made by :func:`make_real_probe_data`). ``ensemble``: every part on an instrument
+    of its own (mixtures of 2-4 families; the same pieces, windows, keys and tempi as without it). Returns
+    ``out_dir/audio``, the folder to train on (``train.py --data``)."""
     check_int("clips", clips, min=1)
     exclude = pieces_of_sets(exclude_probe_sets, "exclude_probe_sets")
     make_real_probe_data(
@@ -518,5 +520,6 @@ def make_real_corpus(
         clips_per_composer=-(-clips // len(CORPUS_COMPOSERS)),
         format=format,
         exclude_pieces=exclude,
+        ensemble=ensemble,
     )
     return Path(out_dir) / "audio"
