@@ -53,3 +53,24 @@ def test_plain_python_single_process_with_profile(pretrain_data, tmp_path):
     model = MERTModel.from_pretrained(out / "model")
     with torch.no_grad():
         assert torch.isfinite(model(0.1 * torch.randn(1, 8000)).last_hidden_state).all()
+
+
+def test_frozen_feature_projection_stays_at_its_initialisation(pretrain_data, tmp_path):
+    """--freeze-feature-projection: after 5 steps the input projection is bit for bit the student's initialisation
+    (``torch.manual_seed(seed); MERTModel(config)``, as the trainer builds it) while the encoder has moved."""
+    from mert_fast.model.mert import MERTModel
+
+    out = tmp_path / "frozen"
+    extra = ("--freeze-feature-projection", "--precision", "fp32")
+    run([sys.executable, str(ROOT / "train.py")] + train_args(pretrain_data, out, 5, *extra), tmp_path)
+    trained = MERTModel.from_pretrained(out / "model")
+    torch.manual_seed(0)
+    init = MERTModel(trained.config)
+    frozen = dict(init.feature_projection.named_parameters())
+    assert frozen, "the projection has parameters to freeze"
+    for name, param in trained.feature_projection.named_parameters():
+        torch.testing.assert_close(param, frozen[name], rtol=0, atol=0, msg=f"feature_projection.{name} moved")
+    moved = [
+        n for n, p in trained.encoder.named_parameters() if not torch.equal(p, dict(init.encoder.named_parameters())[n])
+    ]
+    assert len(moved) > len(list(trained.encoder.parameters())) // 2, moved

@@ -33,3 +33,18 @@ def test_an_unknown_size_is_an_error_naming_the_choices():
         TrainConfig.from_preset("tiny", model_size="huge")
     with pytest.raises(ValueError, match=r"size must be one of tiny, small; got 'full'"):
         MERTConfig.from_name("mert-v1-95m").shrunk("full")
+
+
+def test_freeze_feature_projection_is_a_switch():
+    import argparse
+
+    from mert_fast.train.config import add_config_arguments, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser)
+    assert config_from_args(parser.parse_args([])).freeze_feature_projection is False
+    assert config_from_args(parser.parse_args(["--freeze-feature-projection"])).freeze_feature_projection is True
+    with pytest.raises(SystemExit):  # a switch takes no value
+        parser.parse_args(["--freeze-feature-projection", "no"])
+    with pytest.raises(TypeError, match="freeze_feature_projection must be a bool; got 'no'"):
+        TrainConfig.from_preset("tiny", freeze_feature_projection="no")

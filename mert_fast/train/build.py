@@ -114,6 +114,8 @@ def build_objective(
         cqt_teacher = CQTTeacher(model_cfg.sample_rate, hop_length=model_cfg.hop_length, n_bins=n_bins).to(dist.device)
     torch.manual_seed(cfg.seed)
     student = MERTModel(model_cfg)
+    if cfg.freeze_feature_projection:
+        student.feature_projection.requires_grad_(False)
     if cfg.objective == "data2vec":
         return Data2VecObjective(cfg, model_cfg, student, dist.device), student, None
     if cfg.objective == "muq":

@@ -79,6 +79,10 @@ class TrainConfig:
     """Gradient-norm clipping (330M: 1.0)."""
     feature_grad_mult: float = 0.1
     """Gradient scale into the conv feature encoder (330M: 1.0)."""
+    freeze_feature_projection: bool = False
+    """Keep the student's input projection (the LayerNorm and Linear from the front end's features to the hidden
+    size) at its initialisation, so the encoder learns on a fixed random view of its features (a diagnostic: where
+    pre-training spends the input projection)."""
     mask_prob: float = 0.8
     """Probability mass of span starts (fairseq compute_mask_indices)."""
     mask_length: int = 5
@@ -172,6 +176,8 @@ class TrainConfig:
             raise ValueError(f"val_fraction must be in [0, 1); got {self.val_fraction}")
         if self.keep_last < 1:
             raise ValueError(f"keep_last must be >= 1; got {self.keep_last}")
+        if not isinstance(self.freeze_feature_projection, bool):
+            raise TypeError(f"freeze_feature_projection must be a bool; got {self.freeze_feature_projection!r}")
         if self.clip_grad < 0 or self.feature_grad_mult < 0:
             raise ValueError("clip_grad and feature_grad_mult must be >= 0")
 
@@ -281,10 +287,14 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> dict[str, str]:
         options = dict(_FLAG_OPTIONS.get(field.name, {}))
         names = options.pop("flags", ("--" + field.name.replace("_", "-"),))
         value_type, nargs = _value_type(hints[field.name])
+        help_text = docs[field.name].replace("``", "").replace("%", "%%")
+        if value_type is bool:  # a switch: given sets True, absent leaves the preset's value
+            parser.add_argument(*names, dest=field.name, action="store_const", const=True, help=help_text)
+            flags[field.name] = names[0]
+            continue
         options.setdefault("nargs", nargs)
         options.setdefault("choices", CHOICES.get(field.name))
         options.setdefault("metavar", None if field.name in CHOICES else field.name.upper())
-        help_text = docs[field.name].replace("``", "").replace("%", "%%")
         parser.add_argument(*names, dest=field.name, type=value_type, help=help_text, **options)
         flags[field.name] = names[0]
     return flags
