@@ -20,6 +20,9 @@ features do not depend on the seed; only their probes do.
         --clips-per-composer 800 --exclude-probe-set /tmp/real_long/data --exclude-probe-set /tmp/real_long/corpus
     python bench/probe_report.py --work /tmp/real_long_confirm --data /tmp/confirm --tasks key \
         --models-from /tmp/real_long
+    # pre-training on mixtures (make-corpus --real --ensemble), probed on an ensemble set
+    python bench/probe_report.py --work /tmp/ensemble_mix --data ENSEMBLE --tasks instrument,ensemble,key \
+        --corpus-clips 300 --corpus-ensemble --train-args "--loss-weights 10 50"
 
 Writes ``WORK/report.json`` and ``WORK/report.md`` (the README table); ``--out FILE`` copies the JSON (the
 committed ``bench/results/cpu/probe_report.json``). Finished steps are reused when the script is run again.
