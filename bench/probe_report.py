@@ -77,7 +77,7 @@ def _corpus_args(
         make_real_corpus(audio.parent, clips, exclude_probe_sets=[data], ensemble=ensemble)
     elif json.loads(meta.read_text()).get("ensemble", False) != ensemble:
         kind = "an ensemble" if ensemble else "a single-instrument"
-        raise ValueError(f"{audio.parent} holds a corpus of the other kind; asked for {kind} corpus: use another work")
+        raise ValueError(f"{audio.parent} holds a corpus of the other kind; asked for {kind} corpus (use another WORK)")
     args = {seed: (*train_args, "--data", str(audio)) for seed in seeds}
     if "--teacher" not in train_args:
         teacher = work / f"pretrain_s{seeds[0]}" / "teacher"
