@@ -70,7 +70,6 @@ def test_frozen_feature_projection_stays_at_its_initialisation(pretrain_data, tm
     assert frozen, "the projection has parameters to freeze"
     for name, param in trained.feature_projection.named_parameters():
         torch.testing.assert_close(param, frozen[name], rtol=0, atol=0, msg=f"feature_projection.{name} moved")
-    moved = [
-        n for n, p in trained.encoder.named_parameters() if not torch.equal(p, dict(init.encoder.named_parameters())[n])
-    ]
+    start = dict(init.encoder.named_parameters())
+    moved = [n for n, p in trained.encoder.named_parameters() if not torch.equal(p, start[n])]
     assert len(moved) > len(list(trained.encoder.parameters())) // 2, moved
