@@ -10,7 +10,14 @@ import torch
 
 from mert_fast.model.config import MERTConfig
 from mert_fast.model.mert import MERTModel
-from mert_fast.model.teachers import CQTTeacher, MelRVQTeacher, fit_kmeans_teacher, fit_mel_rvq, load_teacher
+from mert_fast.model.teachers import (
+    CQTTeacher,
+    MelRVQTeacher,
+    MFCCTeacher,
+    fit_kmeans_teacher,
+    fit_mel_rvq,
+    load_teacher,
+)
 from mert_fast.train.config import TrainConfig
 from mert_fast.train.corpus import AudioCorpus, hold_out, list_audio
 from mert_fast.train.engine import DistributedInfo
@@ -106,12 +113,14 @@ def build_objective(
     """The run's objective, its student, and the teacher file its targets depend on (None for data2vec, whose
     teacher is the EMA). Teachers come first (fitting one draws random numbers); the student and the heads are then
     initialised from ``cfg.seed`` alone, the same whether the teacher was fitted or loaded."""
-    acoustic = teacher_file = cqt_teacher = None
+    acoustic = teacher_file = cqt_teacher = mfcc_teacher = None
     if cfg.objective != "data2vec":
         acoustic, teacher_file = build_teacher(cfg, corpus, out, dist)
     if cfg.objective == "mert":
         n_bins = cqt_bins(model_cfg)
         cqt_teacher = CQTTeacher(model_cfg.sample_rate, hop_length=model_cfg.hop_length, n_bins=n_bins).to(dist.device)
+    if cfg.mfcc_weight > 0:
+        mfcc_teacher = MFCCTeacher(model_cfg.sample_rate, model_cfg.hop_length).to(dist.device)
     torch.manual_seed(cfg.seed)
     student = MERTModel(model_cfg)
     if cfg.freeze_feature_projection:
@@ -119,5 +128,5 @@ def build_objective(
     if cfg.objective == "data2vec":
         return Data2VecObjective(cfg, model_cfg, student, dist.device), student, None
     if cfg.objective == "muq":
-        return MuQObjective(cfg, model_cfg, student, acoustic), student, teacher_file
-    return CodebookObjective(cfg, model_cfg, student, acoustic, cqt_teacher), student, teacher_file
+        return MuQObjective(cfg, model_cfg, student, acoustic, mfcc_teacher), student, teacher_file
+    return CodebookObjective(cfg, model_cfg, student, acoustic, cqt_teacher, mfcc_teacher), student, teacher_file

@@ -10,6 +10,7 @@ import argparse
 import ast
 import dataclasses
 import inspect
+import math
 import textwrap
 import types
 import typing
@@ -95,6 +96,10 @@ class TrainConfig:
     """Segment length range (330M: 0.5-1.5 s)."""
     loss_weights: tuple[float, float] = (10.0, 1.0)
     """Weights of the conv-feature L2 penalty and the CQT MSE (both times the masked-frame count)."""
+    mfcc_weight: float = 0.0
+    """Weight of a timbre term (``mert`` and ``muq``): the MSE of a linear head's prediction of the masked frames'
+    13 MFCCs of the clean clip, each standardised over the step's masked frames, times the masked-frame count as
+    the CQT term; 0: off (MERT's recipe)."""
     objective: str = "mert"
     """``mert`` (codes through cosine heads + CQT regression), ``muq`` (Mel-RVQ codes through linear heads, no CQT)
     or ``data2vec`` (music2vec: regress the EMA teacher's averaged top layers)."""
@@ -178,6 +183,10 @@ class TrainConfig:
             raise ValueError(f"keep_last must be >= 1; got {self.keep_last}")
         if not isinstance(self.freeze_feature_projection, bool):
             raise TypeError(f"freeze_feature_projection must be a bool; got {self.freeze_feature_projection!r}")
+        if not self.mfcc_weight >= 0 or math.isinf(self.mfcc_weight):
+            raise ValueError(f"mfcc_weight must be a finite number >= 0; got {self.mfcc_weight!r}")
+        if self.mfcc_weight and self.objective == "data2vec":
+            raise ValueError("mfcc_weight: the data2vec objective has no MFCC term; use objective mert or muq")
         if self.clip_grad < 0 or self.feature_grad_mult < 0:
             raise ValueError("clip_grad and feature_grad_mult must be >= 0")
 

@@ -104,7 +104,7 @@ def compute_deltas(x: torch.Tensor, width: int = 5) -> torch.Tensor:
 
 
 class KMeansTeacher(nn.Module):
-    """Audio ``(B, L)`` -> k-means codes ``(B, L // hop_length + 1, 1)`` int64 in ``[0, n_clusters)`` at 50 Hz.
+    """Audio ``(B, L)`` -> k-means codes ``(B, L // hop_length + 1, 1)`` int64 in ``[0, n_clusters)``, 50 a second.
 
     Args:
         sample_rate: Hz of the audio (16000 for MERT-v0); the hop is ``sample_rate // 50`` samples.
@@ -119,6 +119,9 @@ class KMeansTeacher(nn.Module):
             floor but ``1e-10``. :func:`fit_kmeans_teacher` fits teachers with 80.
         centre: subtract each clip's mean log-mel level (gain invariance; :func:`fit_kmeans_teacher`'s default).
             Teachers saved without these settings load without them, on the features they were fitted on.
+        hop_length: samples between frames; None (every fitted teacher): ``sample_rate // 50``, the 50 Hz label
+            rate, which needs a sample rate that is a multiple of 50. Other hops serve as frame features only
+            (:class:`~mert_fast.model.teachers.mfcc.MFCCTeacher` at the student's hop).
 
     The centroids and the normalisation statistics are buffers set by :func:`fit_kmeans_teacher` (or :meth:`load`);
     a fresh teacher has zero centroids and maps every frame to code 0.
@@ -137,15 +140,19 @@ class KMeansTeacher(nn.Module):
         delta_width: int = 5,
         top_db: float | None = None,
         centre: bool = False,
+        hop_length: int | None = None,
     ) -> None:
         super().__init__()
         if feature not in FEATURES:
             raise ValueError(f"feature must be one of {', '.join(repr(f) for f in FEATURES)}; got {feature!r}")
         sample_rate = check_int("sample_rate", sample_rate, min=LABEL_RATE)
-        if sample_rate % LABEL_RATE:
-            raise ValueError(
-                f"sample_rate must be a multiple of {LABEL_RATE} Hz (hop = sample_rate // 50); got {sample_rate}"
-            )
+        if hop_length is None:
+            if sample_rate % LABEL_RATE:
+                raise ValueError(
+                    f"sample_rate must be a multiple of {LABEL_RATE} Hz (hop = sample_rate // 50); got {sample_rate}"
+                )
+            hop_length = sample_rate // LABEL_RATE
+        hop_length = check_int("hop_length", hop_length, min=1)
         n_clusters = check_int("n_clusters", n_clusters, min=1)
         n_mels = check_int("n_mels", DEFAULT_MELS[feature] if n_mels is None else n_mels, min=1)
         window_25ms = round(0.025 * sample_rate)
@@ -173,7 +180,7 @@ class KMeansTeacher(nn.Module):
             )
         self.sample_rate = sample_rate
         self.feature = feature
-        self.hop_length = self.hop = sample_rate // LABEL_RATE
+        self.hop_length = self.hop = hop_length
         self.n_fft = n_fft
         self.win_length = win_length
         self.n_mfcc = n_mfcc
@@ -189,7 +196,7 @@ class KMeansTeacher(nn.Module):
             type="kmeans", sample_rate=sample_rate, feature=feature, n_q=1, codebook_size=n_clusters, dim=self.dim,
             hop_length=self.hop_length, n_fft=n_fft, win_length=win_length, n_mels=n_mels, fmin=fmin,
             fmax=sample_rate / 2, n_mfcc=n_mfcc if feature == "mfcc" else None,
-            delta_width=delta_width if feature == "mfcc" else None, log="dB", label_rate=float(LABEL_RATE),
+            delta_width=delta_width if feature == "mfcc" else None, log="dB", label_rate=sample_rate / hop_length,
             top_db=self.top_db, level="clip mean" if self.centre else None,
         )  # fmt: skip
         self.register_buffer("window", torch.hann_window(win_length), persistent=False)
@@ -282,6 +289,7 @@ class KMeansTeacher(nn.Module):
                 n_mels=int(meta["n_mels"]), n_fft=int(meta["n_fft"]), win_length=int(meta["win_length"]),
                 n_mfcc=int(meta["n_mfcc"] or 13), delta_width=int(meta["delta_width"] or 5),
                 top_db=meta.get("top_db"), centre=meta.get("level") == "clip mean",
+                hop_length=int(meta["hop_length"]),
             )  # fmt: skip
         except KeyError as exc:
             raise ValueError(f"teacher: {meta_file} lacks the setting {exc.args[0]!r}") from None

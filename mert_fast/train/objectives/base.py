@@ -37,6 +37,7 @@ class StepBatch:
         mask: ``(B, T)`` bool, the masked frames.
         layer_keep: one bool per layer, the step's LayerDrop draw (the same on every rank); None: no LayerDrop.
         targets: ``(B, T, H)`` regression targets (data2vec's EMA teacher); None for the codebook objectives.
+        mfcc: ``(B, T, n_mfcc)`` float32 MFCCs of the clean clip (the timbre term); None without an MFCC teacher.
     """
 
     audio: torch.Tensor
@@ -45,6 +46,7 @@ class StepBatch:
     mask: torch.Tensor
     layer_keep: list[bool] | None
     targets: torch.Tensor | None = None
+    mfcc: torch.Tensor | None = None
 
     @property
     def n_frames(self) -> int:

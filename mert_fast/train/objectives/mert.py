@@ -6,11 +6,15 @@ For the masked frames of the student's output ``h`` ``(S, H)``:
   learned label embeddings / 0.1, cross-entropy summed over frames and codebooks
   (:func:`mert_fast.ops.codebook_cross_entropy`, no ``(S, K)`` logits in memory);
 - musical: ``cqt_head(h)`` ``(S, n_bins)``, MSE against the teacher's CQT;
+- timbre (optional, ``mfcc_dims``): ``mfcc_head(h)`` ``(S, n_mfcc)``, MSE against the masked frames' MFCCs
+  (:class:`~mert_fast.model.teachers.MFCCTeacher`), each coefficient standardised by its mean and standard
+  deviation over the step's scored frames (per rank), so the term is 1 for a constant prediction whatever the
+  coefficients' scales;
 - the conv-feature L2 penalty ``mean(features ** 2)``.
 
-``loss = CE_sum + w_features * penalty * S + w_cqt * MSE * S`` (MERT's loss weights [10, 1], extra terms scaled by
-the number of masked frames as fairseq's HuBERT criterion does). ``feature_grad_mult`` scales the gradient
-reaching the conv feature encoder.
+``loss = CE_sum + w_features * penalty * S + w_cqt * MSE * S [+ w_mfcc * MFCC_MSE * S]`` (MERT's loss weights
+[10, 1], extra terms scaled by the number of masked frames as fairseq's HuBERT criterion does).
+``feature_grad_mult`` scales the gradient reaching the conv feature encoder.
 
 ``head="linear"`` (MuQ's objective on the MERT student): one ``Linear(H, K)`` classifier per codebook on ``h``
 itself (plain dot products plus a bias, ``codebook_cross_entropy(normalize=False)``); ``cqt_bins=None`` drops the
@@ -38,7 +42,15 @@ from mert_fast.train.config import TrainConfig
 from mert_fast.train.masking import copy_baseline_ce, copy_baseline_correct
 from mert_fast.train.objectives.base import Objective, StepBatch, code_entropy, mask_and_mix
 
-__all__ = ["CodebookObjective", "MERTPretrainer", "PretrainOutput", "cqt_bins", "masked_student", "step_inputs"]
+__all__ = [
+    "CodebookObjective",
+    "MERTPretrainer",
+    "PretrainOutput",
+    "cqt_bins",
+    "masked_student",
+    "standardized",
+    "step_inputs",
+]
 
 
 def masked_student(
@@ -66,6 +78,7 @@ class PretrainOutput(NamedTuple):
     code_counts: torch.Tensor | None = None  # (Q, K) int64 histogram of the masked frames' codes per codebook
     ce_per_codebook: torch.Tensor | None = None  # (Q,) the CE summed over the scored frames, per codebook
     copy_correct: torch.Tensor | None = None  # (Q,) int64 frames the copy-the-nearest-unmasked-frame baseline gets
+    mfcc_mse: torch.Tensor | None = None  # the timbre term's MSE (standardised MFCCs); None without an MFCC head
 
 
 class MERTPretrainer(nn.Module):
@@ -83,6 +96,8 @@ class MERTPretrainer(nn.Module):
         feature_grad_mult: float = 0.1,
         loss_weights: tuple[float, float] = (10.0, 1.0),
         head: str = "cosine",
+        mfcc_dims: int | None = None,
+        mfcc_weight: float = 1.0,
     ) -> None:
         super().__init__()
         if head not in ("cosine", "linear"):
@@ -103,6 +118,8 @@ class MERTPretrainer(nn.Module):
             self.label_bias = nn.Parameter(torch.zeros(n_codebooks, codebook_size))
             temperature = 1.0
         self.cqt_head = nn.Linear(hidden, cqt_bins) if cqt_bins else None
+        self.mfcc_head = nn.Linear(hidden, mfcc_dims) if mfcc_dims else None
+        self.mfcc_weight = float(mfcc_weight)
         self.temperature = temperature
         self.feature_grad_mult = feature_grad_mult
         self.loss_weights = loss_weights
@@ -121,16 +138,21 @@ class MERTPretrainer(nn.Module):
             pairs += [(pos, p) for p in conv.parametrizations.weight.parameters()]
         return pairs
 
-    def _check_frames(self, n_frames: int, codes, cqt, mask: torch.Tensor, scored: torch.Tensor) -> None:
+    def _check_frames(self, n_frames: int, codes, cqt, mfcc, mask: torch.Tensor, scored: torch.Tensor) -> None:
         """The targets, mask and scored frames must all be on the student's ``n_frames`` frames."""
         if (self.cqt_head is None) != (cqt is None):
             raise ValueError("cqt: give CQT targets exactly when the module has a CQT head (cqt_bins)")
+        if (self.mfcc_head is None) != (mfcc is None):
+            raise ValueError("mfcc: give MFCC targets exactly when the module has an MFCC head (mfcc_dims)")
+        if mfcc is not None and mfcc.shape[-1] != self.mfcc_head.out_features:
+            raise ValueError(f"mfcc: expected {self.mfcc_head.out_features} coefficients a frame; got {mfcc.shape[-1]}")
         cqt_shape = mask.shape if cqt is None else cqt.shape[:2]
-        shapes = (codes.shape[:2], cqt_shape, scored.shape)
+        mfcc_shape = mask.shape if mfcc is None else mfcc.shape[:2]
+        shapes = (codes.shape[:2], cqt_shape, mfcc_shape, scored.shape)
         if n_frames != mask.shape[1] or any(shape != mask.shape for shape in shapes):
             raise ValueError(
                 f"frames: student {n_frames}, mask {tuple(mask.shape)}, codes {tuple(codes.shape)}, "
-                f"cqt {tuple(cqt_shape)}, scored {tuple(scored.shape)} must agree"
+                f"cqt {tuple(cqt_shape)}, mfcc {tuple(mfcc_shape)}, scored {tuple(scored.shape)} must agree"
             )
 
     def forward(
@@ -142,14 +164,16 @@ class MERTPretrainer(nn.Module):
         layer_keep: list[bool] | None = None,
         *,
         scored: torch.Tensor | None = None,
+        mfcc: torch.Tensor | None = None,
     ) -> PretrainOutput:
         """audio ``(B, L)`` (the mixed clip); codes ``(B, T, Q)`` int64, cqt ``(B, T, n_bins)`` (None without a CQT
         head) and mask ``(B, T)`` bool, all aligned to the student's ``T`` frames; ``layer_keep``: the step's
         LayerDrop draw (same on all ranks). ``scored`` ``(B, T)`` bool: the frames the losses are taken on (default
-        the masked ones; the learnability check scores frames the student sees)."""
+        the masked ones; the learnability check scores frames the student sees). ``mfcc`` ``(B, T, n_mfcc)``: the
+        timbre targets, exactly when the module has an MFCC head."""
         feats, _ = self.model.extract_features(audio)
         scored = mask if scored is None else scored
-        self._check_frames(feats.shape[1], codes, cqt, mask, scored)
+        self._check_frames(feats.shape[1], codes, cqt, mfcc, mask, scored)
         feats, hidden = masked_student(self.model, feats, mask, layer_keep, self.feature_grad_mult)
         features_pen = feats.float().pow(2).mean()
         h = hidden[scored]
@@ -177,6 +201,10 @@ class MERTPretrainer(nn.Module):
             cqt_mse = torch.zeros((), device=h.device)
         w_feat, w_cqt = self.loss_weights
         loss = ce_sum + (w_feat * features_pen + w_cqt * cqt_mse) * n_masked
+        mfcc_mse = None
+        if self.mfcc_head is not None:
+            mfcc_mse = F.mse_loss(self.mfcc_head(h).float(), standardized(mfcc[scored]))
+            loss = loss + self.mfcc_weight * mfcc_mse * n_masked
         return PretrainOutput(
             loss=loss,
             ce_sum=ce_sum.detach(),
@@ -187,7 +215,19 @@ class MERTPretrainer(nn.Module):
             code_counts=torch.stack([torch.bincount(c, minlength=self.label_embs_concat.shape[1]) for c in targets.T]),
             ce_per_codebook=losses.detach().sum(0),
             copy_correct=copy_baseline_correct(codes, mask, scored),
+            mfcc_mse=None if mfcc_mse is None else mfcc_mse.detach(),
         )
+
+
+#: The smallest standard deviation :func:`standardized` divides by (a constant coefficient is only centred).
+STANDARDIZE_FLOOR = 1e-3
+
+
+def standardized(x: torch.Tensor) -> torch.Tensor:
+    """``x`` ``(S, D)`` as float32, each column centred on its mean and divided by its (population) standard
+    deviation, floored at :data:`STANDARDIZE_FLOOR`."""
+    x = x.float()
+    return (x - x.mean(0)) / x.std(0, unbiased=False).clamp_min(STANDARDIZE_FLOOR)
 
 
 def cqt_bins(model_cfg: MERTConfig) -> int:
@@ -204,6 +244,7 @@ def step_inputs(
     acoustic_teacher: nn.Module | None,
     cqt_teacher: nn.Module | None,
     micro_step: int,
+    mfcc_teacher: nn.Module | None = None,
     rank: int,
     dtype: torch.dtype = torch.float32,
     mixture: bool = True,
@@ -212,20 +253,23 @@ def step_inputs(
     """Targets from the clean ``audio`` ``(B, L)`` float32, then the mask and (``mixture``) the in-batch mixture.
 
     ``acoustic_teacher(audio)`` gives codes ``(B, T_t, Q)`` at ``label_rate`` Hz (repeated up to the student's frame
-    rate); ``cqt_teacher(audio)`` gives ``(B, T_c, n_bins)`` at the student's rate. ``mixture`` and ``stream``: see
+    rate); ``cqt_teacher(audio)`` gives ``(B, T_c, n_bins)`` and ``mfcc_teacher(audio)`` ``(B, T_c, n_mfcc)`` at the
+    student's rate. ``mixture`` and ``stream``: see
     :func:`~mert_fast.train.objectives.base.mask_and_mix`. ``audio`` and ``cqt`` come back in ``dtype``.
     """
     n_frames = model_cfg.num_frames(audio.shape[1])
-    codes = cqt = None
+    codes = cqt = mfcc = None
     if acoustic_teacher is not None:
         repeat = round(model_cfg.frame_rate / acoustic_teacher.label_rate)
         codes = align_to_frames(acoustic_teacher(audio), n_frames, repeat=repeat)
     if cqt_teacher is not None:
         cqt = align_to_frames(cqt_teacher(audio), n_frames).to(dtype)
+    if mfcc_teacher is not None:  # kept in float32: the targets are standardised in the loss
+        mfcc = align_to_frames(mfcc_teacher(audio), n_frames)
     audio, mask, layer_keep = mask_and_mix(
         audio, model_cfg=model_cfg, cfg=cfg, micro_step=micro_step, rank=rank, mixture=mixture, stream=stream
     )
-    return StepBatch(audio.to(dtype), codes, cqt, mask, layer_keep)
+    return StepBatch(audio.to(dtype), codes, cqt, mask, layer_keep, mfcc=mfcc)
 
 
 class CodebookObjective(Objective):
@@ -241,34 +285,40 @@ class CodebookObjective(Objective):
         student: MERTModel,
         acoustic: nn.Module,
         cqt_teacher: nn.Module | None,
+        mfcc_teacher: nn.Module | None = None,
     ) -> None:
         self.cfg, self.model_cfg = cfg, model_cfg
-        self.acoustic, self.cqt_teacher = acoustic, cqt_teacher
+        self.acoustic, self.cqt_teacher, self.mfcc_teacher = acoustic, cqt_teacher, mfcc_teacher
         self.n_q = acoustic.settings["n_q"]
         self.codebook_size = acoustic.settings["codebook_size"]
         self.module = MERTPretrainer(
             student, n_codebooks=self.n_q, codebook_size=self.codebook_size,
             cqt_bins=cqt_teacher.n_bins if cqt_teacher is not None else None, feature_grad_mult=cfg.feature_grad_mult,
             loss_weights=cfg.loss_weights, head=self.head,
+            mfcc_dims=mfcc_teacher.n_mfcc if mfcc_teacher is not None else None, mfcc_weight=cfg.mfcc_weight,
         )  # fmt: skip
 
     def inputs(self, audio, micro_step, rank, dtype, validation):
         batch = step_inputs(
             audio, model_cfg=self.model_cfg, cfg=self.cfg, acoustic_teacher=self.acoustic,
             cqt_teacher=self.cqt_teacher, micro_step=micro_step, rank=rank, dtype=dtype, mixture=not validation,
-            stream="val" if validation else "",
+            stream="val" if validation else "", mfcc_teacher=self.mfcc_teacher,
         )  # fmt: skip
         if validation:
             batch.layer_keep = None
         return batch
 
     def forward(self, engine, batch):
-        return engine(batch.audio, batch.codes, batch.cqt, batch.mask, batch.layer_keep)
+        if batch.mfcc is None:
+            return engine(batch.audio, batch.codes, batch.cqt, batch.mask, batch.layer_keep)
+        return engine(batch.audio, batch.codes, batch.cqt, batch.mask, batch.layer_keep, mfcc=batch.mfcc)
 
     def sums(self, result):
         n = result.n_masked
         out = {"loss": float(result.loss.detach()), "ce": float(result.ce_sum), "masked": float(n),
                "cqt": float(result.cqt_mse) * n, "pen": float(result.features_pen) * n}  # fmt: skip
+        if result.mfcc_mse is not None:
+            out["mfcc"] = float(result.mfcc_mse) * n
         out.update({f"correct_{q}": float(c) for q, c in enumerate(result.correct.tolist())})
         out.update({f"copy_{q}": float(c) for q, c in enumerate(result.copy_correct.tolist())})
         out.update({f"ce_{q}": float(c) for q, c in enumerate(result.ce_per_codebook.tolist())})
@@ -281,6 +331,8 @@ class CodebookObjective(Objective):
         masked = max(totals["masked"], 1.0)
         out = {"loss": totals["loss"] / masked, "ce": totals["ce"] / masked, "cqt_mse": totals["cqt"] / masked,
                "features_pen": totals["pen"] / masked}  # fmt: skip
+        if "mfcc" in totals:
+            out["mfcc_mse"] = totals["mfcc"] / masked
         out.update({f"acc_{q}": totals[f"correct_{q}"] / masked for q in range(self.n_q)})
         out.update({f"ce_{q}": totals[f"ce_{q}"] / masked for q in range(self.n_q)})
         # the copy baseline: each masked frame predicted as the code of its nearest unmasked frame; a student that

@@ -1,5 +1,6 @@
 """MuQ's objective on the MERT conv student: the Mel-RVQ teacher's codes through one linear classifier per codebook
-(:class:`~mert_fast.train.objectives.mert.MERTPretrainer` with ``head="linear"``), no CQT term."""
+(:class:`~mert_fast.train.objectives.mert.MERTPretrainer` with ``head="linear"``), no CQT term (the optional
+MFCC term as in ``mert``)."""
 
 from __future__ import annotations
 
@@ -20,5 +21,12 @@ class MuQObjective(CodebookObjective):
     name = "muq"
     head = "linear"
 
-    def __init__(self, cfg: TrainConfig, model_cfg: MERTConfig, student: MERTModel, acoustic: nn.Module) -> None:
-        super().__init__(cfg, model_cfg, student, acoustic, None)
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        model_cfg: MERTConfig,
+        student: MERTModel,
+        acoustic: nn.Module,
+        mfcc_teacher: nn.Module | None = None,
+    ) -> None:
+        super().__init__(cfg, model_cfg, student, acoustic, None, mfcc_teacher)
