@@ -169,7 +169,7 @@ def test_mfcc_weight_must_be_finite_and_non_negative(bad):
 
 
 def test_mfcc_weight_needs_a_codebook_objective():
-    with pytest.raises(ValueError, match="mfcc_weight: the data2vec objective has no MFCC term"):
+    with pytest.raises(ValueError, match="mfcc_weight: the data2vec objective has no such term"):
         TrainConfig(objective="data2vec", mfcc_weight=1.0)
     assert TrainConfig(objective="muq", mfcc_weight=2.5).mfcc_weight == 2.5
     assert TrainConfig(objective="data2vec").mfcc_weight == 0.0

@@ -18,8 +18,8 @@ def test_deepspeed_two_ranks_learns_and_exports(pretrain_data, tmp_path, stage):
     out = tmp_path / f"zero{stage}"
     config = str(ROOT / f"configs/ds_zero{stage}.json")
     extra = ("--val-fraction", "0.1", "--val-every", "20", "--deepspeed_config", config)
-    if stage == 3:  # the timbre term's head under ZeRO-3's partitioned parameters
-        extra += ("--mfcc-weight", "5")
+    if stage == 3:  # the timbre and clip terms' heads under ZeRO-3's partitioned parameters
+        extra += ("--mfcc-weight", "5", "--clip-weight", "1")
     cmd = deepspeed_cmd(29600 + stage) + train_args(pretrain_data, out, 40, *extra)
     run(cmd, tmp_path)
     rows = metrics(out)
@@ -30,8 +30,11 @@ def test_deepspeed_two_ranks_learns_and_exports(pretrain_data, tmp_path, stage):
     if stage == 3:
         # 1.0 is the best constant prediction of the standardised MFCCs: below it, the masked frames' timbre is learnt
         assert all(math.isfinite(r["mfcc_mse"]) for r in rows) and val[-1]["mfcc_mse"] < 1.0, val
+        # the clip term: matching each clip's halves among the rank's 4 gets easier as the student learns
+        clip = [r["clip_loss"] for r in rows]
+        assert all(math.isfinite(c) for c in clip) and sum(clip[-10:]) < 0.8 * sum(clip[:10]), clip
     else:
-        assert "mfcc_mse" not in rows[0]
+        assert "mfcc_mse" not in rows[0] and "clip_loss" not in rows[0]
     assert all(0 <= r["acc_0"] <= 1 and r["loss"] > 0 and r["clips"] >= 2 for r in val)
     assert (out / "loss.png").is_file() and (out / "model" / "model.safetensors").is_file()
     assert any((out / "tensorboard").glob("events.out.tfevents.*"))

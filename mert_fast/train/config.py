@@ -100,6 +100,10 @@ class TrainConfig:
     """Weight of a timbre term (``mert`` and ``muq``): the MSE of a linear head's prediction of the masked frames'
     13 MFCCs of the clean clip, each standardised over the step's masked frames, times the masked-frame count as
     the CQT term; 0: off (MERT's recipe)."""
+    clip_weight: float = 0.0
+    """Weight of a clip term (``mert`` and ``muq``): InfoNCE of matching each clip's first half to its second half
+    among the batch's clips (mean-pooled output frames through a small projection head), times the masked-frame
+    count; needs ``batch_size >= 2``; 0: off (MERT's recipe)."""
     objective: str = "mert"
     """``mert`` (codes through cosine heads + CQT regression), ``muq`` (Mel-RVQ codes through linear heads, no CQT)
     or ``data2vec`` (music2vec: regress the EMA teacher's averaged top layers)."""
@@ -183,10 +187,14 @@ class TrainConfig:
             raise ValueError(f"keep_last must be >= 1; got {self.keep_last}")
         if not isinstance(self.freeze_feature_projection, bool):
             raise TypeError(f"freeze_feature_projection must be a bool; got {self.freeze_feature_projection!r}")
-        if not self.mfcc_weight >= 0 or math.isinf(self.mfcc_weight):
-            raise ValueError(f"mfcc_weight must be a finite number >= 0; got {self.mfcc_weight!r}")
-        if self.mfcc_weight and self.objective == "data2vec":
-            raise ValueError("mfcc_weight: the data2vec objective has no MFCC term; use objective mert or muq")
+        for name in ("mfcc_weight", "clip_weight"):
+            value = getattr(self, name)
+            if not value >= 0 or math.isinf(value):
+                raise ValueError(f"{name} must be a finite number >= 0; got {value!r}")
+            if value and self.objective == "data2vec":
+                raise ValueError(f"{name}: the data2vec objective has no such term; use objective mert or muq")
+        if self.clip_weight and self.batch_size < 2:
+            raise ValueError(f"clip_weight: the clip term needs batch_size >= 2; got {self.batch_size}")
         if self.clip_grad < 0 or self.feature_grad_mult < 0:
             raise ValueError("clip_grad and feature_grad_mult must be >= 0")
 

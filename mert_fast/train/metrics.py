@@ -108,7 +108,7 @@ def plot_metrics(metrics: Path, png: Path) -> None:
     ax = axes[0, 0]
     steps = [r["step"] for r in train_rows]
     labels = {"loss": "loss / masked frame", "ce": "acoustic CE / frame", "prior": "code prior (entropy) / frame",
-              "cqt_mse": "CQT MSE", "mfcc_mse": "MFCC MSE (standardised)",
+              "cqt_mse": "CQT MSE", "mfcc_mse": "MFCC MSE (standardised)", "clip_loss": "clip InfoNCE",
               "target_var": "target std (EMA teacher)"}  # fmt: skip
     for key, label in labels.items():
         if key in train_rows[0] and (key != "cqt_mse" or any(r[key] for r in train_rows)):

@@ -10,10 +10,15 @@ For the masked frames of the student's output ``h`` ``(S, H)``:
   (:class:`~mert_fast.model.teachers.MFCCTeacher`), each coefficient standardised by its mean and standard
   deviation over the step's scored frames (per rank), so the term is 1 for a constant prediction whatever the
   coefficients' scales;
+- clip identity (optional, ``clip_dim``): each clip's output frames split into a first and a second half, each
+  half's mean through ``clip_head`` (Linear, ReLU, Linear to ``clip_dim``), L2-normalised; the InfoNCE loss of
+  matching every first half to its own clip's second half among the batch's, and back (cosine / 0.1, the mean of
+  both directions): what stays the same across a clip (its instruments, key, tempo) and differs between clips;
 - the conv-feature L2 penalty ``mean(features ** 2)``.
 
-``loss = CE_sum + w_features * penalty * S + w_cqt * MSE * S [+ w_mfcc * MFCC_MSE * S]`` (MERT's loss weights
-[10, 1], extra terms scaled by the number of masked frames as fairseq's HuBERT criterion does).
+``loss = CE_sum + w_features * penalty * S + w_cqt * MSE * S [+ w_mfcc * MFCC_MSE * S] [+ w_clip * InfoNCE * S]``
+(MERT's loss weights [10, 1], extra terms scaled by the number of masked frames as fairseq's HuBERT criterion
+does).
 ``feature_grad_mult`` scales the gradient reaching the conv feature encoder.
 
 ``head="linear"`` (MuQ's objective on the MERT student): one ``Linear(H, K)`` classifier per codebook on ``h``
@@ -27,6 +32,7 @@ trainer drives.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -46,6 +52,7 @@ __all__ = [
     "CodebookObjective",
     "MERTPretrainer",
     "PretrainOutput",
+    "clip_infonce",
     "cqt_bins",
     "masked_student",
     "standardized",
@@ -79,6 +86,8 @@ class PretrainOutput(NamedTuple):
     ce_per_codebook: torch.Tensor | None = None  # (Q,) the CE summed over the scored frames, per codebook
     copy_correct: torch.Tensor | None = None  # (Q,) int64 frames the copy-the-nearest-unmasked-frame baseline gets
     mfcc_mse: torch.Tensor | None = None  # the timbre term's MSE (standardised MFCCs); None without an MFCC head
+    clip_loss: torch.Tensor | None = None  # the clip term's InfoNCE (nats); None without a clip head
+    clip_acc: float = 0.0  # the fraction of the 2B halves whose nearest other half is their own clip's
 
 
 class MERTPretrainer(nn.Module):
@@ -98,6 +107,8 @@ class MERTPretrainer(nn.Module):
         head: str = "cosine",
         mfcc_dims: int | None = None,
         mfcc_weight: float = 1.0,
+        clip_dim: int | None = None,
+        clip_weight: float = 1.0,
     ) -> None:
         super().__init__()
         if head not in ("cosine", "linear"):
@@ -120,6 +131,10 @@ class MERTPretrainer(nn.Module):
         self.cqt_head = nn.Linear(hidden, cqt_bins) if cqt_bins else None
         self.mfcc_head = nn.Linear(hidden, mfcc_dims) if mfcc_dims else None
         self.mfcc_weight = float(mfcc_weight)
+        self.clip_head = None
+        if clip_dim:
+            self.clip_head = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, clip_dim))
+        self.clip_weight = float(clip_weight)
         self.temperature = temperature
         self.feature_grad_mult = feature_grad_mult
         self.loss_weights = loss_weights
@@ -205,6 +220,10 @@ class MERTPretrainer(nn.Module):
         if self.mfcc_head is not None:
             mfcc_mse = F.mse_loss(self.mfcc_head(h).float(), standardized(mfcc[scored]))
             loss = loss + self.mfcc_weight * mfcc_mse * n_masked
+        clip_loss, clip_acc = None, 0.0
+        if self.clip_head is not None:
+            clip_loss, clip_acc = clip_infonce(hidden, self.clip_head, CLIP_TEMPERATURE)
+            loss = loss + self.clip_weight * clip_loss * n_masked
         return PretrainOutput(
             loss=loss,
             ce_sum=ce_sum.detach(),
@@ -216,8 +235,37 @@ class MERTPretrainer(nn.Module):
             ce_per_codebook=losses.detach().sum(0),
             copy_correct=copy_baseline_correct(codes, mask, scored),
             mfcc_mse=None if mfcc_mse is None else mfcc_mse.detach(),
+            clip_loss=None if clip_loss is None else clip_loss.detach(),
+            clip_acc=clip_acc,
         )
 
+
+#: The clip term's temperature (cosine similarities divided by it).
+CLIP_TEMPERATURE = 0.1
+
+
+def clip_infonce(hidden: torch.Tensor, head: nn.Module, temperature: float) -> tuple[torch.Tensor, float]:
+    """The clip term of ``hidden`` ``(B, T, H)`` (``T >= 2``): the mean of each clip's first ``T // 2`` frames and
+    of its next ``T // 2`` through ``head``, L2-normalised, cosine logits ``(B, B)`` / ``temperature``; returns the
+    mean of the cross-entropies of matching first halves to second halves and back, and the fraction of the ``2B``
+    halves that score their own clip's other half highest. A batch of one clip (a rank whose other clips failed to
+    decode) has nothing to tell apart: its loss is 0 (the head still runs, as ZeRO-3 needs on every rank) and its
+    accuracy NaN."""
+    b, t = hidden.shape[:2]
+    if t < 2:
+        raise ValueError(f"the clip term needs clips of at least 2 frames; got {t}")
+    half = t // 2
+    first = F.normalize(head(hidden[:, :half].mean(1)).float(), dim=-1)
+    second = F.normalize(head(hidden[:, half : 2 * half].mean(1)).float(), dim=-1)
+    logits = first @ second.T / temperature
+    own = torch.arange(b, device=hidden.device)
+    loss = (F.cross_entropy(logits, own) + F.cross_entropy(logits.T, own)) / 2
+    correct = int((logits.argmax(1) == own).sum()) + int((logits.argmax(0) == own).sum())
+    return loss, correct / (2 * b) if b > 1 else float("nan")
+
+
+#: Output size of the clip term's projection head.
+CLIP_DIM = 64
 
 #: The smallest standard deviation :func:`standardized` divides by (a constant coefficient is only centred).
 STANDARDIZE_FLOOR = 1e-3
@@ -296,6 +344,7 @@ class CodebookObjective(Objective):
             cqt_bins=cqt_teacher.n_bins if cqt_teacher is not None else None, feature_grad_mult=cfg.feature_grad_mult,
             loss_weights=cfg.loss_weights, head=self.head,
             mfcc_dims=mfcc_teacher.n_mfcc if mfcc_teacher is not None else None, mfcc_weight=cfg.mfcc_weight,
+            clip_dim=CLIP_DIM if cfg.clip_weight > 0 else None, clip_weight=cfg.clip_weight,
         )  # fmt: skip
 
     def inputs(self, audio, micro_step, rank, dtype, validation):
@@ -319,6 +368,10 @@ class CodebookObjective(Objective):
                "cqt": float(result.cqt_mse) * n, "pen": float(result.features_pen) * n}  # fmt: skip
         if result.mfcc_mse is not None:
             out["mfcc"] = float(result.mfcc_mse) * n
+        if result.clip_loss is not None:  # per batch, weighted by its masked frames as the per-frame terms are
+            weight = n if math.isfinite(result.clip_acc) else 0  # a batch of one clip counts for nothing
+            out.update(clip=float(result.clip_loss) * weight, clip_correct=result.clip_acc * weight if weight else 0.0,
+                       clip_masked=float(weight))  # fmt: skip
         out.update({f"correct_{q}": float(c) for q, c in enumerate(result.correct.tolist())})
         out.update({f"copy_{q}": float(c) for q, c in enumerate(result.copy_correct.tolist())})
         out.update({f"ce_{q}": float(c) for q, c in enumerate(result.ce_per_codebook.tolist())})
@@ -333,6 +386,10 @@ class CodebookObjective(Objective):
                "features_pen": totals["pen"] / masked}  # fmt: skip
         if "mfcc" in totals:
             out["mfcc_mse"] = totals["mfcc"] / masked
+        if "clip" in totals:
+            clip_masked = max(totals["clip_masked"], 1.0)
+            out["clip_loss"] = totals["clip"] / clip_masked
+            out["clip_acc"] = totals["clip_correct"] / clip_masked
         out.update({f"acc_{q}": totals[f"correct_{q}"] / masked for q in range(self.n_q)})
         out.update({f"ce_{q}": totals[f"ce_{q}"] / masked for q in range(self.n_q)})
         # the copy baseline: each masked frame predicted as the code of its nearest unmasked frame; a student that
