@@ -90,6 +90,17 @@ def test_check_resumable_names_every_difference():
     assert "batch_size: checkpoint 8, now 4" in str(err.value) and "mert-fast export" in str(err.value)
 
 
+def test_check_resumable_keeps_each_optional_head_on_or_off():
+    old = {"run": {"preset": "tiny", "seed": 0}}  # written before the optional terms existed
+    check_resumable(old, {**old["run"], "mfcc_weight": 0.0, "clip_weight": 0.0})
+    with pytest.raises(ValueError, match=r"mfcc_weight: checkpoint 0.0, now 10.0 \(the term's head"):
+        check_resumable(old, {**old["run"], "mfcc_weight": 10.0, "clip_weight": 0.0})
+    on = {"run": {**old["run"], "mfcc_weight": 10.0, "clip_weight": 2.0}}
+    check_resumable(on, {**on["run"], "mfcc_weight": 5.0, "clip_weight": 1.0})  # another weight: allowed
+    with pytest.raises(ValueError, match="clip_weight: checkpoint 2.0, now 0.0"):
+        check_resumable(on, {**on["run"], "clip_weight": 0.0})
+
+
 def test_rng_state_round_trip():
     state = rng_state()
     want = (torch.rand(3), np.random.rand(2), random.random())

@@ -61,6 +61,9 @@ MANIFEST_FORMAT = "mert_fast.checkpoint-manifest.v1"
 #: Run settings a resumed run must share with its checkpoint: they fix which batches, masks and updates follow.
 RESUME_KEYS = ("preset", "objective", "seed", "batch_size", "grad_accum", "crop_seconds", "min_crop_seconds",
                "mask_prob", "mask_length", "world_size")  # fmt: skip
+#: Weights of optional terms that have a head of their own: a resumed run keeps each one on (> 0) or off as its
+#: checkpoint has it, since the module's parameters differ; the value itself may change (as the loss weights may).
+HEAD_KEYS = ("mfcc_weight", "clip_weight")
 
 
 def tag_for(step: int) -> str:
@@ -257,6 +260,10 @@ def check_resumable(meta: dict[str, Any], run: dict[str, Any]) -> None:
     """Raise ValueError naming every setting in which the run differs from the checkpoint's."""
     diffs = [f"{k}: checkpoint {meta['run'].get(k)!r}, now {run.get(k)!r}" for k in RESUME_KEYS
              if meta["run"].get(k) != run.get(k)]  # fmt: skip
+    for k in HEAD_KEYS:  # absent from checkpoints written before the term existed: off
+        was, now = meta["run"].get(k) or 0.0, run.get(k) or 0.0
+        if (was > 0) != (now > 0):
+            diffs.append(f"{k}: checkpoint {was!r}, now {now!r} (the term's head must be in both or in neither)")
     if diffs:
         hint = ""
         if any(d.startswith("world_size") for d in diffs):
