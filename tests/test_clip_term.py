@@ -116,12 +116,6 @@ def test_clip_term_adds_weight_times_infonce_times_masked_frames():
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in with_clip.clip_head.parameters())
 
 
-@pytest.mark.parametrize("bad", [-0.5, float("nan"), float("inf")])
-def test_clip_weight_must_be_finite_and_non_negative(bad):
-    with pytest.raises(ValueError, match="clip_weight must be a finite number >= 0"):
-        TrainConfig(clip_weight=bad)
-
-
 def test_clip_weight_needs_two_clips_and_a_codebook_objective():
     with pytest.raises(ValueError, match="clip_weight: the clip term needs batch_size >= 2; got 1"):
         TrainConfig(clip_weight=1.0, batch_size=1)

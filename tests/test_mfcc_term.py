@@ -162,10 +162,11 @@ def test_mfcc_targets_and_head_must_agree():
         module(audio, codes, cqt, mask, mfcc=mfcc[:, 1:])
 
 
+@pytest.mark.parametrize("name", ["mfcc_weight", "clip_weight"])
 @pytest.mark.parametrize("bad", [-1.0, float("nan"), float("inf")])
-def test_mfcc_weight_must_be_finite_and_non_negative(bad):
-    with pytest.raises(ValueError, match="mfcc_weight must be a finite number >= 0"):
-        TrainConfig(mfcc_weight=bad)
+def test_term_weights_must_be_finite_and_non_negative(name, bad):
+    with pytest.raises(ValueError, match=f"{name} must be a finite number >= 0"):
+        TrainConfig(**{name: bad})
 
 
 def test_mfcc_weight_needs_a_codebook_objective():

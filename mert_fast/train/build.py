@@ -128,5 +128,5 @@ def build_objective(
     if cfg.objective == "data2vec":
         return Data2VecObjective(cfg, model_cfg, student, dist.device), student, None
     if cfg.objective == "muq":
-        return MuQObjective(cfg, model_cfg, student, acoustic, mfcc_teacher), student, teacher_file
+        return MuQObjective(cfg, model_cfg, student, acoustic, None, mfcc_teacher), student, teacher_file
     return CodebookObjective(cfg, model_cfg, student, acoustic, cqt_teacher, mfcc_teacher), student, teacher_file
