@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
-
-ROOT = Path(__file__).resolve().parent.parent
+from bench_utils import bench_script
 
 
 @pytest.fixture(scope="module")
 def subsets():
-    spec = importlib.util.spec_from_file_location("probe_feature_subsets", ROOT / "bench" / "probe_feature_subsets.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return bench_script("probe_feature_subsets")
 
 
 def test_parse_dims(subsets):
