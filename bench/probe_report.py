@@ -64,20 +64,29 @@ REAL_TARGET_POINTS = 10.0
 
 
 def _corpus_args(
-    work: Path, data: Path, clips: int, seeds: list[int], train_args: tuple[str, ...], ensemble: bool = False
+    work: Path,
+    data: Path,
+    clips: int,
+    seeds: list[int],
+    train_args: tuple[str, ...],
+    ensemble: bool = False,
+    renders: int = 1,
 ) -> dict:
     """``train.py`` flags by seed for pre-training on a real-music corpus of ``clips`` clips rendered into
     ``WORK/corpus`` (every piece of the probe set ``data`` left out; ``ensemble``: every part on an instrument of
-    its own): the first seed's run fits the teacher, the others reuse it (unless ``train_args`` name a teacher). A
-    corpus rendered before is reused; one of the other kind (ensemble or not) is an error."""
+    its own; ``renders``: each clip that many times on other instruments): the first seed's run fits the teacher,
+    the others reuse it (unless ``train_args`` name a teacher). A corpus rendered before is reused; one of another
+    kind (ensemble or not, another number of renders) is an error."""
     audio = work / "corpus" / "audio"
     meta = work / "corpus" / "probe_data.json"
     if not meta.is_file():
         logger.info("rendering a real-music corpus of %d clips into %s", clips, audio.parent)
-        make_real_corpus(audio.parent, clips, exclude_probe_sets=[data], ensemble=ensemble)
-    elif json.loads(meta.read_text()).get("ensemble", False) != ensemble:
-        kind = "an ensemble" if ensemble else "a single-instrument"
-        raise ValueError(f"{audio.parent} holds a corpus of the other kind; asked for {kind} corpus (use another WORK)")
+        make_real_corpus(audio.parent, clips, exclude_probe_sets=[data], ensemble=ensemble, renders=renders)
+    else:
+        found = json.loads(meta.read_text())
+        if (found.get("ensemble", False), found.get("renders", 1)) != (ensemble, renders):
+            kind = f"{'an ensemble' if ensemble else 'a single-instrument'} corpus of {renders} render(s) a clip"
+            raise ValueError(f"{audio.parent} holds a corpus of another kind; asked for {kind} (use another WORK)")
     args = {seed: (*train_args, "--data", str(audio)) for seed in seeds}
     if "--teacher" not in train_args:
         teacher = work / f"pretrain_s{seeds[0]}" / "teacher"
@@ -140,11 +149,13 @@ def run(
     corpus_clips: int | None = None,
     models_from: Path | None = None,
     corpus_ensemble: bool = False,
+    corpus_renders: int = 1,
 ) -> dict:
     """Pre-train, probe and summarise; ``data``: a probe set made before, else one is made in ``WORK/data`` (the
     real-music set when ``real``, else the synthetic one); ``train_args``: more ``train.py`` flags (another recipe
     than the main command's); ``corpus_clips``: pre-train on that many clips of real music instead
-    (:func:`_corpus_args`; ``corpus_ensemble``: of ensembles); ``models_from``: probe the models another run of
+    (:func:`_corpus_args`; ``corpus_ensemble``: of ensembles, ``corpus_renders``: each clip that many times on other
+    instruments); ``models_from``: probe the models another run of
     this script pre-trained there instead of training (``train_args`` and ``corpus_clips`` are then unused)."""
     if models_from is not None and (train_args or corpus_clips is not None):
         raise ValueError("models_from probes models trained before: train_args and corpus_clips must be unset")
@@ -154,9 +165,9 @@ def run(
             (make_real_probe_data if real else make_probe_data)(data)
     seed_args = {seed: train_args for seed in seeds}
     if corpus_clips is not None:
-        seed_args = _corpus_args(work, data, corpus_clips, seeds, train_args, corpus_ensemble)
-    elif corpus_ensemble:
-        raise ValueError("corpus_ensemble needs corpus_clips")
+        seed_args = _corpus_args(work, data, corpus_clips, seeds, train_args, corpus_ensemble, corpus_renders)
+    elif corpus_ensemble or corpus_renders != 1:
+        raise ValueError("corpus_ensemble and corpus_renders need corpus_clips")
     manifests = {t: data / f"{t}.csv" for t in tasks}
     rows: dict[str, dict[str, list[float]]] = {t: {s: [] for s in SOURCES} for t in tasks}
     best_layer: dict[str, dict[str, list]] = {t: {s: [] for s in SOURCES} for t in tasks}
@@ -245,6 +256,9 @@ def main() -> int:
     parser.add_argument("--corpus-ensemble", action="store_true",
                         help="with --corpus-clips: every part of a corpus clip on an instrument of its own "
                         "(make-corpus --real --ensemble)")  # fmt: skip
+    parser.add_argument("--corpus-renders", type=int, default=1, metavar="N",
+                        help="with --corpus-clips: render each corpus clip N times, the same notes on other "
+                        "instruments (make-corpus --real --renders N; train with --paired-renders)")  # fmt: skip
     parser.add_argument("--models-from", type=Path, default=None, metavar="WORK",
                         help="probe the models a finished run pre-trained in WORK (WORK/pretrain_s<seed>/model) "
                         "instead of training, e.g. on a fresh set given by --data")  # fmt: skip
@@ -258,15 +272,18 @@ def main() -> int:
         parser.error("--models-from probes models trained before: it takes no --train-args or --corpus-clips")
     if args.corpus_ensemble and args.corpus_clips is None:
         parser.error("--corpus-ensemble needs --corpus-clips")
+    if args.corpus_renders != 1 and args.corpus_clips is None:
+        parser.error("--corpus-renders needs --corpus-clips")
     args.work.mkdir(parents=True, exist_ok=True)
     seeds = [int(s) for s in args.seeds.split(",")]
     train_args = tuple(shlex.split(args.train_args))
     tasks = tuple(args.tasks.split(","))
     report = run(args.work, seeds, tasks, args.data, train_args, args.real, args.corpus_clips, args.models_from,
-                 args.corpus_ensemble)  # fmt: skip
+                 args.corpus_ensemble, args.corpus_renders)  # fmt: skip
     report["train_args"] = args.train_args
     report["corpus_clips"] = args.corpus_clips
     report["corpus_ensemble"] = args.corpus_ensemble
+    report["corpus_renders"] = args.corpus_renders
     if args.models_from is not None:
         report["models_from"] = _recipe_of(args.models_from)
     git = ["git", "-C", str(ROOT)]

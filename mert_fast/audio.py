@@ -11,6 +11,7 @@ import contextlib
 import csv
 import logging
 import os
+import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -22,7 +23,7 @@ import torch
 from mert_fast._checks import check_float
 from mert_fast.synth.demo import synth_demo
 
-__all__ = ["audio_info", "load_audio", "synth_demo"]
+__all__ = ["audio_info", "load_audio", "render_group", "render_suffix", "synth_demo"]
 
 logger = logging.getLogger(__name__)
 
@@ -216,3 +217,27 @@ def find_audio(inputs: Sequence[str | os.PathLike]) -> list[Path]:
         else:
             add(Path(os.path.abspath(p)))
     return list(seen)
+
+
+# ------------------------------------------------------------------------------------------------ renders
+
+#: A file's name is ``<stem>.r<k><ext>`` when it is render ``k >= 1`` of clip ``<stem><ext>``: the same notes on
+#: other instruments (``mert-fast make-corpus --real --renders N``).
+_RENDER = re.compile(r"^(?P<stem>.+)\.r(?P<k>[1-9][0-9]*)(?P<ext>\.[^.]+)$")
+
+
+def render_suffix(k: int) -> str:
+    """What goes between a clip's stem and its extension in the name of its render ``k`` (none for render 0)."""
+    if not isinstance(k, int) or isinstance(k, bool) or k < 0:
+        raise ValueError(f"k must be an integer >= 0; got {k!r}")
+    return f".r{k}" if k else ""
+
+
+def render_group(path: str | os.PathLike) -> tuple[Path, int]:
+    """``(clip, k)``: the path of render 0 of the clip ``path`` renders and its render number; a file not named as a
+    render (:func:`render_suffix`) is its own render 0."""
+    path = Path(path)
+    match = _RENDER.match(path.name)
+    if match is None:
+        return path, 0
+    return path.with_name(match["stem"] + match["ext"]), int(match["k"])

@@ -99,6 +99,14 @@ def test_check_resumable_keeps_each_optional_head_on_or_off():
     check_resumable(on, {**on["run"], "mfcc_weight": 5.0, "clip_weight": 1.0})  # another weight: allowed
     with pytest.raises(ValueError, match="clip_weight: checkpoint 2.0, now 0.0"):
         check_resumable(on, {**on["run"], "clip_weight": 0.0})
+    # paired batches of renders: off in checkpoints written before the setting existed, and it must match
+    check_resumable(old, {**old["run"], "paired_renders": False})
+    with pytest.raises(ValueError, match="paired_renders: checkpoint False, now True"):
+        check_resumable(old, {**old["run"], "paired_renders": True})
+    paired = {"run": {**old["run"], "paired_renders": True}}
+    check_resumable(paired, {**paired["run"]})
+    with pytest.raises(ValueError, match="paired_renders: checkpoint True, now False"):
+        check_resumable(paired, {**paired["run"], "paired_renders": False})
 
 
 def test_rng_state_round_trip():

@@ -245,6 +245,49 @@ def test_ensemble_parts_play_instruments_of_their_own(built, ensemble_built):
     assert max(sizes) >= 2
 
 
+def test_renders_play_the_same_notes_on_other_instruments(ensemble_built, tmp_path):
+    """``renders=2``: render 0 of each clip is the file ``renders=1`` writes, byte for byte; render 1
+    (``NAME.r1.flac``) plays the same events (times, keys, velocities, channels) with another top family and its
+    own ensemble, at the same level; both are rows of every manifest, in the clip's split."""
+    import mert_fast.probe.real_render as real_render
+
+    single_out, _ = ensemble_built
+    single = _meta(single_out)
+    out, renders = tmp_path / "renders", []
+    render = real_render.render_midi
+
+    def recording(events, **kwargs):
+        renders.append((dict(kwargs["programs"]), list(events)))
+        return render(events, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(real_render, "render_midi", recording)
+        make_real_probe_data(out, seed=3, sample_rate=SR, seconds=SECONDS, composers=("bach",),
+                             pieces_per_composer=3, clips_per_composer=2, ensemble=True, renders=2)  # fmt: skip
+    meta = _meta(out)
+    assert meta["renders"] == 2 and len(meta["clips"]) == len(renders) == 4
+    families = {r["path"]: r["label"] for r in _rows(out / "instrument.csv")}
+    splits = {r["path"]: r["split"] for r in _rows(out / "composer.csv")}
+    for j in range(2):
+        first, second = meta["clips"][2 * j], meta["clips"][2 * j + 1]
+        assert (first["render"], second["render"]) == (0, 1)
+        assert second["path"] == first["path"].replace(".flac", ".r1.flac")
+        assert (out / first["path"]).read_bytes() == (single_out / single["clips"][j]["path"]).read_bytes()
+        for k in ("piece", "key", "semitones", "bpm", "start_q", "notes", "split", "window_key"):
+            assert first[k] == second[k], k
+        assert first["part_programs"] != second["part_programs"] and second["family"] == families[second["path"]]
+        assert first["family"] != second["family"]  # the top part moves on to the next family
+        assert splits[first["path"]] == splits[second["path"]] == first["split"]
+        (programs_a, events_a), (programs_b, events_b) = renders[2 * j], renders[2 * j + 1]
+        assert events_a == events_b and programs_a != programs_b
+        x, _ = sf.read(out / first["path"])
+        y, _ = sf.read(out / second["path"])
+        assert np.abs(x - y).max() > 0.05
+        assert np.abs(x).max() == pytest.approx(np.abs(y).max(), abs=2e-4)  # one level, drawn once for the clip
+    with pytest.raises(ValueError, match="renders must be"):
+        make_real_probe_data(tmp_path / "bad", seed=3, composers=("bach",), renders=0)
+
+
 def test_ensemble_draw():
     """Part 0 keeps the clip's family and program; 2 to min(4, parts) families, programs from their families; a
     piece with more parts than MIDI channels doubles the first 15."""
@@ -356,7 +399,7 @@ def test_make_corpus_real_flag(monkeypatch, tmp_path, capsys):
     def fake(out_dir, **kwargs):
         seen.update(kwargs, out_dir=out_dir)
         clips = [{}] * kwargs["clips_per_composer"] * len(kwargs["composers"])
-        meta = {"excluded_pieces": sorted(kwargs["exclude_pieces"]), "clips": clips}
+        meta = {"excluded_pieces": sorted(kwargs["exclude_pieces"]), "clips": clips, "renders": kwargs["renders"]}
         Path(out_dir).mkdir(parents=True)
         (Path(out_dir) / "probe_data.json").write_text(json.dumps(meta))
         return {}
@@ -373,6 +416,13 @@ def test_make_corpus_real_flag(monkeypatch, tmp_path, capsys):
     assert "3 clips of 8 s of ensembles of rendered scores (0 pieces excluded)" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="--ensemble needs --real"):
         main(["make-corpus", str(out), "--ensemble"])
+    assert seen["renders"] == 1
+    assert main(["make-corpus", str(tmp_path / "twins"), "--real", "--clips", "3", "--renders", "2"]) == 0
+    assert seen["renders"] == 2
+    with pytest.raises(SystemExit, match="--renders needs --real"):
+        main(["make-corpus", str(out), "--renders", "2"])
+    with pytest.raises(SystemExit):
+        main(["make-corpus", str(out), "--real", "--renders", "0"])
     with pytest.raises(SystemExit, match="--exclude-probe-set: probe_dir: no probe_data.json"):
         main(["make-corpus", str(out), "--real", "--exclude-probe-set", str(tmp_path / "nowhere")])
     with pytest.raises(SystemExit, match="--exclude-probe-set needs --real"):

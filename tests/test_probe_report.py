@@ -17,10 +17,11 @@ def report():
 def test_real_corpus_is_rendered_once_without_the_probe_pieces(report, tmp_path, monkeypatch):
     calls = []
 
-    def fake(out_dir, clips, *, exclude_probe_sets, ensemble):
-        calls.append((Path(out_dir), clips, list(exclude_probe_sets), ensemble))
+    def fake(out_dir, clips, *, exclude_probe_sets, ensemble, renders):
+        calls.append((Path(out_dir), clips, list(exclude_probe_sets), ensemble, renders))
         Path(out_dir).mkdir(parents=True)
-        (Path(out_dir) / "probe_data.json").write_text(json.dumps({"clips": [], "ensemble": ensemble}))
+        meta = {"clips": [], "ensemble": ensemble, "renders": renders}
+        (Path(out_dir) / "probe_data.json").write_text(json.dumps(meta))
         return Path(out_dir) / "audio"
 
     monkeypatch.setattr(report, "make_real_corpus", fake)
@@ -28,21 +29,27 @@ def test_real_corpus_is_rendered_once_without_the_probe_pieces(report, tmp_path,
     args = report._corpus_args(tmp_path, data, 90, [2, 0, 1], ("--max-steps", "7"))
     audio = str(tmp_path / "corpus" / "audio")
     teacher = str(tmp_path / "pretrain_s2" / "teacher")
-    assert calls == [(tmp_path / "corpus", 90, [data], False)]
+    assert calls == [(tmp_path / "corpus", 90, [data], False, 1)]
     assert args[2] == ("--max-steps", "7", "--data", audio)  # the first seed fits the teacher
     assert args[0] == args[1] == ("--max-steps", "7", "--data", audio, "--teacher", teacher)
     # run again: the corpus is reused; a teacher given by hand is every seed's
     args = report._corpus_args(tmp_path, data, 90, [0, 1], ("--teacher", "T"))
     assert len(calls) == 1
     assert args == {0: ("--teacher", "T", "--data", audio), 1: ("--teacher", "T", "--data", audio)}
-    # a corpus of the other kind is not silently reused
-    with pytest.raises(ValueError, match="corpus of the other kind; asked for an ensemble corpus"):
+    # a corpus of another kind is not silently reused
+    with pytest.raises(ValueError, match="corpus of another kind; asked for an ensemble corpus of 1 render"):
         report._corpus_args(tmp_path, data, 90, [0], (), ensemble=True)
+    with pytest.raises(ValueError, match="asked for a single-instrument corpus of 2 render"):
+        report._corpus_args(tmp_path, data, 90, [0], (), renders=2)
     mixed = tmp_path / "mixed"
-    report._corpus_args(mixed, data, 30, [0], (), ensemble=True)
-    assert calls[-1] == (mixed / "corpus", 30, [data], True)
-    with pytest.raises(ValueError, match="corpus_ensemble needs corpus_clips"):
+    report._corpus_args(mixed, data, 30, [0], (), ensemble=True, renders=2)
+    assert calls[-1] == (mixed / "corpus", 30, [data], True, 2)
+    report._corpus_args(mixed, data, 30, [0], (), ensemble=True, renders=2)  # reused
+    assert len(calls) == 2
+    with pytest.raises(ValueError, match="corpus_ensemble and corpus_renders need corpus_clips"):
         report.run(tmp_path, [0], data=data, corpus_ensemble=True)
+    with pytest.raises(ValueError, match="corpus_ensemble and corpus_renders need corpus_clips"):
+        report.run(tmp_path, [0], data=data, corpus_renders=2)
 
 
 def test_reported_probe_is_the_best_on_valid(report):

@@ -65,6 +65,31 @@ def test_plain_python_single_process_with_profile(pretrain_data, tmp_path):
         assert torch.isfinite(model(0.1 * torch.randn(1, 8000)).last_hidden_state).all()
 
 
+def test_paired_renders_train_and_validate(pretrain_data, tmp_path):
+    """--paired-renders with the clip term: a corpus whose clips each have a second render (here the clip reversed
+    in time and quieter) trains and validates in pairs; the validation clips are whole pairs held out together."""
+    import json
+
+    import numpy as np
+    import soundfile as sf
+
+    corpus = tmp_path / "renders"
+    corpus.mkdir()
+    for path in sorted((pretrain_data / "corpus").glob("*.flac"))[:12]:
+        x, rate = sf.read(path, dtype="float32")
+        sf.write(corpus / path.name, x, rate)
+        sf.write(corpus / f"{path.stem}.r1.flac", 0.5 * np.ascontiguousarray(x[::-1]), rate)
+    out = tmp_path / "paired"
+    extra = ("--paired-renders", "--clip-weight", "1", "--val-fraction", "0.25", "--val-every", "4")
+    args = train_args(pretrain_data, out, 4, *extra)
+    args[args.index("--data") + 1] = str(corpus)
+    run([sys.executable, str(ROOT / "train.py")] + args, tmp_path)
+    assert json.loads((out / "train_config.json").read_text())["paired_renders"] is True
+    rows, val = metrics(out), metrics(out, "val")
+    assert len(rows) == 4 and all(0 < r["clip_loss"] < 3 * math.log(4) for r in rows)
+    assert [r["step"] for r in val] == [4] and val[0]["clips"] % 2 == 0 and 0 <= val[0]["clip_acc"] <= 1
+
+
 def test_frozen_feature_projection_stays_at_its_initialisation(pretrain_data, tmp_path):
     """--freeze-feature-projection: after 5 steps the input projection is bit for bit the student's initialisation
     (``torch.manual_seed(seed); MERTModel(config)``, as the trainer builds it) while the encoder has moved."""

@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.real:
         return _run_real(args)
-    for flag in ("exclude_probe_set", "ensemble"):
+    for flag in ("exclude_probe_set", "ensemble", "renders"):
         if getattr(args, flag):
             raise SystemExit(f"error: --{flag.replace('_', '-')} needs --real")
     paths = make_corpus(
@@ -60,11 +60,13 @@ def _run_real(args: argparse.Namespace) -> int:
         seconds=args.seconds,
         format=args.format,
         ensemble=args.ensemble,
+        renders=args.renders or 1,
     )
     meta = json.loads((audio.parent / "probe_data.json").read_text(encoding="utf-8"))
     excluded = len(meta["excluded_pieces"])
     kind = "ensembles of rendered scores" if args.ensemble else "rendered scores"
-    print(f"{audio}: {len(meta['clips'])} clips of {args.seconds:g} s of {kind} ({excluded} pieces excluded)")
+    renders = f", {meta['renders']} renders of each" if meta["renders"] > 1 else ""
+    print(f"{audio}: {len(meta['clips'])} clips of {args.seconds:g} s of {kind}{renders} ({excluded} pieces excluded)")
     return 0
 
 
@@ -92,6 +94,14 @@ def register(commands: argparse._SubParsersAction) -> None:
         action="store_true",
         help="with --real: each part on an instrument of its own (2-4 instrument families a clip) instead of one "
         "instrument a clip",
+    )
+    p.add_argument(
+        "--renders",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="with --real: write each clip N times (N <= 7), the same notes with other instruments (CLIP.r1.flac, "
+        "...), for train.py --paired-renders (default: 1)",
     )
     add_exclude_probe_set(p, "with --real: leave out every piece of this make-probe-data --real set (repeatable)")
     add_render_options(

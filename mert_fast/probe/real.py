@@ -34,6 +34,10 @@ How the labels and clips are made:
   and ``program.csv`` then name the top sounding part's, and ``ensemble.csv`` lists every family sounding in the
   clip: recognising instruments in a mixture, as MARBLE's instrument task does, where a single instrument's timbre
   leaves a probe little to gain. Its windows, keys, tempi and velocities are those of the same seed without it.
+- Renders (``renders=N``, ``make-corpus --real --renders N``): each clip is written N times, render 0 as above and
+  render ``k`` as ``<name>.r<k>.<format>``: the same events (window, transposition, tempo, velocities, level) with
+  the top part on the family ``k`` places further in the turn and, in ensembles, the other parts drawn afresh. Two
+  renders of a clip differ in their instruments only (``train.py --paired-renders`` contrasts them).
 - Tempo: scores notate at different note values (Palestrina in half notes, Mozart in sixteenths), so the tempo is
   set from the piece's median time between onsets: each clip draws a target of 0.18-0.40 s between onsets, clamped
   to 40-160 quarter notes per minute.
@@ -52,6 +56,7 @@ Needs music21 (``pip install 'mert_fast[probe]'``), the ``fluidsynth`` program a
 
 from __future__ import annotations
 
+import copy
 import csv
 import hashlib
 import json
@@ -68,6 +73,7 @@ import numpy as np
 import soundfile as sf
 
 from mert_fast._checks import check_float, check_int
+from mert_fast.audio import render_suffix
 from mert_fast.probe.real_render import (
     FAMILIES,
     FAMILY_PROGRAMS,
@@ -289,12 +295,14 @@ def _write_composer_clips(
     soundfont: Path,
     fmt: str,
     ensemble: bool = False,
+    renders: int = 1,
 ) -> list[dict]:
     """Render and write the ``n_clips`` clips of ``composer`` (spread evenly over its ``pieces``) under
     ``out/audio/<composer>``, and return their records. Each clip is transposed to the next tonic of its
     (split, mode) in turn, counted in ``turn`` (updated) from ``tonic_start``. ``ensemble``: each part played by
     an instrument of its own (:func:`~mert_fast.probe.real_render.ensemble_parts`, from a generator of its own,
-    so the windows, keys and tempi are those of the same clip without it)."""
+    so the windows, keys and tempi are those of the same clip without it). ``renders``: each clip is written that
+    many times, the same notes on other instruments (see :func:`make_real_probe_data`)."""
     crc = zlib.crc32(composer.encode())
     family_start = int(np.random.default_rng(np.random.SeedSequence([seed, crc, 4])).integers(len(FAMILIES)))
     (out / "audio" / composer).mkdir(parents=True, exist_ok=True)
@@ -310,34 +318,44 @@ def _write_composer_clips(
         program = int(FAMILY_PROGRAMS[family][int(rng.integers(len(FAMILY_PROGRAMS[family])))])
         spq, start, window = clip_window(piece, rng, seconds)
         window_key = _key_of_notes(window) if window else None
-        programs, families = (program,), [family]
-        if ensemble:
-            ensemble_rng = np.random.default_rng(np.random.SeedSequence([seed, crc, 5, j]))
-            part_family, programs = ensemble_parts(family, program, piece["parts"], ensemble_rng)
-            sounding = sorted({n[3] for n in window}) or [0]
-            family, program = part_family[sounding[0]], programs[sounding[0]]
-            families = sorted({part_family[k] for k in sounding}, key=FAMILIES.index)
-        audio = render_clip(window, spq, semitones, programs, rng, seconds, sample_rate, soundfont)
-        rel = f"audio/{composer}/{composer}_{j:05d}.{fmt}"
-        sf.write(out / rel, audio, sample_rate, format=fmt.upper(), subtype="PCM_16")
         own = key_name(*_key_of(window_key)) if window_key is not None else None
-        clips.append({
-            "path": rel,
-            "split": split,
-            "composer": composer,
-            "piece": piece["path"],
-            "key": key_name(tonic, mode),
-            "piece_key": piece["key"],
-            "semitones": int(semitones),
-            "window_key": own,
-            "window_key_agrees": own == piece["key"],
-            "family": family,
-            "program": program,
-            **({"families": families, "part_programs": list(programs)} if ensemble else {}),
-            "bpm": round(60.0 / spq, 3),
-            "start_q": round(start, 4),
-            "notes": len(window),
-        })  # fmt: skip
+        render_rng = copy.deepcopy(rng)  # every render of the clip draws the same velocities and level
+        for k in range(renders):
+            if k:  # the same window on another top family, its program and ensemble from generators of their own
+                family = FAMILIES[(family_start + j + k) % len(FAMILIES)]
+                program_rng = np.random.default_rng(np.random.SeedSequence([seed, crc, 6, j, k]))
+                program = int(FAMILY_PROGRAMS[family][int(program_rng.integers(len(FAMILY_PROGRAMS[family])))])
+            programs, families = (program,), [family]
+            if ensemble:
+                ensemble_rng = np.random.default_rng(np.random.SeedSequence([seed, crc, 5, j, *([k] if k else [])]))
+                part_family, programs = ensemble_parts(family, program, piece["parts"], ensemble_rng)
+                sounding = sorted({n[3] for n in window}) or [0]
+                family, program = part_family[sounding[0]], programs[sounding[0]]
+                families = sorted({part_family[p] for p in sounding}, key=FAMILIES.index)
+            audio = render_clip(
+                window, spq, semitones, programs, rng if k == 0 else copy.deepcopy(render_rng), seconds, sample_rate,
+                soundfont,
+            )  # fmt: skip
+            rel = f"audio/{composer}/{composer}_{j:05d}{render_suffix(k)}.{fmt}"
+            sf.write(out / rel, audio, sample_rate, format=fmt.upper(), subtype="PCM_16")
+            clips.append({
+                "path": rel,
+                "split": split,
+                "composer": composer,
+                "piece": piece["path"],
+                "key": key_name(tonic, mode),
+                "piece_key": piece["key"],
+                "semitones": int(semitones),
+                "window_key": own,
+                "window_key_agrees": own == piece["key"],
+                "family": family,
+                "program": program,
+                **({"families": families, "part_programs": list(programs)} if ensemble else {}),
+                **({"render": k} if renders > 1 else {}),
+                "bpm": round(60.0 / spq, 3),
+                "start_q": round(start, 4),
+                "notes": len(window),
+            })  # fmt: skip
     return clips
 
 
@@ -411,6 +429,7 @@ def make_real_probe_data(
     format: str = "flac",  # noqa: A002  (mirrors make_probe_data and the CLI's --format)
     exclude_pieces: Iterable[str] = (),
     ensemble: bool = False,
+    renders: int = 1,
 ) -> dict[str, Path]:
     """Write the real-music probe set (see the module docstring) into ``out_dir``.
 
@@ -427,6 +446,11 @@ def make_real_probe_data(
             pre-training corpus made with this function shares no piece with it).
         ensemble: play each part of a clip on an instrument of its own, 2-4 families a clip (the module docstring's
             "Ensembles"); adds the multi-label ``ensemble`` task.
+        renders: write each clip this many times: render 0 as above, render ``k >= 1`` (``<name>.r<k>.<format>``)
+            the same notes (window, transposition, tempo, velocities and level) with the top part on the next
+            family but ``k`` in the clip's turn and the rest of the ensemble drawn afresh, so that the renders of a
+            clip differ in their instruments only. Every render is a row of the manifests, in its clip's split; the
+            renders of one clip are what ``train.py --paired-renders`` contrasts.
 
     Returns:
         The manifests by task: ``key``, ``instrument``, ``program`` and ``composer`` (``out_dir/<task>.csv``), and
@@ -440,6 +464,7 @@ def make_real_probe_data(
     _check_args(seed, sample_rate, seconds, composers, pieces_per_composer, clips_per_composer, format)
     if not isinstance(ensemble, bool):
         raise TypeError(f"ensemble must be a bool; got {ensemble!r}")
+    check_int("renders", renders, min=1, max=len(FAMILIES))
     if isinstance(exclude_pieces, str):
         raise TypeError("exclude_pieces must be a collection of music21 corpus paths, not one string")
     exclude = frozenset(exclude_pieces)
@@ -456,7 +481,7 @@ def make_real_probe_data(
     turn = {(s, m): 0 for s in _SPLITS for m in MODES}
     clips = []
     for composer in composers:
-        clip_args = (seed, tonic_start, turn, sample_rate, float(seconds), soundfont, format, ensemble)
+        clip_args = (seed, tonic_start, turn, sample_rate, float(seconds), soundfont, format, ensemble, renders)
         clips += _write_composer_clips(out, composer, pieces[composer], clips_per_composer, *clip_args)
         logger.info("%s: %d clips written (%.0f s)", composer, clips_per_composer, time.perf_counter() - t0)
     manifests, counts = _write_task_manifests(out, _task_rows(clips))
@@ -484,6 +509,7 @@ def make_real_probe_data(
             else {}
         ),
         "ensemble": ensemble,
+        "renders": renders,
         "counts": counts,
         "pieces": {c: [{k: v for k, v in p.items() if k != "notes"} for p in ps] for c, ps in pieces.items()},
         "clips": clips,
@@ -503,11 +529,13 @@ def make_real_corpus(
     sample_rate: int = 24000,
     format: str = "flac",  # noqa: A002  (mirrors make_real_probe_data)
     ensemble: bool = False,
+    renders: int = 1,
 ) -> Path:
     """A real-music pre-training corpus (``mert-fast make-corpus --real``): :func:`make_real_probe_data` over
     :data:`CORPUS_COMPOSERS`, ``clips`` split evenly over them (rounded up), leaving out every piece of each folder
     in ``exclude_probe_sets`` (sets made by :func:`make_real_probe_data`). ``ensemble``: every part on an instrument
-    of its own (mixtures of 2-4 families; the same pieces, windows, keys and tempi as without it). Returns
+    of its own (mixtures of 2-4 families; the same pieces, windows, keys and tempi as without it). ``renders``: each
+    clip that many times, on other instruments (:func:`make_real_probe_data`; ``clips`` counts render 0 only). Returns
     ``out_dir/audio``, the folder to train on (``train.py --data``)."""
     check_int("clips", clips, min=1)
     exclude = pieces_of_sets(exclude_probe_sets, "exclude_probe_sets")
@@ -521,5 +549,6 @@ def make_real_corpus(
         format=format,
         exclude_pieces=exclude,
         ensemble=ensemble,
+        renders=renders,
     )
     return Path(out_dir) / "audio"

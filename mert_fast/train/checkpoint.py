@@ -260,6 +260,9 @@ def check_resumable(meta: dict[str, Any], run: dict[str, Any]) -> None:
     """Raise ValueError naming every setting in which the run differs from the checkpoint's."""
     diffs = [f"{k}: checkpoint {meta['run'].get(k)!r}, now {run.get(k)!r}" for k in RESUME_KEYS
              if meta["run"].get(k) != run.get(k)]  # fmt: skip
+    if bool(meta["run"].get("paired_renders")) != bool(run.get("paired_renders")):  # absent before it existed: off
+        diffs.append(f"paired_renders: checkpoint {bool(meta['run'].get('paired_renders'))}, now "
+                     f"{bool(run.get('paired_renders'))} (it fixes which clips a step takes)")  # fmt: skip
     for k in HEAD_KEYS:  # absent from checkpoints written before the term existed: off
         was, now = meta["run"].get(k) or 0.0, run.get(k) or 0.0
         if (was > 0) != (now > 0):

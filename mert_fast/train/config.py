@@ -104,6 +104,11 @@ class TrainConfig:
     """Weight of a clip term (``mert`` and ``muq``): InfoNCE of matching each clip's first half to its second half
     among the batch's clips (mean-pooled output frames through a small projection head), times the masked-frame
     count; needs ``batch_size >= 2``; 0: off (MERT's recipe)."""
+    paired_renders: bool = False
+    """Draw a corpus's renders of one clip in pairs (``make-corpus --real --renders 2``: ``NAME.flac`` and
+    ``NAME.r1.flac``, the same notes on other instruments), cropped at the same offset, ``batch_size // 2`` pairs a
+    step (and in validation). With ``clip_weight``, each clip's other render is among the clips its halves are told
+    apart from: same notes, other instruments, so that only timbre tells them apart. Needs an even ``batch_size``."""
     objective: str = "mert"
     """``mert`` (codes through cosine heads + CQT regression), ``muq`` (Mel-RVQ codes through linear heads, no CQT)
     or ``data2vec`` (music2vec: regress the EMA teacher's averaged top layers)."""
@@ -193,6 +198,10 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a finite number >= 0; got {value!r}")
             if value and self.objective == "data2vec":
                 raise ValueError(f"{name}: the data2vec objective has no such term; use objective mert or muq")
+        if not isinstance(self.paired_renders, bool):
+            raise TypeError(f"paired_renders must be a bool; got {self.paired_renders!r}")
+        if self.paired_renders and self.batch_size % 2:
+            raise ValueError(f"batch_size: paired_renders takes clips in pairs, it must be even; got {self.batch_size}")
         if self.clip_weight and self.batch_size < 2:
             raise ValueError(f"clip_weight: the clip term needs batch_size >= 2; got {self.batch_size}")
         if self.clip_grad < 0 or self.feature_grad_mult < 0:

@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import Dataset
 
 from mert_fast._checks import check_float, check_int
-from mert_fast.audio import AUDIO_EXTENSIONS, audio_info, find_audio, load_audio
+from mert_fast.audio import AUDIO_EXTENSIONS, audio_info, find_audio, load_audio, render_group
 
 __all__ = ["AUDIO_EXTENSIONS", "AudioCorpus", "BadFile", "hold_out", "list_audio"]
 
@@ -66,7 +66,9 @@ def list_audio(source: str | os.PathLike | Sequence[str | os.PathLike]) -> list[
 def hold_out(files: Sequence[Path], fraction: float) -> tuple[list[Path], list[Path]]:
     """Split ``files`` into ``(train, held_out)``: a file is held out when a hash of its name falls below
     ``fraction``, so the split is the same on every machine and does not move when files are added or removed.
-    At least one file is held out when ``fraction > 0`` (the first by hash) and at least one is kept.
+    A render of a clip (``<stem>.r<k><ext>``, :func:`~mert_fast.audio.render_group`) is hashed by its clip's name,
+    so it lands on its clip's side. At least one file is held out when ``fraction > 0`` (the first clip by hash)
+    and at least one is kept.
     """
     if not 0 <= fraction < 1:
         raise ValueError(f"fraction must be in [0, 1); got {fraction!r}")
@@ -74,10 +76,12 @@ def hold_out(files: Sequence[Path], fraction: float) -> tuple[list[Path], list[P
         return list(files), []
     if len(files) < 2:
         raise ValueError(f"a validation split needs at least 2 files; got {len(files)}")
-    keys = [int.from_bytes(hashlib.blake2b(p.name.encode(), digest_size=8).digest(), "big") / 2**64 for p in files]
-    held = {i for i, k in enumerate(keys) if k < fraction} or {min(range(len(files)), key=keys.__getitem__)}
-    if len(held) == len(files):
-        held.discard(max(held, key=keys.__getitem__))
+    # the renders of one clip (name.r<k>.ext, see render_group) go with their clip: they share its notes
+    names = [render_group(p)[0].name for p in files]
+    keys = [int.from_bytes(hashlib.blake2b(n.encode(), digest_size=8).digest(), "big") / 2**64 for n in names]
+    held = {i for i, k in enumerate(keys) if k < fraction} or {i for i, k in enumerate(keys) if k == min(keys)}
+    if len(held) == len(files):  # keep the last clip by hash (with its renders), or one file when there is one clip
+        held -= {i for i in held if keys[i] == max(keys)} if min(keys) < max(keys) else {max(held)}
     return [p for i, p in enumerate(files) if i not in held], [p for i, p in enumerate(files) if i in held]
 
 

@@ -12,6 +12,11 @@ Step ``s`` of rank ``r`` takes positions ``[(k * world_size + r) * batch_size, .
 permutation of epoch ``s // steps_per_epoch`` (``k = s % steps_per_epoch``; the last incomplete group of an
 epoch is dropped), so the ranks of a step read disjoint clips. A corpus with fewer clips than one step needs is
 sampled with replacement instead, each slot's clip drawn from ``(seed, step, rank, sample)``.
+
+``paired_renders=True`` draws renders of one clip in pairs (the files ``NAME.ext`` and ``NAME.r<k>.ext`` of
+``make-corpus --real --renders N``: the same notes on other instruments): a step takes ``batch_size // 2`` clips,
+each followed by another of its renders cropped at the same offset, so that crops ``2j`` and ``2j + 1`` differ in
+their instruments only.
 """
 
 from __future__ import annotations
@@ -23,12 +28,14 @@ import logging
 import math
 import signal
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from mert_fast._checks import check_float, check_int
+from mert_fast.audio import render_group
 from mert_fast.train.corpus import AUDIO_EXTENSIONS, AudioCorpus, BadFile, _describe, hold_out, list_audio
 
 __all__ = [
@@ -169,6 +176,7 @@ def _check_arguments(
     num_workers: int,
     start_step: int,
     max_steps: int | None,
+    paired_renders: bool,
 ) -> None:
     """:class:`CropBatches`'s argument checks: a TypeError or ValueError naming the argument."""
     if not isinstance(corpus, AudioCorpus):
@@ -190,6 +198,36 @@ def _check_arguments(
     if min_crop_seconds > crop_seconds:
         raise ValueError(f"min_crop_seconds ({min_crop_seconds}) must be <= crop_seconds ({crop_seconds})")
     check_int("seed", seed)
+    if not isinstance(paired_renders, bool):
+        raise TypeError(f"paired_renders must be a bool; got {paired_renders!r}")
+    if paired_renders and batch_size % 2:
+        raise ValueError(
+            f"batch_size: paired_renders takes clips in pairs and needs an even batch_size; got {batch_size}"
+        )
+
+
+def render_pairs(corpus: AudioCorpus, eligible: np.ndarray) -> list[tuple[int, ...]]:
+    """The clips of ``corpus`` (among the indices ``eligible``) that have another render there: for each, its
+    renders' indices in render order (render 0 first when present), in corpus order of the first. Renders of one
+    clip must match in length and sample rate to be cropped together; one that does not is left out, with a
+    warning."""
+    groups: dict[Path, list[tuple[int, int]]] = {}
+    for i in eligible:
+        clip, k = render_group(corpus.files[int(i)])
+        groups.setdefault(clip, []).append((k, int(i)))
+    pairs = []
+    for clip, members in groups.items():
+        members.sort()
+        first = members[0][1]
+        same = [
+            i for _, i in members if (corpus.frames[i], corpus.rates[i]) == (corpus.frames[first], corpus.rates[first])
+        ]
+        if len(same) < len(members):
+            logger.warning("%s: %d renders differ from the first in length or rate and are not paired with it",
+                           clip, len(members) - len(same))  # fmt: skip
+        if len(same) >= 2:
+            pairs.append(tuple(same))
+    return sorted(pairs)
 
 
 class CropBatches(Dataset):
@@ -218,8 +256,15 @@ class CropBatches(Dataset):
     with replacement, keyed on ``(seed, step, rank, sample)`` (see :meth:`indices_for`), so resuming stays exact;
     with enough clips the draws are the permutation scheme above, unchanged.
 
+    ``paired_renders``: the module docstring's pairs of renders. The permutation (or the draw with replacement) is
+    then over the clips with at least two eligible renders (:func:`render_pairs`), ``batch_size // 2`` of them a
+    step; slot ``2j`` is a clip's first render, slot ``2j + 1`` another drawn from ``seed_for(seed, s, r, j,
+    "render")``, both cropped at the offset drawn for slot ``2j``; a pair with a file that fails to decode is
+    replaced by the next pair.
+
     Raises:
-        ValueError: a bad argument, or no clip of at least ``min_crop_seconds``.
+        ValueError: a bad argument, no clip of at least ``min_crop_seconds``, or (``paired_renders``) no clip with
+            two renders.
     """
 
     def __init__(
@@ -238,10 +283,12 @@ class CropBatches(Dataset):
         pin_memory: bool = False,
         prefetch_factor: int | None = None,
         ignore_stop_signals: bool = False,
+        paired_renders: bool = False,
     ) -> None:
         _check_arguments(
             corpus, batch_size=batch_size, crop_seconds=crop_seconds, min_crop_seconds=min_crop_seconds, seed=seed,
             rank=rank, world_size=world_size, num_workers=num_workers, start_step=start_step, max_steps=max_steps,
+            paired_renders=paired_renders,
         )  # fmt: skip
         self.corpus = corpus
         self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, rank, world_size
@@ -266,65 +313,117 @@ class CropBatches(Dataset):
                 f"{_describe(corpus.source)} has no clip of >= min_crop_seconds = {self.min_crop_seconds:g} s "
                 f"({len(corpus)} usable files, all shorter)"
             )
+        self.paired_renders = paired_renders
+        #: paired_renders: each clip's renders (corpus indices) that are drawn in pairs (see render_pairs).
+        self.pairs = render_pairs(corpus, self.eligible) if paired_renders else []
+        if paired_renders and not self.pairs:
+            raise ValueError(
+                f"paired_renders: {_describe(corpus.source)} has no clip with two renders of >= "
+                f"{self.min_crop_seconds:g} s (NAME.ext and NAME.r1.ext, as make-corpus --real --renders 2 writes)"
+            )
+        n_units = len(self.pairs) if paired_renders else len(self.eligible)
+        if paired_renders:
+            per_step //= 2
         #: Fewer eligible clips than a step needs: each slot draws its clip with replacement (see indices_for).
-        self.with_replacement = len(self.eligible) < per_step
+        self.with_replacement = n_units < per_step
         if self.with_replacement and rank == 0:
+            what = "clips with two renders" if paired_renders else "clips"
+            need = "batch_size // 2 * world_size" if paired_renders else "batch_size * world_size"
             logger.warning(
-                "%s has %d clips of >= %g s, fewer than a step's batch_size * world_size = %d: clips are drawn with "
-                "replacement (a step may repeat a clip, with its own crop)",
+                "%s has %d %s of >= %g s, fewer than a step's %s = %d: clips are drawn with replacement (a step may "
+                "repeat a clip, with its own crop)",
                 _describe(corpus.source),
-                len(self.eligible),
+                n_units,
+                what,
                 self.min_crop_seconds,
+                need,
                 per_step,
             )
-        self.steps_per_epoch = max(1, len(self.eligible) // per_step)
+        self.steps_per_epoch = max(1, n_units // per_step)
         self._perm_cache: tuple[int, np.ndarray] | None = None
         self._known_bad: dict[int, str] = {}  # per process: clips that failed to decode here
 
     # ---------------------------------------------------------------------------------- the pure functions
 
     def epoch_permutation(self, epoch: int) -> np.ndarray:
-        """Corpus indices of the eligible clips in epoch ``epoch``'s order (the same on every rank)."""
+        """Corpus indices of the eligible clips in epoch ``epoch``'s order (the same on every rank); with
+        ``paired_renders``, positions in :attr:`pairs` instead."""
         if self._perm_cache is None or self._perm_cache[0] != epoch:
-            perm = _permutation(len(self.eligible), seed_for(self.seed, epoch, 0, 0, "epoch permutation"))
-            self._perm_cache = (epoch, self.eligible[perm])
+            units = np.arange(len(self.pairs)) if self.paired_renders else self.eligible
+            perm = _permutation(len(units), seed_for(self.seed, epoch, 0, 0, "epoch permutation"))
+            self._perm_cache = (epoch, units[perm])
         return self._perm_cache[1]
+
+    def _units_for(self, step: int) -> np.ndarray:
+        """This rank's draws at ``step``: corpus indices, or (``paired_renders``) positions in :attr:`pairs`."""
+        n_slots = self.batch_size // 2 if self.paired_renders else self.batch_size
+        if self.with_replacement:
+            n = len(self.pairs) if self.paired_renders else len(self.eligible)
+            slots = np.array([seed_for(self.seed, step, self.rank, j, "clip") % n for j in range(n_slots)], np.int64)
+            return slots if self.paired_renders else self.eligible[slots]
+        epoch, k = divmod(step, self.steps_per_epoch)
+        first = (k * self.world_size + self.rank) * n_slots
+        return self.epoch_permutation(epoch)[first : first + n_slots].copy()
+
+    def _pair(self, step: int, j: int, unit: int) -> list[int]:
+        """The two corpus indices slot pair ``j`` takes from :attr:`pairs` ``[unit]``: the first render and another."""
+        renders = self.pairs[unit]
+        return [renders[0], renders[1 + seed_for(self.seed, step, self.rank, j, "render") % (len(renders) - 1)]]
 
     def indices_for(self, step: int) -> np.ndarray:
         """Corpus indices of this rank's clips at ``step``, before any decoding failure: int64 ``(batch_size,)``.
 
         With fewer eligible clips than ``batch_size * world_size`` (:attr:`with_replacement`), slot ``j`` takes
         eligible clip ``seed_for(seed, step, rank, j, "clip") % n_eligible``: a draw with replacement that is still
-        a function of ``(seed, step, rank, sample)`` only."""
-        if self.with_replacement:
-            n = len(self.eligible)
-            slots = [seed_for(self.seed, step, self.rank, j, "clip") % n for j in range(self.batch_size)]
-            return self.eligible[np.array(slots, dtype=np.int64)]
-        epoch, k = divmod(step, self.steps_per_epoch)
-        first = (k * self.world_size + self.rank) * self.batch_size
-        return self.epoch_permutation(epoch)[first : first + self.batch_size].copy()
+        a function of ``(seed, step, rank, sample)`` only. ``paired_renders``: the pairs of renders, flattened."""
+        units = self._units_for(step)
+        if not self.paired_renders:
+            return units
+        return np.array([i for j, u in enumerate(units) for i in self._pair(step, j, int(u))], dtype=np.int64)
 
     def __len__(self) -> int:
         if self.max_steps is None:
             raise TypeError("an endless loader (max_steps=None) has no length")
         return max(0, self.max_steps - self.start_step)
 
+    def _skip_bad(self, i: int, skipped: list[BadFile]) -> None:
+        """Record the known-bad clip ``i`` in ``skipped`` (once)."""
+        path = self.corpus.files[i]
+        if not any(b.path == path for b in skipped):
+            skipped.append(BadFile(path, self._known_bad[i]))
+
+    def _good_clips(self, step: int, skipped: list[BadFile]) -> list[int]:
+        """:meth:`indices_for` with every clip known to fail replaced: by the next eligible clip in corpus order, or
+        (``paired_renders``) its pair by the next pair of :attr:`pairs`."""
+        if self.paired_renders:
+            units = [int(u) for u in self._units_for(step)]
+            for j, u in enumerate(units):
+                while bad := [i for i in self._pair(step, j, u) if i in self._known_bad]:
+                    for i in bad:
+                        self._skip_bad(i, skipped)
+                    if all(any(i in self._known_bad for i in renders) for renders in self.pairs):
+                        raise ValueError(f"no pair of renders of {_describe(self.corpus.source)} could be decoded")
+                    u = (u + 1) % len(self.pairs)
+                units[j] = u
+            return [i for j, u in enumerate(units) for i in self._pair(step, j, u)]
+        chosen = [int(i) for i in self.indices_for(step)]
+        for j, i in enumerate(chosen):
+            # a clip that failed is replaced by the next eligible clip (in corpus order) not known to fail
+            while i in self._known_bad:
+                self._skip_bad(i, skipped)
+                if len(self._known_bad) >= len(self.eligible):
+                    raise ValueError(f"no clip of {_describe(self.corpus.source)} could be decoded")
+                position = int(np.searchsorted(self.eligible, i))  # eligible is sorted
+                i = int(self.eligible[(position + 1) % len(self.eligible)])
+            chosen[j] = i
+        return chosen
+
     def __getitem__(self, step: int) -> Batch:
         """Decode and crop step ``step``'s batch (runs in a DataLoader worker)."""
         corpus = self.corpus
-        chosen = [int(i) for i in self.indices_for(step)]
         skipped: list[BadFile] = []
         while True:
-            for j, i in enumerate(chosen):
-                # a clip that failed is replaced by the next eligible clip (in corpus order) not known to fail
-                while i in self._known_bad:
-                    if not any(b.path == corpus.files[i] for b in skipped):
-                        skipped.append(BadFile(corpus.files[i], self._known_bad[i]))
-                    if len(self._known_bad) >= len(self.eligible):
-                        raise ValueError(f"no clip of {_describe(corpus.source)} could be decoded")
-                    position = int(np.searchsorted(self.eligible, i))  # eligible is sorted
-                    i = int(self.eligible[(position + 1) % len(self.eligible)])
-                chosen[j] = i
+            chosen = self._good_clips(step, skipped)
             length = min(self.crop_samples, *(corpus.num_samples(i) for i in chosen))
             crops, offsets, failed = [], [], False
             for j, i in enumerate(chosen):
@@ -334,7 +433,9 @@ class CropBatches(Dataset):
                 else:  # enough file frames to give >= length samples after resampling (soxr rounds the length)
                     n_file = min(-(-length * rate // corpus.sample_rate), corpus.frames[i])
                 spare = corpus.frames[i] - n_file
-                offset = seed_for(self.seed, step, self.rank, j, "crop") % (spare + 1)
+                # the renders of a pair have one length and rate (render_pairs): the first's draw crops both
+                slot = j - j % 2 if self.paired_renders else j
+                offset = seed_for(self.seed, step, self.rank, slot, "crop") % (spare + 1)
                 try:
                     crop = corpus.read_crop(i, offset, n_file)
                     if len(crop) < length:

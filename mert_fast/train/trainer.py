@@ -118,12 +118,15 @@ class Trainer:
             corpus, batch_size=cfg.batch_size, crop_seconds=cfg.crop_seconds, min_crop_seconds=cfg.min_crop_seconds,
             seed=cfg.seed, rank=dist.rank, world_size=dist.world_size, num_workers=cfg.num_workers,
             start_step=self.step * cfg.grad_accum, max_steps=cfg.max_steps * cfg.grad_accum, ignore_stop_signals=True,
+            paired_renders=cfg.paired_renders,
         )  # fmt: skip
         self.val = None
         if val_corpus is not None:
+            val_batch = min(cfg.batch_size, len(val_corpus))
             self.val = CropBatches(
-                val_corpus, batch_size=min(cfg.batch_size, len(val_corpus)), crop_seconds=cfg.crop_seconds,
-                min_crop_seconds=cfg.min_crop_seconds, seed=cfg.seed,
+                val_corpus, batch_size=max(2, val_batch - val_batch % 2) if cfg.paired_renders else val_batch,
+                crop_seconds=cfg.crop_seconds, min_crop_seconds=cfg.min_crop_seconds, seed=cfg.seed,
+                paired_renders=cfg.paired_renders,
             )  # fmt: skip
         self.metrics = MetricsSink(self.out, dist.is_main, self.step if checkpoint is not None else None)
         is_cuda = dist.device.type == "cuda"
