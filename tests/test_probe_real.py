@@ -193,23 +193,29 @@ def test_cli_flag(monkeypatch, tmp_path):
     assert seen["seconds"] == 2.0 and "notes_per_cell" in seen  # without --real: the synthetic set, 2 s clips
 
 
-@pytest.fixture(scope="module")
-def ensemble_built(tmp_path_factory, built):
-    """The set of ``built`` with ``ensemble=True``, and the (channel -> program, events) of every render."""
+def _recorded_ensembles(out: Path, clips: int, renders: int = 1) -> list[tuple[dict, list]]:
+    """Build ``built``'s set with ``ensemble=True`` into ``out``; return the (channel -> program, events) of every
+    fluidsynth render."""
     import mert_fast.probe.real_render as real_render
 
-    out, renders = tmp_path_factory.mktemp("real_ensemble"), []
-    render = real_render.render_midi
+    recorded, render = [], real_render.render_midi
 
     def recording(events, **kwargs):
-        renders.append((dict(kwargs["programs"]), list(events)))
+        recorded.append((dict(kwargs["programs"]), list(events)))
         return render(events, **kwargs)
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(real_render, "render_midi", recording)
-        make_real_probe_data(out, seed=3, sample_rate=SR, seconds=SECONDS, composers=("bach",),
-                             pieces_per_composer=3, clips_per_composer=3, ensemble=True)  # fmt: skip
-    return out, renders
+        make_real_probe_data(out, seed=3, sample_rate=SR, seconds=SECONDS, composers=("bach",), pieces_per_composer=3,
+                             clips_per_composer=clips, ensemble=True, renders=renders)  # fmt: skip
+    return recorded
+
+
+@pytest.fixture(scope="module")
+def ensemble_built(tmp_path_factory, built):
+    """The set of ``built`` with ``ensemble=True``, and the (channel -> program, events) of every render."""
+    out = tmp_path_factory.mktemp("real_ensemble")
+    return out, _recorded_ensembles(out, 3)
 
 
 def test_ensemble_parts_play_instruments_of_their_own(built, ensemble_built):
@@ -249,21 +255,10 @@ def test_renders_play_the_same_notes_on_other_instruments(ensemble_built, tmp_pa
     """``renders=2``: render 0 of each clip is the file ``renders=1`` writes, byte for byte; render 1
     (``NAME.r1.flac``) plays the same events (times, keys, velocities, channels) with another top family and its
     own ensemble, at the same level; both are rows of every manifest, in the clip's split."""
-    import mert_fast.probe.real_render as real_render
-
     single_out, _ = ensemble_built
     single = _meta(single_out)
-    out, renders = tmp_path / "renders", []
-    render = real_render.render_midi
-
-    def recording(events, **kwargs):
-        renders.append((dict(kwargs["programs"]), list(events)))
-        return render(events, **kwargs)
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(real_render, "render_midi", recording)
-        make_real_probe_data(out, seed=3, sample_rate=SR, seconds=SECONDS, composers=("bach",),
-                             pieces_per_composer=3, clips_per_composer=2, ensemble=True, renders=2)  # fmt: skip
+    out = tmp_path / "renders"
+    renders = _recorded_ensembles(out, 2, renders=2)
     meta = _meta(out)
     assert meta["renders"] == 2 and len(meta["clips"]) == len(renders) == 4
     families = {r["path"]: r["label"] for r in _rows(out / "instrument.csv")}
