@@ -71,21 +71,26 @@ def _corpus_args(
     train_args: tuple[str, ...],
     ensemble: bool = False,
     renders: int = 1,
+    render_vary: str = "instruments",
 ) -> dict:
     """``train.py`` flags by seed for pre-training on a real-music corpus of ``clips`` clips rendered into
     ``WORK/corpus`` (every piece of the probe set ``data`` left out; ``ensemble``: every part on an instrument of
-    its own; ``renders``: each clip that many times on other instruments): the first seed's run fits the teacher,
-    the others reuse it (unless ``train_args`` name a teacher). A corpus rendered before is reused; one of another
-    kind (ensemble or not, another number of renders) is an error."""
+    its own; ``renders``: each clip that many times, on other instruments or, ``render_vary="notes"``, on other
+    notes): the first seed's run fits the teacher, the others reuse it (unless ``train_args`` name a teacher). A
+    corpus rendered before is reused; one of another kind (ensemble or not, other renders) is an error."""
     audio = work / "corpus" / "audio"
     meta = work / "corpus" / "probe_data.json"
     if not meta.is_file():
         logger.info("rendering a real-music corpus of %d clips into %s", clips, audio.parent)
-        make_real_corpus(audio.parent, clips, exclude_probe_sets=[data], ensemble=ensemble, renders=renders)
+        make_real_corpus(audio.parent, clips, exclude_probe_sets=[data], ensemble=ensemble, renders=renders,
+                         render_vary=render_vary)  # fmt: skip
     else:
         found = json.loads(meta.read_text())
-        if (found.get("ensemble", False), found.get("renders", 1)) != (ensemble, renders):
+        vary = render_vary if renders > 1 else None
+        kept = found.get("ensemble", False), found.get("renders", 1), found.get("render_vary")
+        if kept != (ensemble, renders, vary):
             kind = f"{'an ensemble' if ensemble else 'a single-instrument'} corpus of {renders} render(s) a clip"
+            kind += f" ({render_vary} vary)" if vary else ""
             raise ValueError(f"{audio.parent} holds a corpus of another kind; asked for {kind} (use another WORK)")
     args = {seed: (*train_args, "--data", str(audio)) for seed in seeds}
     if "--teacher" not in train_args:
@@ -150,12 +155,13 @@ def run(
     models_from: Path | None = None,
     corpus_ensemble: bool = False,
     corpus_renders: int = 1,
+    corpus_render_vary: str = "instruments",
 ) -> dict:
     """Pre-train, probe and summarise; ``data``: a probe set made before, else one is made in ``WORK/data`` (the
     real-music set when ``real``, else the synthetic one); ``train_args``: more ``train.py`` flags (another recipe
     than the main command's); ``corpus_clips``: pre-train on that many clips of real music instead
-    (:func:`_corpus_args`; ``corpus_ensemble``: of ensembles, ``corpus_renders``: each clip that many times on other
-    instruments); ``models_from``: probe the models another run of
+    (:func:`_corpus_args`; ``corpus_ensemble``: of ensembles, ``corpus_renders``: each clip that many times, what
+    varies between them ``corpus_render_vary``); ``models_from``: probe the models another run of
     this script pre-trained there instead of training (``train_args`` and ``corpus_clips`` are then unused)."""
     if models_from is not None and (train_args or corpus_clips is not None):
         raise ValueError("models_from probes models trained before: train_args and corpus_clips must be unset")
@@ -165,7 +171,8 @@ def run(
             (make_real_probe_data if real else make_probe_data)(data)
     seed_args = {seed: train_args for seed in seeds}
     if corpus_clips is not None:
-        seed_args = _corpus_args(work, data, corpus_clips, seeds, train_args, corpus_ensemble, corpus_renders)
+        seed_args = _corpus_args(work, data, corpus_clips, seeds, train_args, corpus_ensemble, corpus_renders,
+                                 corpus_render_vary)  # fmt: skip
     elif corpus_ensemble or corpus_renders != 1:
         raise ValueError("corpus_ensemble and corpus_renders need corpus_clips")
     manifests = {t: data / f"{t}.csv" for t in tasks}
@@ -259,6 +266,9 @@ def main() -> int:
     parser.add_argument("--corpus-renders", type=int, default=1, metavar="N",
                         help="with --corpus-clips: render each corpus clip N times, the same notes on other "
                         "instruments (make-corpus --real --renders N; train with --paired-renders)")  # fmt: skip
+    parser.add_argument("--corpus-render-vary", choices=("instruments", "notes"), default="instruments",
+                        help="with --corpus-renders: what the renders after the first change (make-corpus "
+                        "--render-vary; default: %(default)s)")  # fmt: skip
     parser.add_argument("--models-from", type=Path, default=None, metavar="WORK",
                         help="probe the models a finished run pre-trained in WORK (WORK/pretrain_s<seed>/model) "
                         "instead of training, e.g. on a fresh set given by --data")  # fmt: skip
@@ -279,11 +289,12 @@ def main() -> int:
     train_args = tuple(shlex.split(args.train_args))
     tasks = tuple(args.tasks.split(","))
     report = run(args.work, seeds, tasks, args.data, train_args, args.real, args.corpus_clips, args.models_from,
-                 args.corpus_ensemble, args.corpus_renders)  # fmt: skip
+                 args.corpus_ensemble, args.corpus_renders, args.corpus_render_vary)  # fmt: skip
     report["train_args"] = args.train_args
     report["corpus_clips"] = args.corpus_clips
     report["corpus_ensemble"] = args.corpus_ensemble
     report["corpus_renders"] = args.corpus_renders
+    report["corpus_render_vary"] = args.corpus_render_vary if args.corpus_renders > 1 else None
     if args.models_from is not None:
         report["models_from"] = _recipe_of(args.models_from)
     git = ["git", "-C", str(ROOT)]

@@ -15,7 +15,13 @@ from mert_fast.model.mert import MERTModel
 from mert_fast.testing import rel_error
 from mert_fast.train.config import TrainConfig
 from mert_fast.train.masking import compute_mask
-from mert_fast.train.objectives.mert import CLIP_TEMPERATURE, MERTPretrainer, clip_infonce, masked_student
+from mert_fast.train.objectives.mert import (
+    CLIP_TEMPERATURE,
+    MERTPretrainer,
+    clip_infonce,
+    masked_student,
+    partner_infonce,
+)
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -78,6 +84,48 @@ def test_clip_infonce_tells_clips_apart_by_what_their_halves_share():
     assert acc2 == 0.0 and float(loss2) > math.log(6)
 
 
+def _partner_reference(hidden: torch.Tensor, head: nn.Module, temperature: float) -> tuple[torch.Tensor, float]:
+    """Float64, written out: each clip's mean, cosine similarities to every other clip, -log softmax at the partner
+    (clip 2j's is 2j + 1 and back)."""
+    head64 = nn.Sequential(*(m.double() if isinstance(m, nn.Linear) else m for m in _copy(head)))
+    z = head64(hidden.double().mean(1))
+    n = z.shape[0]
+    losses, hits = [], 0
+    for i in range(n):
+        partner = i + 1 if i % 2 == 0 else i - 1
+        others = [j for j in range(n) if j != i]
+        sims = torch.stack([z[i] @ z[j] / (z[i].norm() * z[j].norm()) / temperature for j in others])
+        losses.append(torch.logsumexp(sims, 0) - sims[others.index(partner)])
+        hits += others[int(sims.argmax())] == partner
+    return torch.stack(losses).mean(), hits / n
+
+
+@pytest.mark.parametrize(("batch", "frames"), [(2, 1), (6, 7), (8, 30)])
+def test_partner_infonce_matches_a_float64_reference_with_its_gradient(batch, frames):
+    head = _head(12, 7, seed=batch + 1)
+    hidden = torch.randn(batch, frames, 12, generator=_gen(frames + 3), requires_grad=True)
+    loss, acc = partner_infonce(hidden, head, 0.1)
+    hidden64 = hidden.detach().double().requires_grad_(True)
+    ref, ref_acc = _partner_reference(hidden64, head, 0.1)
+    assert float(loss.detach()) == pytest.approx(float(ref.detach()), rel=1e-5) and acc == ref_acc
+    loss.backward()
+    ref.backward()
+    assert rel_error(hidden.grad.double(), hidden64.grad) < 1e-4
+
+
+def test_partner_infonce_finds_what_a_pair_shares():
+    head = nn.Identity()
+    shared = torch.randn(4, 1, 16, generator=_gen(8)).repeat_interleave(2, dim=0)  # clips 2j and 2j + 1 alike
+    hidden = shared + 0.05 * torch.randn(8, 9, 16, generator=_gen(9))
+    loss, acc = partner_infonce(hidden, head, CLIP_TEMPERATURE)
+    assert acc == 1.0 and float(loss) < 0.1
+    shuffled = hidden[torch.tensor([0, 2, 1, 4, 3, 6, 5, 7])]  # every clip's partner now shares nothing with it
+    loss2, acc2 = partner_infonce(shuffled, head, CLIP_TEMPERATURE)
+    assert acc2 == 0.0 and float(loss2) > math.log(7)
+    with pytest.raises(ValueError, match="needs clips in pairs; got a batch of 3"):
+        partner_infonce(torch.randn(3, 4, 16), head, 0.1)
+
+
 def test_clip_infonce_edge_cases():
     head = _head(4, 3, 0)
     one = torch.randn(1, 6, 4, generator=_gen(3), requires_grad=True)
@@ -89,7 +137,8 @@ def test_clip_infonce_edge_cases():
         clip_infonce(torch.randn(3, 1, 4), head, 0.1)
 
 
-def test_clip_term_adds_weight_times_infonce_times_masked_frames():
+@pytest.mark.parametrize("views", ["halves", "renders"])
+def test_clip_term_adds_weight_times_infonce_times_masked_frames(views):
     config = dataclasses.replace(PRESETS["tiny"], hidden_dropout=0.0, attention_dropout=0.0, layerdrop=0.0,
                                  feat_proj_dropout=0.0)  # fmt: skip
     length, batch = 8123, 4
@@ -102,14 +151,15 @@ def test_clip_term_adds_weight_times_infonce_times_masked_frames():
     for dim in (None, 16):
         torch.manual_seed(0)
         modules[dim] = MERTPretrainer(MERTModel(config), n_codebooks=2, codebook_size=9, cqt_bins=6, clip_dim=dim,
-                                      clip_weight=2.5)  # fmt: skip
+                                      clip_weight=2.5, clip_views=views)  # fmt: skip
     with_clip, plain = modules[16], modules[None]
     plain.load_state_dict({k: v for k, v in with_clip.state_dict().items() if not k.startswith("clip_head")})
     out, base = with_clip(audio, codes, cqt, mask), plain(audio, codes, cqt, mask)
     assert base.clip_loss is None
     with torch.no_grad():  # the student's output on the masked clips, as the module computes it (no dropout here)
         hidden = masked_student(with_clip.model, with_clip.model.extract_features(audio)[0], mask, None, 0.1)[1]
-        ref, ref_acc = _reference(hidden, with_clip.clip_head, CLIP_TEMPERATURE)
+        reference = _partner_reference if views == "renders" else _reference
+        ref, ref_acc = reference(hidden, with_clip.clip_head, CLIP_TEMPERATURE)
     assert float(out.clip_loss) == pytest.approx(float(ref), rel=1e-5) and out.clip_acc == ref_acc
     assert float(out.loss.detach()) == pytest.approx(float(base.loss.detach()) + 2.5 * float(ref) * out.n_masked, 1e-5)
     out.loss.backward()
@@ -122,3 +172,8 @@ def test_clip_weight_needs_two_clips_and_a_codebook_objective():
     with pytest.raises(ValueError, match="clip_weight: the data2vec objective has no such term"):
         TrainConfig(objective="data2vec", clip_weight=1.0)
     assert TrainConfig(objective="muq", clip_weight=0.5).clip_weight == 0.5
+    with pytest.raises(ValueError, match="clip_views must be one of halves, renders; got 'pairs'"):
+        TrainConfig(clip_views="pairs")
+    with pytest.raises(ValueError, match="clip_views: 'renders' matches the renders paired_renders draws"):
+        TrainConfig(clip_views="renders", clip_weight=1.0)
+    assert TrainConfig(clip_views="renders", paired_renders=True, clip_weight=1.0).clip_views == "renders"

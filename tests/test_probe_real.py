@@ -193,7 +193,7 @@ def test_cli_flag(monkeypatch, tmp_path):
     assert seen["seconds"] == 2.0 and "notes_per_cell" in seen  # without --real: the synthetic set, 2 s clips
 
 
-def _recorded_ensembles(out: Path, clips: int, renders: int = 1) -> list[tuple[dict, list]]:
+def _recorded_ensembles(out: Path, clips: int, renders: int = 1, vary: str = "instruments") -> list[tuple[dict, list]]:
     """Build ``built``'s set with ``ensemble=True`` into ``out``; return the (channel -> program, events) of every
     fluidsynth render."""
     import mert_fast.probe.real_render as real_render
@@ -207,7 +207,7 @@ def _recorded_ensembles(out: Path, clips: int, renders: int = 1) -> list[tuple[d
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(real_render, "render_midi", recording)
         make_real_probe_data(out, seed=3, sample_rate=SR, seconds=SECONDS, composers=("bach",), pieces_per_composer=3,
-                             clips_per_composer=clips, ensemble=True, renders=renders)  # fmt: skip
+                             clips_per_composer=clips, ensemble=True, renders=renders, render_vary=vary)  # fmt: skip
     return recorded
 
 
@@ -281,6 +281,30 @@ def test_renders_play_the_same_notes_on_other_instruments(ensemble_built, tmp_pa
         assert np.abs(x).max() == pytest.approx(np.abs(y).max(), abs=2e-4)  # one level, drawn once for the clip
     with pytest.raises(ValueError, match="renders must be"):
         make_real_probe_data(tmp_path / "bad", seed=3, composers=("bach",), renders=0)
+
+
+def test_renders_can_play_other_notes_on_the_same_instruments(ensemble_built, tmp_path):
+    """``render_vary="notes"``: render 1 keeps render 0's program on every channel and plays another window of the
+    piece, transposed by its own shift (its key label follows it); render 0 is still the ``renders=1`` file."""
+    single_out, _ = ensemble_built
+    single = _meta(single_out)
+    out = tmp_path / "notes"
+    renders = _recorded_ensembles(out, 2, renders=2, vary="notes")
+    meta = _meta(out)
+    assert meta["render_vary"] == "notes" and len(meta["clips"]) == len(renders) == 4
+    for j in range(2):
+        first, second = meta["clips"][2 * j], meta["clips"][2 * j + 1]
+        assert (out / first["path"]).read_bytes() == (single_out / single["clips"][j]["path"]).read_bytes()
+        assert second["part_programs"] == first["part_programs"] and renders[2 * j][0] == renders[2 * j + 1][0]
+        assert renders[2 * j][1] != renders[2 * j + 1][1]  # other notes
+        assert (second["start_q"], second["bpm"]) != (first["start_q"], first["bpm"])
+        assert first["piece"] == second["piece"] and first["split"] == second["split"]
+        for clip in (first, second):  # each key label is the piece's key moved by that render's own shift
+            tonic, mode = clip["piece_key"].split(" ")
+            moved = PITCH_CLASSES[(PITCH_CLASSES.index(tonic) + clip["semitones"]) % 12]
+            assert clip["key"] == f"{moved} {mode}" and -6 <= clip["semitones"] <= 5
+    with pytest.raises(ValueError, match="render_vary must be one of instruments, notes; got 'tempo'"):
+        make_real_probe_data(tmp_path / "bad", seed=3, composers=("bach",), renders=2, render_vary="tempo")
 
 
 def test_ensemble_draw():
@@ -394,7 +418,12 @@ def test_make_corpus_real_flag(monkeypatch, tmp_path, capsys):
     def fake(out_dir, **kwargs):
         seen.update(kwargs, out_dir=out_dir)
         clips = [{}] * kwargs["clips_per_composer"] * len(kwargs["composers"])
-        meta = {"excluded_pieces": sorted(kwargs["exclude_pieces"]), "clips": clips, "renders": kwargs["renders"]}
+        meta = {
+            "excluded_pieces": sorted(kwargs["exclude_pieces"]),
+            "clips": clips,
+            "renders": kwargs["renders"],
+            "render_vary": kwargs["render_vary"],
+        }
         Path(out_dir).mkdir(parents=True)
         (Path(out_dir) / "probe_data.json").write_text(json.dumps(meta))
         return {}
@@ -413,7 +442,11 @@ def test_make_corpus_real_flag(monkeypatch, tmp_path, capsys):
         main(["make-corpus", str(out), "--ensemble"])
     assert seen["renders"] == 1
     assert main(["make-corpus", str(tmp_path / "twins"), "--real", "--clips", "3", "--renders", "2"]) == 0
-    assert seen["renders"] == 2
+    assert seen["renders"] == 2 and seen["render_vary"] == "instruments"
+    assert main(["make-corpus", str(tmp_path / "n"), "--real", "--renders", "2", "--render-vary", "notes"]) == 0
+    assert seen["render_vary"] == "notes"
+    with pytest.raises(SystemExit, match="--render-vary needs --real"):
+        main(["make-corpus", str(out), "--render-vary", "notes"])
     with pytest.raises(SystemExit, match="--renders needs --real"):
         main(["make-corpus", str(out), "--renders", "2"])
     with pytest.raises(SystemExit):

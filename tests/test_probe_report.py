@@ -17,10 +17,12 @@ def report():
 def test_real_corpus_is_rendered_once_without_the_probe_pieces(report, tmp_path, monkeypatch):
     calls = []
 
-    def fake(out_dir, clips, *, exclude_probe_sets, ensemble, renders):
+    def fake(out_dir, clips, *, exclude_probe_sets, ensemble, renders, render_vary):
         calls.append((Path(out_dir), clips, list(exclude_probe_sets), ensemble, renders))
         Path(out_dir).mkdir(parents=True)
         meta = {"clips": [], "ensemble": ensemble, "renders": renders}
+        if renders > 1:
+            meta["render_vary"] = render_vary
         (Path(out_dir) / "probe_data.json").write_text(json.dumps(meta))
         return Path(out_dir) / "audio"
 
@@ -46,6 +48,8 @@ def test_real_corpus_is_rendered_once_without_the_probe_pieces(report, tmp_path,
     assert calls[-1] == (mixed / "corpus", 30, [data], True, 2)
     report._corpus_args(mixed, data, 30, [0], (), ensemble=True, renders=2)  # reused
     assert len(calls) == 2
+    with pytest.raises(ValueError, match=r"ensemble corpus of 2 render\(s\) a clip \(notes vary\)"):
+        report._corpus_args(mixed, data, 30, [0], (), ensemble=True, renders=2, render_vary="notes")
     with pytest.raises(ValueError, match="corpus_ensemble and corpus_renders need corpus_clips"):
         report.run(tmp_path, [0], data=data, corpus_ensemble=True)
     with pytest.raises(ValueError, match="corpus_ensemble and corpus_renders need corpus_clips"):

@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.real:
         return _run_real(args)
-    for flag in ("exclude_probe_set", "ensemble", "renders"):
+    for flag in ("exclude_probe_set", "ensemble", "renders", "render_vary"):
         if getattr(args, flag):
             raise SystemExit(f"error: --{flag.replace('_', '-')} needs --real")
     paths = make_corpus(
@@ -61,11 +61,12 @@ def _run_real(args: argparse.Namespace) -> int:
         format=args.format,
         ensemble=args.ensemble,
         renders=args.renders or 1,
+        render_vary=args.render_vary or "instruments",
     )
     meta = json.loads((audio.parent / "probe_data.json").read_text(encoding="utf-8"))
     excluded = len(meta["excluded_pieces"])
     kind = "ensembles of rendered scores" if args.ensemble else "rendered scores"
-    renders = f", {meta['renders']} renders of each" if meta["renders"] > 1 else ""
+    renders = f", {meta['renders']} renders of each ({meta['render_vary']} vary)" if meta["renders"] > 1 else ""
     print(f"{audio}: {len(meta['clips'])} clips of {args.seconds:g} s of {kind}{renders} ({excluded} pieces excluded)")
     return 0
 
@@ -102,6 +103,13 @@ def register(commands: argparse._SubParsersAction) -> None:
         metavar="N",
         help="with --real: write each clip N times (N <= 7), the same notes with other instruments (CLIP.r1.flac, "
         "...), for train.py --paired-renders (default: 1)",
+    )
+    p.add_argument(
+        "--render-vary",
+        choices=("instruments", "notes"),
+        default=None,
+        help="with --renders: what the renders after the first change: the instruments (the same notes, default) "
+        "or the notes (the same instruments on another window of the piece, transposed, at another tempo)",
     )
     add_exclude_probe_set(p, "with --real: leave out every piece of this make-probe-data --real set (repeatable)")
     add_render_options(

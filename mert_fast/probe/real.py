@@ -37,7 +37,9 @@ How the labels and clips are made:
 - Renders (``renders=N``, ``make-corpus --real --renders N``): each clip is written N times, render 0 as above and
   render ``k`` as ``<name>.r<k>.<format>``: the same events (window, transposition, tempo, velocities, level) with
   the top part on the family ``k`` places further in the turn and, in ensembles, the other parts drawn afresh. Two
-  renders of a clip differ in their instruments only (``train.py --paired-renders`` contrasts them).
+  renders of a clip differ in their instruments only (``train.py --paired-renders`` contrasts them). With
+  ``render_vary="notes"`` render ``k`` keeps render 0's instruments instead and plays another window of the piece,
+  transposed and at a tempo of its own.
 - Tempo: scores notate at different note values (Palestrina in half notes, Mozart in sixteenths), so the tempo is
   set from the piece's median time between onsets: each clip draws a target of 0.18-0.40 s between onsets, clamped
   to 40-160 quarter notes per minute.
@@ -112,6 +114,8 @@ MODES = ("major", "minor")
 KEYS = tuple(f"{pc} {mode}" for mode in MODES for pc in PITCH_CLASSES)
 _SUFFIXES = (".mxl", ".krn", ".xml", ".musicxml")
 _SPLITS = ("train", "valid", "test")
+#: What the renders ``k >= 1`` of a clip change (``make_real_probe_data(render_vary=...)``).
+RENDER_VARY = ("instruments", "notes")
 
 
 def require_music21():
@@ -296,13 +300,15 @@ def _write_composer_clips(
     fmt: str,
     ensemble: bool = False,
     renders: int = 1,
+    vary: str = "instruments",
 ) -> list[dict]:
     """Render and write the ``n_clips`` clips of ``composer`` (spread evenly over its ``pieces``) under
     ``out/audio/<composer>``, and return their records. Each clip is transposed to the next tonic of its
     (split, mode) in turn, counted in ``turn`` (updated) from ``tonic_start``. ``ensemble``: each part played by
     an instrument of its own (:func:`~mert_fast.probe.real_render.ensemble_parts`, from a generator of its own,
     so the windows, keys and tempi are those of the same clip without it). ``renders``: each clip is written that
-    many times, the same notes on other instruments (see :func:`make_real_probe_data`)."""
+    many times, the same notes on other instruments or (``vary="notes"``) the same instruments on other notes (see
+    :func:`make_real_probe_data`)."""
     crc = zlib.crc32(composer.encode())
     family_start = int(np.random.default_rng(np.random.SeedSequence([seed, crc, 4])).integers(len(FAMILIES)))
     (out / "audio" / composer).mkdir(parents=True, exist_ok=True)
@@ -314,20 +320,28 @@ def _write_composer_clips(
         tonic = int(tonic_start[MODES.index(mode)] + turn[split, mode]) % 12
         turn[split, mode] += 1
         semitones = (tonic - piece["tonic"] + 6) % 12 - 6
-        family = FAMILIES[(family_start + j) % len(FAMILIES)]
-        program = int(FAMILY_PROGRAMS[family][int(rng.integers(len(FAMILY_PROGRAMS[family])))])
+        turn_family = FAMILIES[(family_start + j) % len(FAMILIES)]
+        turn_program = int(FAMILY_PROGRAMS[turn_family][int(rng.integers(len(FAMILY_PROGRAMS[turn_family])))])
         spq, start, window = clip_window(piece, rng, seconds)
-        window_key = _key_of_notes(window) if window else None
-        own = key_name(*_key_of(window_key)) if window_key is not None else None
         render_rng = copy.deepcopy(rng)  # every render of the clip draws the same velocities and level
         for k in range(renders):
-            if k:  # the same window on another top family, its program and ensemble from generators of their own
+            family, program, ensemble_key = turn_family, turn_program, [seed, crc, 5, j]
+            if k and vary == "instruments":  # the same window on another top family, the rest drawn afresh
                 family = FAMILIES[(family_start + j + k) % len(FAMILIES)]
                 program_rng = np.random.default_rng(np.random.SeedSequence([seed, crc, 6, j, k]))
                 program = int(FAMILY_PROGRAMS[family][int(program_rng.integers(len(FAMILY_PROGRAMS[family])))])
+                ensemble_key = [seed, crc, 5, j, k]
+            elif k:  # vary == "notes": the same instruments on another window, transposition, tempo and dynamics
+                view_rng = np.random.default_rng(np.random.SeedSequence([seed, crc, 7, j, k]))
+                spq, start, window = clip_window(piece, view_rng, seconds)
+                semitones = int(view_rng.integers(-6, 6))
+                tonic = (piece["tonic"] + semitones) % 12
+                render_rng = view_rng
+            window_key = _key_of_notes(window) if window else None
+            own = key_name(*_key_of(window_key)) if window_key is not None else None
             programs, families = (program,), [family]
             if ensemble:
-                ensemble_rng = np.random.default_rng(np.random.SeedSequence([seed, crc, 5, j, *([k] if k else [])]))
+                ensemble_rng = np.random.default_rng(np.random.SeedSequence(ensemble_key))
                 part_family, programs = ensemble_parts(family, program, piece["parts"], ensemble_rng)
                 sounding = sorted({n[3] for n in window}) or [0]
                 family, program = part_family[sounding[0]], programs[sounding[0]]
@@ -430,6 +444,7 @@ def make_real_probe_data(
     exclude_pieces: Iterable[str] = (),
     ensemble: bool = False,
     renders: int = 1,
+    render_vary: str = "instruments",
 ) -> dict[str, Path]:
     """Write the real-music probe set (see the module docstring) into ``out_dir``.
 
@@ -451,6 +466,10 @@ def make_real_probe_data(
             family but ``k`` in the clip's turn and the rest of the ensemble drawn afresh, so that the renders of a
             clip differ in their instruments only. Every render is a row of the manifests, in its clip's split; the
             renders of one clip are what ``train.py --paired-renders`` contrasts.
+        render_vary: what renders ``k >= 1`` change: ``"instruments"`` (above) or ``"notes"``: the instruments of
+            render 0 (every part's program) on another window of the piece, drawn with its tempo from a generator of
+            its own, transposed by a random -6 to +5 semitones (its ``key`` label follows), at its own velocities
+            and level: what two far-apart excerpts of one recording share.
 
     Returns:
         The manifests by task: ``key``, ``instrument``, ``program`` and ``composer`` (``out_dir/<task>.csv``), and
@@ -465,6 +484,8 @@ def make_real_probe_data(
     if not isinstance(ensemble, bool):
         raise TypeError(f"ensemble must be a bool; got {ensemble!r}")
     check_int("renders", renders, min=1, max=len(FAMILIES))
+    if render_vary not in RENDER_VARY:
+        raise ValueError(f"render_vary must be one of {', '.join(RENDER_VARY)}; got {render_vary!r}")
     if isinstance(exclude_pieces, str):
         raise TypeError("exclude_pieces must be a collection of music21 corpus paths, not one string")
     exclude = frozenset(exclude_pieces)
@@ -481,7 +502,8 @@ def make_real_probe_data(
     turn = {(s, m): 0 for s in _SPLITS for m in MODES}
     clips = []
     for composer in composers:
-        clip_args = (seed, tonic_start, turn, sample_rate, float(seconds), soundfont, format, ensemble, renders)
+        clip_args = (seed, tonic_start, turn, sample_rate, float(seconds), soundfont, format, ensemble, renders,
+                     render_vary)  # fmt: skip
         clips += _write_composer_clips(out, composer, pieces[composer], clips_per_composer, *clip_args)
         logger.info("%s: %d clips written (%.0f s)", composer, clips_per_composer, time.perf_counter() - t0)
     manifests, counts = _write_task_manifests(out, _task_rows(clips))
@@ -510,6 +532,7 @@ def make_real_probe_data(
         ),
         "ensemble": ensemble,
         "renders": renders,
+        **({"render_vary": render_vary} if renders > 1 else {}),
         "counts": counts,
         "pieces": {c: [{k: v for k, v in p.items() if k != "notes"} for p in ps] for c, ps in pieces.items()},
         "clips": clips,
@@ -530,13 +553,15 @@ def make_real_corpus(
     format: str = "flac",  # noqa: A002  (mirrors make_real_probe_data)
     ensemble: bool = False,
     renders: int = 1,
+    render_vary: str = "instruments",
 ) -> Path:
     """A real-music pre-training corpus (``mert-fast make-corpus --real``): :func:`make_real_probe_data` over
     :data:`CORPUS_COMPOSERS`, ``clips`` split evenly over them (rounded up), leaving out every piece of each folder
     in ``exclude_probe_sets`` (sets made by :func:`make_real_probe_data`). ``ensemble``: every part on an instrument
     of its own (mixtures of 2-4 families; the same pieces, windows, keys and tempi as without it). ``renders``: each
-    clip that many times, on other instruments (:func:`make_real_probe_data`; ``clips`` counts render 0 only). Returns
-    ``out_dir/audio``, the folder to train on (``train.py --data``)."""
+    clip that many times, on other instruments or (``render_vary="notes"``) on other notes
+    (:func:`make_real_probe_data`; ``clips`` counts render 0 only). Returns ``out_dir/audio``, the folder to train on
+    (``train.py --data``)."""
     check_int("clips", clips, min=1)
     exclude = pieces_of_sets(exclude_probe_sets, "exclude_probe_sets")
     make_real_probe_data(
@@ -550,5 +575,6 @@ def make_real_corpus(
         exclude_pieces=exclude,
         ensemble=ensemble,
         renders=renders,
+        render_vary=render_vary,
     )
     return Path(out_dir) / "audio"

@@ -30,6 +30,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "teacher_type": ("mel-rvq", "kmeans"),
     "kmeans_feature": ("mfcc", "logmel"),
     "precision": ("fp32", "bf16", "fp16"),
+    "clip_views": ("halves", "renders"),
 }
 
 
@@ -109,6 +110,10 @@ class TrainConfig:
     ``NAME.r1.flac``, the same notes on other instruments), cropped at the same offset, ``batch_size // 2`` pairs a
     step (and in validation). With ``clip_weight``, each clip's other render is among the clips its halves are told
     apart from: same notes, other instruments, so that only timbre tells them apart. Needs an even ``batch_size``."""
+    clip_views: str = "halves"
+    """The two views the clip term matches: ``halves`` (a clip's first and second half) or ``renders`` (the two
+    renders of a clip that ``paired_renders`` draws, each whole crop against its partner among the batch's other
+    crops: with ``make-corpus --real --renders 2 --render-vary notes`` the same instruments on other notes)."""
     objective: str = "mert"
     """``mert`` (codes through cosine heads + CQT regression), ``muq`` (Mel-RVQ codes through linear heads, no CQT)
     or ``data2vec`` (music2vec: regress the EMA teacher's averaged top layers)."""
@@ -202,6 +207,10 @@ class TrainConfig:
             raise TypeError(f"paired_renders must be a bool; got {self.paired_renders!r}")
         if self.paired_renders and self.batch_size % 2:
             raise ValueError(f"batch_size: paired_renders takes clips in pairs, it must be even; got {self.batch_size}")
+        if self.clip_views not in CHOICES["clip_views"]:
+            raise ValueError(f"clip_views must be one of {', '.join(CHOICES['clip_views'])}; got {self.clip_views!r}")
+        if self.clip_views == "renders" and not self.paired_renders:
+            raise ValueError("clip_views: 'renders' matches the renders paired_renders draws; set paired_renders")
         if self.clip_weight and self.batch_size < 2:
             raise ValueError(f"clip_weight: the clip term needs batch_size >= 2; got {self.batch_size}")
         if self.clip_grad < 0 or self.feature_grad_mult < 0:

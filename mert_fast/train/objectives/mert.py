@@ -14,6 +14,8 @@ For the masked frames of the student's output ``h`` ``(S, H)``:
   half's mean through ``clip_head`` (Linear, ReLU, Linear to ``clip_dim``), L2-normalised; the InfoNCE loss of
   matching every first half to its own clip's second half among the batch's, and back (cosine / 0.1, the mean of
   both directions): what stays the same across a clip (its instruments, key, tempo) and differs between clips;
+  with ``clip_views="renders"`` each whole clip is matched to its partner instead (clips ``2j`` and ``2j + 1``: two
+  renders of one clip, see ``TrainConfig.paired_renders``) among the batch's other clips;
 - the conv-feature L2 penalty ``mean(features ** 2)``.
 
 ``loss = CE_sum + w_features * penalty * S + w_cqt * MSE * S [+ w_mfcc * MFCC_MSE * S] [+ w_clip * InfoNCE * S]``
@@ -53,6 +55,7 @@ __all__ = [
     "MERTPretrainer",
     "PretrainOutput",
     "clip_infonce",
+    "partner_infonce",
     "cqt_bins",
     "masked_student",
     "standardized",
@@ -109,6 +112,7 @@ class MERTPretrainer(nn.Module):
         mfcc_weight: float = 1.0,
         clip_dim: int | None = None,
         clip_weight: float = 1.0,
+        clip_views: str = "halves",
     ) -> None:
         super().__init__()
         if head not in ("cosine", "linear"):
@@ -135,6 +139,9 @@ class MERTPretrainer(nn.Module):
         if clip_dim:
             self.clip_head = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, clip_dim))
         self.clip_weight = float(clip_weight)
+        if clip_views not in ("halves", "renders"):
+            raise ValueError(f"clip_views must be 'halves' or 'renders'; got {clip_views!r}")
+        self.clip_views = clip_views
         self.temperature = temperature
         self.feature_grad_mult = feature_grad_mult
         self.loss_weights = loss_weights
@@ -222,7 +229,10 @@ class MERTPretrainer(nn.Module):
             loss = loss + self.mfcc_weight * mfcc_mse * n_masked
         clip_loss, clip_acc = None, 0.0
         if self.clip_head is not None:
-            clip_loss, clip_acc = clip_infonce(hidden, self.clip_head, CLIP_TEMPERATURE)
+            if self.clip_views == "renders":
+                clip_loss, clip_acc = partner_infonce(hidden, self.clip_head, CLIP_TEMPERATURE)
+            else:
+                clip_loss, clip_acc = clip_infonce(hidden, self.clip_head, CLIP_TEMPERATURE)
             loss = loss + self.clip_weight * clip_loss * n_masked
         return PretrainOutput(
             loss=loss,
@@ -262,6 +272,22 @@ def clip_infonce(hidden: torch.Tensor, head: nn.Module, temperature: float) -> t
     loss = (F.cross_entropy(logits, own) + F.cross_entropy(logits.T, own)) / 2
     correct = int((logits.argmax(1) == own).sum()) + int((logits.argmax(0) == own).sum())
     return loss, correct / (2 * b) if b > 1 else float("nan")
+
+
+def partner_infonce(hidden: torch.Tensor, head: nn.Module, temperature: float) -> tuple[torch.Tensor, float]:
+    """The clip term on pairs of clips: ``hidden`` ``(B, T, H)``, ``B`` even, clips ``2j`` and ``2j + 1`` two views
+    of one clip. Each clip's mean through ``head``, L2-normalised; cosine logits ``(B, B)`` / ``temperature`` with
+    a clip's own entry left out; returns the mean cross-entropy of every clip naming its partner among the other
+    ``B - 1``, and the fraction that score their partner highest (NT-Xent)."""
+    b = hidden.shape[0]
+    if b % 2:
+        raise ValueError(f"the clip term on renders needs clips in pairs; got a batch of {b}")
+    z = F.normalize(head(hidden.mean(1)).float(), dim=-1)
+    self_mask = torch.eye(b, dtype=torch.bool, device=hidden.device)
+    logits = (z @ z.T / temperature).masked_fill(self_mask, float("-inf"))
+    partner = torch.arange(b, device=hidden.device) ^ 1
+    loss = F.cross_entropy(logits, partner)
+    return loss, int((logits.argmax(1) == partner).sum()) / b
 
 
 #: Output size of the clip term's projection head.
@@ -344,7 +370,7 @@ class CodebookObjective(Objective):
             cqt_bins=cqt_teacher.n_bins if cqt_teacher is not None else None, feature_grad_mult=cfg.feature_grad_mult,
             loss_weights=cfg.loss_weights, head=self.head,
             mfcc_dims=mfcc_teacher.n_mfcc if mfcc_teacher is not None else None, mfcc_weight=cfg.mfcc_weight,
-            clip_dim=CLIP_DIM if cfg.clip_weight > 0 else None, clip_weight=cfg.clip_weight,
+            clip_dim=CLIP_DIM if cfg.clip_weight > 0 else None, clip_weight=cfg.clip_weight, clip_views=cfg.clip_views,
         )  # fmt: skip
 
     def inputs(self, audio, micro_step, rank, dtype, validation):
