@@ -87,7 +87,9 @@ def _corpus_args(
     else:
         found = json.loads(meta.read_text())
         vary = render_vary if renders > 1 else None
-        kept = found.get("ensemble", False), found.get("renders", 1), found.get("render_vary")
+        n_renders = found.get("renders", 1)  # a corpus written before render_vary existed varied the instruments
+        found_vary = found.get("render_vary", "instruments" if n_renders > 1 else None)
+        kept = found.get("ensemble", False), n_renders, found_vary
         if kept != (ensemble, renders, vary):
             kind = f"{'an ensemble' if ensemble else 'a single-instrument'} corpus of {renders} render(s) a clip"
             kind += f" ({render_vary} vary)" if vary else ""

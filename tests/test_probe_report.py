@@ -50,6 +50,12 @@ def test_real_corpus_is_rendered_once_without_the_probe_pieces(report, tmp_path,
     assert len(calls) == 2
     with pytest.raises(ValueError, match=r"ensemble corpus of 2 render\(s\) a clip \(notes vary\)"):
         report._corpus_args(mixed, data, 30, [0], (), ensemble=True, renders=2, render_vary="notes")
+    meta = json.loads((mixed / "corpus" / "probe_data.json").read_text())
+    del meta["render_vary"]  # written before the setting existed: its renders varied the instruments
+    (mixed / "corpus" / "probe_data.json").write_text(json.dumps(meta))
+    report._corpus_args(mixed, data, 30, [0], (), ensemble=True, renders=2)
+    with pytest.raises(ValueError, match="notes vary"):
+        report._corpus_args(mixed, data, 30, [0], (), ensemble=True, renders=2, render_vary="notes")
     with pytest.raises(ValueError, match="corpus_ensemble and corpus_renders need corpus_clips"):
         report.run(tmp_path, [0], data=data, corpus_ensemble=True)
     with pytest.raises(ValueError, match="corpus_ensemble and corpus_renders need corpus_clips"):
