@@ -303,8 +303,32 @@ def test_renders_can_play_other_notes_on_the_same_instruments(ensemble_built, tm
             tonic, mode = clip["piece_key"].split(" ")
             moved = PITCH_CLASSES[(PITCH_CLASSES.index(tonic) + clip["semitones"]) % 12]
             assert clip["key"] == f"{moved} {mode}" and -6 <= clip["semitones"] <= 5
-    with pytest.raises(ValueError, match="render_vary must be one of instruments, notes; got 'tempo'"):
+    with pytest.raises(ValueError, match="render_vary must be one of instruments, notes, piece; got 'tempo'"):
         make_real_probe_data(tmp_path / "bad", seed=3, composers=("bach",), renders=2, render_vary="tempo")
+
+
+def test_renders_can_take_another_piece_of_the_split(tmp_path):
+    """``render_vary="piece"``: render 1 plays a window of another piece of the clip's split (the clip's own piece
+    when its split has no other), part p on render 0's program of part p modulo the clip's parts."""
+    out = tmp_path / "piece"
+    make_real_probe_data(out, seed=3, sample_rate=SR, seconds=SECONDS, composers=("bach",), pieces_per_composer=5,
+                         clips_per_composer=5, ensemble=True, renders=2, render_vary="piece")  # fmt: skip
+    meta = _meta(out)
+    pieces = {p["path"]: p for p in meta["pieces"]["bach"]}
+    by_split = {s: [p for p in pieces.values() if p["split"] == s] for s in ("train", "valid", "test")}
+    assert meta["render_vary"] == "piece" and len(by_split["train"]) >= 2
+    moved = 0
+    for first, second in zip(meta["clips"][::2], meta["clips"][1::2], strict=True):
+        assert first["split"] == second["split"] == pieces[second["piece"]]["split"]
+        if len(by_split[first["split"]]) > 1:
+            assert second["piece"] != first["piece"]
+            moved += 1
+        else:
+            assert second["piece"] == first["piece"]
+        n_parts = pieces[second["piece"]]["parts"]
+        shared = first["part_programs"]
+        assert second["part_programs"] == [shared[p % len(shared)] for p in range(n_parts)]
+    assert moved >= 2
 
 
 def test_ensemble_draw():

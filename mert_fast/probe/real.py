@@ -39,7 +39,7 @@ How the labels and clips are made:
   the top part on the family ``k`` places further in the turn and, in ensembles, the other parts drawn afresh. Two
   renders of a clip differ in their instruments only (``train.py --paired-renders`` contrasts them). With
   ``render_vary="notes"`` render ``k`` keeps render 0's instruments instead and plays another window of the piece,
-  transposed and at a tempo of its own.
+  transposed and at a tempo of its own; with ``render_vary="piece"``, a window of another piece of the split.
 - Tempo: scores notate at different note values (Palestrina in half notes, Mozart in sixteenths), so the tempo is
   set from the piece's median time between onsets: each clip draws a target of 0.18-0.40 s between onsets, clamped
   to 40-160 quarter notes per minute.
@@ -115,7 +115,7 @@ KEYS = tuple(f"{pc} {mode}" for mode in MODES for pc in PITCH_CLASSES)
 _SUFFIXES = (".mxl", ".krn", ".xml", ".musicxml")
 _SPLITS = ("train", "valid", "test")
 #: What the renders ``k >= 1`` of a clip change (``make_real_probe_data(render_vary=...)``).
-RENDER_VARY = ("instruments", "notes")
+RENDER_VARY = ("instruments", "notes", "piece")
 
 
 def require_music21():
@@ -325,17 +325,19 @@ def _write_composer_clips(
         spq, start, window = clip_window(piece, rng, seconds)
         render_rng = copy.deepcopy(rng)  # every render of the clip draws the same velocities and level
         for k in range(renders):
-            family, program, ensemble_key = turn_family, turn_program, [seed, crc, 5, j]
+            family, program, ensemble_key, source = turn_family, turn_program, [seed, crc, 5, j], piece
             if k and vary == "instruments":  # the same window on another top family, the rest drawn afresh
                 family = FAMILIES[(family_start + j + k) % len(FAMILIES)]
                 program_rng = np.random.default_rng(np.random.SeedSequence([seed, crc, 6, j, k]))
                 program = int(FAMILY_PROGRAMS[family][int(program_rng.integers(len(FAMILY_PROGRAMS[family])))])
                 ensemble_key = [seed, crc, 5, j, k]
-            elif k:  # vary == "notes": the same instruments on another window, transposition, tempo and dynamics
+            elif k:  # "notes" / "piece": the same instruments on another window (of another piece of the split)
                 view_rng = np.random.default_rng(np.random.SeedSequence([seed, crc, 7, j, k]))
-                spq, start, window = clip_window(piece, view_rng, seconds)
+                others = [p for p in pieces if p["split"] == split and p is not piece] if vary == "piece" else []
+                source = others[int(view_rng.integers(len(others)))] if others else piece
+                spq, start, window = clip_window(source, view_rng, seconds)
                 semitones = int(view_rng.integers(-6, 6))
-                tonic = (piece["tonic"] + semitones) % 12
+                tonic, mode = (source["tonic"] + semitones) % 12, source["mode"]
                 render_rng = view_rng
             window_key = _key_of_notes(window) if window else None
             own = key_name(*_key_of(window_key)) if window_key is not None else None
@@ -343,6 +345,9 @@ def _write_composer_clips(
             if ensemble:
                 ensemble_rng = np.random.default_rng(np.random.SeedSequence(ensemble_key))
                 part_family, programs = ensemble_parts(family, program, piece["parts"], ensemble_rng)
+                # another piece's part p plays what part p (mod the clip's parts) plays in render 0
+                part_family = [part_family[p % len(part_family)] for p in range(source["parts"])]
+                programs = tuple(programs[p % len(programs)] for p in range(source["parts"]))
                 sounding = sorted({n[3] for n in window}) or [0]
                 family, program = part_family[sounding[0]], programs[sounding[0]]
                 families = sorted({part_family[p] for p in sounding}, key=FAMILIES.index)
@@ -356,12 +361,12 @@ def _write_composer_clips(
                 "path": rel,
                 "split": split,
                 "composer": composer,
-                "piece": piece["path"],
+                "piece": source["path"],
                 "key": key_name(tonic, mode),
-                "piece_key": piece["key"],
+                "piece_key": source["key"],
                 "semitones": int(semitones),
                 "window_key": own,
-                "window_key_agrees": own == piece["key"],
+                "window_key_agrees": own == source["key"],
                 "family": family,
                 "program": program,
                 **({"families": families, "part_programs": list(programs)} if ensemble else {}),
@@ -469,7 +474,10 @@ def make_real_probe_data(
         render_vary: what renders ``k >= 1`` change: ``"instruments"`` (above) or ``"notes"``: the instruments of
             render 0 (every part's program) on another window of the piece, drawn with its tempo from a generator of
             its own, transposed by a random -6 to +5 semitones (its ``key`` label follows), at its own velocities
-            and level: what two far-apart excerpts of one recording share.
+            and level: what two far-apart excerpts of one recording share. ``"piece"``: the same, on a window of
+            another piece of the clip's composer and split (drawn with the window; part ``p`` of that piece plays
+            render 0's program of part ``p`` modulo the clip's parts), so that only the instruments are shared; the
+            clip's own piece when its split has no other.
 
     Returns:
         The manifests by task: ``key``, ``instrument``, ``program`` and ``composer`` (``out_dir/<task>.csv``), and
