@@ -107,9 +107,10 @@ class TrainConfig:
     count; needs ``batch_size >= 2``; 0: off (MERT's recipe)."""
     paired_renders: bool = False
     """Draw a corpus's renders of one clip in pairs (``make-corpus --real --renders 2``: ``NAME.flac`` and
-    ``NAME.r1.flac``, the same notes on other instruments), cropped at the same offset, ``batch_size // 2`` pairs a
-    step (and in validation). With ``clip_weight``, each clip's other render is among the clips its halves are told
-    apart from: same notes, other instruments, so that only timbre tells them apart. Needs an even ``batch_size``."""
+    ``NAME.r1.flac``, by default the same notes on other instruments), cropped at the same offset, ``batch_size // 2``
+    pairs a step (and in validation). With ``clip_weight``, each clip's other render is among the clips its halves
+    are told apart from: the same notes on other instruments, which only timbre tells apart. Needs an even
+    ``batch_size``."""
     clip_views: str = "halves"
     """The two views the clip term matches: ``halves`` (a clip's first and second half) or ``renders`` (the two
     renders of a clip that ``paired_renders`` draws, each whole crop against its partner among the batch's other

@@ -14,9 +14,9 @@ epoch is dropped), so the ranks of a step read disjoint clips. A corpus with few
 sampled with replacement instead, each slot's clip drawn from ``(seed, step, rank, sample)``.
 
 ``paired_renders=True`` draws renders of one clip in pairs (the files ``NAME.ext`` and ``NAME.r<k>.ext`` of
-``make-corpus --real --renders N``: the same notes on other instruments): a step takes ``batch_size // 2`` clips,
-each followed by another of its renders cropped at the same offset, so that crops ``2j`` and ``2j + 1`` differ in
-their instruments only.
+``make-corpus --real --renders N``: the same notes on other instruments, or the same instruments on other notes): a
+step takes ``batch_size // 2`` clips, each followed by another of its renders cropped at the same offset, so that
+crops ``2j`` and ``2j + 1`` are two views of one clip.
 """
 
 from __future__ import annotations
