@@ -268,7 +268,8 @@ def main() -> int:
     parser.add_argument("--corpus-renders", type=int, default=1, metavar="N",
                         help="with --corpus-clips: render each corpus clip N times, the same notes on other "
                         "instruments (make-corpus --real --renders N; train with --paired-renders)")  # fmt: skip
-    parser.add_argument("--corpus-render-vary", choices=("instruments", "notes", "piece"), default="instruments",
+    parser.add_argument("--corpus-render-vary", choices=("instruments", "notes", "piece", "part"),
+                        default="instruments",
                         help="with --corpus-renders: what the renders after the first change (make-corpus "
                         "--render-vary; default: %(default)s)")  # fmt: skip
     parser.add_argument("--models-from", type=Path, default=None, metavar="WORK",

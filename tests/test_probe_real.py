@@ -303,7 +303,7 @@ def test_renders_can_play_other_notes_on_the_same_instruments(ensemble_built, tm
             tonic, mode = clip["piece_key"].split(" ")
             moved = PITCH_CLASSES[(PITCH_CLASSES.index(tonic) + clip["semitones"]) % 12]
             assert clip["key"] == f"{moved} {mode}" and -6 <= clip["semitones"] <= 5
-    with pytest.raises(ValueError, match="render_vary must be one of instruments, notes, piece; got 'tempo'"):
+    with pytest.raises(ValueError, match="render_vary must be one of instruments, notes, piece, part; got 'tempo'"):
         make_real_probe_data(tmp_path / "bad", seed=3, composers=("bach",), renders=2, render_vary="tempo")
 
 
@@ -329,6 +329,29 @@ def test_renders_can_take_another_piece_of_the_split(tmp_path):
         shared = first["part_programs"]
         assert second["part_programs"] == [shared[p % len(shared)] for p in range(n_parts)]
     assert moved >= 2
+
+
+def test_renders_can_recast_one_part(ensemble_built, tmp_path):
+    """``render_vary="part"``: render 1 plays render 0's events with one sounding part (its MIDI channel) on a family
+    no sounding part of render 0 plays; the other parts keep their programs."""
+    from mert_fast.probe.real_render import CHANNELS, FAMILIES
+
+    single_out, _ = ensemble_built
+    out = tmp_path / "part"
+    renders = _recorded_ensembles(out, 2, renders=2, vary="part")
+    meta = _meta(out)
+    for j in range(2):
+        first, second = meta["clips"][2 * j], meta["clips"][2 * j + 1]
+        assert (out / first["path"]).read_bytes() == (single_out / _meta(single_out)["clips"][j]["path"]).read_bytes()
+        (programs_a, events_a), (programs_b, events_b) = renders[2 * j], renders[2 * j + 1]
+        assert events_a == events_b
+        q = second["recast_part"]
+        channel = CHANNELS[q % len(CHANNELS)]
+        assert {ch for ch in programs_a if programs_a[ch] != programs_b[ch]} == {channel}
+        new_family = next(f for f in FAMILIES if programs_b[channel] in FAMILY_PROGRAMS[f])
+        assert new_family not in first["families"] and new_family in second["families"]
+    with pytest.raises(ValueError, match="render_vary: 'part' recasts one part of an ensemble; set ensemble"):
+        make_real_probe_data(tmp_path / "bad", seed=3, composers=("bach",), renders=2, render_vary="part")
 
 
 def test_ensemble_draw():

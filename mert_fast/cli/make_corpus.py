@@ -106,11 +106,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--render-vary",
-        choices=("instruments", "notes", "piece"),
+        choices=("instruments", "notes", "piece", "part"),
         default=None,
         help="with --renders: what the renders after the first change: the instruments (the same notes, default) "
         "or the notes (the same instruments on another window of the piece, transposed, at another tempo) or the "
-        "piece (the same on a window of another piece of the composer and split)",
+        "piece (the same on a window of another piece of the composer and split) or one part (with --ensemble: the "
+        "same notes with one sounding part on another instrument)",
     )
     add_exclude_probe_set(p, "with --real: leave out every piece of this make-probe-data --real set (repeatable)")
     add_render_options(

@@ -39,7 +39,8 @@ How the labels and clips are made:
   the top part on the family ``k`` places further in the turn and, in ensembles, the other parts drawn afresh. Two
   renders of a clip differ in their instruments only (``train.py --paired-renders`` contrasts them). With
   ``render_vary="notes"`` render ``k`` keeps render 0's instruments instead and plays another window of the piece,
-  transposed and at a tempo of its own; with ``render_vary="piece"``, a window of another piece of the split.
+  transposed and at a tempo of its own; with ``render_vary="piece"``, a window of another piece of the split; with
+  ``render_vary="part"``, render 0 with one sounding part on another instrument.
 - Tempo: scores notate at different note values (Palestrina in half notes, Mozart in sixteenths), so the tempo is
   set from the piece's median time between onsets: each clip draws a target of 0.18-0.40 s between onsets, clamped
   to 40-160 quarter notes per minute.
@@ -83,6 +84,7 @@ from mert_fast.probe.real_render import (
     PROGRAMS,
     clip_window,
     ensemble_parts,
+    recast_part,
     render_clip,
 )
 from mert_fast.synth.midi import fluidsynth_soundfont
@@ -115,7 +117,7 @@ KEYS = tuple(f"{pc} {mode}" for mode in MODES for pc in PITCH_CLASSES)
 _SUFFIXES = (".mxl", ".krn", ".xml", ".musicxml")
 _SPLITS = ("train", "valid", "test")
 #: What the renders ``k >= 1`` of a clip change (``make_real_probe_data(render_vary=...)``).
-RENDER_VARY = ("instruments", "notes", "piece")
+RENDER_VARY = ("instruments", "notes", "piece", "part")
 
 
 def require_music21():
@@ -331,7 +333,7 @@ def _write_composer_clips(
                 program_rng = np.random.default_rng(np.random.SeedSequence([seed, crc, 6, j, k]))
                 program = int(FAMILY_PROGRAMS[family][int(program_rng.integers(len(FAMILY_PROGRAMS[family])))])
                 ensemble_key = [seed, crc, 5, j, k]
-            elif k:  # "notes" / "piece": the same instruments on another window (of another piece of the split)
+            elif k and vary in ("notes", "piece"):  # the same instruments on another window (of another piece)
                 view_rng = np.random.default_rng(np.random.SeedSequence([seed, crc, 7, j, k]))
                 others = [p for p in pieces if p["split"] == split and p is not piece] if vary == "piece" else []
                 source = others[int(view_rng.integers(len(others)))] if others else piece
@@ -349,6 +351,9 @@ def _write_composer_clips(
                 part_family = [part_family[p % len(part_family)] for p in range(source["parts"])]
                 programs = tuple(programs[p % len(programs)] for p in range(source["parts"]))
                 sounding = sorted({n[3] for n in window}) or [0]
+                if k and vary == "part":  # the same events with one sounding part on another instrument
+                    part_rng = np.random.default_rng(np.random.SeedSequence([seed, crc, 8, j, k]))
+                    part_family, programs, recast = recast_part(part_family, programs, sounding, part_rng)
                 family, program = part_family[sounding[0]], programs[sounding[0]]
                 families = sorted({part_family[p] for p in sounding}, key=FAMILIES.index)
             audio = render_clip(
@@ -371,6 +376,7 @@ def _write_composer_clips(
                 "program": program,
                 **({"families": families, "part_programs": list(programs)} if ensemble else {}),
                 **({"render": k} if renders > 1 else {}),
+                **({"recast_part": recast} if k and vary == "part" else {}),
                 "bpm": round(60.0 / spq, 3),
                 "start_q": round(start, 4),
                 "notes": len(window),
@@ -477,7 +483,10 @@ def make_real_probe_data(
             and level: what two far-apart excerpts of one recording share. ``"piece"``: the same, on a window of
             another piece of the clip's composer and split (drawn with the window; part ``p`` of that piece plays
             render 0's program of part ``p`` modulo the clip's parts), so that only the instruments are shared; the
-            clip's own piece when its split has no other.
+            clip's own piece when its split has no other. ``"part"`` (ensembles only): render 0's events and
+            instruments with one sounding part, drawn, on a family no sounding part plays
+            (:func:`~mert_fast.probe.real_render.recast_part`; the record's ``recast_part``), so that a pair differs
+            in one instrument.
 
     Returns:
         The manifests by task: ``key``, ``instrument``, ``program`` and ``composer`` (``out_dir/<task>.csv``), and
@@ -494,6 +503,8 @@ def make_real_probe_data(
     check_int("renders", renders, min=1, max=len(FAMILIES))
     if render_vary not in RENDER_VARY:
         raise ValueError(f"render_vary must be one of {', '.join(RENDER_VARY)}; got {render_vary!r}")
+    if render_vary == "part" and not ensemble:
+        raise ValueError("render_vary: 'part' recasts one part of an ensemble; set ensemble")
     if isinstance(exclude_pieces, str):
         raise TypeError("exclude_pieces must be a collection of music21 corpus paths, not one string")
     exclude = frozenset(exclude_pieces)

@@ -16,6 +16,7 @@ __all__ = [
     "PROGRAM_NAMES",
     "clip_window",
     "ensemble_parts",
+    "recast_part",
     "render_clip",
 ]
 
@@ -135,3 +136,21 @@ def ensemble_parts(
     part_family += [part_family[k % drawn] for k in range(drawn, n_parts)]
     programs += [programs[k % drawn] for k in range(drawn, n_parts)]
     return part_family, tuple(programs)
+
+
+def recast_part(
+    part_family: list[str], programs: tuple[int, ...], sounding: list[int], rng: np.random.Generator
+) -> tuple[list[str], tuple[int, ...], int]:
+    """An ensemble with one of its ``sounding`` parts (drawn) on another instrument: a family none of the sounding
+    parts plays (any other family when they play them all), a program drawn from it; parts sharing that part's MIDI
+    channel (:func:`render_clip`) change with it. Returns the new families and programs and the part recast."""
+    q = sounding[int(rng.integers(len(sounding)))]
+    playing = {part_family[p] for p in sounding}
+    choices = [f for f in FAMILIES if f not in playing] or [f for f in FAMILIES if f != part_family[q]]
+    family = choices[int(rng.integers(len(choices)))]
+    program = int(FAMILY_PROGRAMS[family][int(rng.integers(len(FAMILY_PROGRAMS[family])))])
+    families, recast = list(part_family), list(programs)
+    for p in range(len(families)):
+        if p % len(CHANNELS) == q % len(CHANNELS):
+            families[p], recast[p] = family, program
+    return families, tuple(recast), q
