@@ -50,6 +50,7 @@ from mert_fast.model.mert import MERTModel  # noqa: E402
 from mert_fast.probe.dataset import make_probe_data  # noqa: E402
 from mert_fast.probe.probe import run_probe  # noqa: E402
 from mert_fast.probe.real import make_real_corpus, make_real_probe_data  # noqa: E402
+from mert_fast.probe.real_render import RENDER_VARY  # noqa: E402
 
 logger = logging.getLogger("probe_report")
 
@@ -268,8 +269,7 @@ def main() -> int:
     parser.add_argument("--corpus-renders", type=int, default=1, metavar="N",
                         help="with --corpus-clips: render each corpus clip N times, the same notes on other "
                         "instruments (make-corpus --real --renders N; train with --paired-renders)")  # fmt: skip
-    parser.add_argument("--corpus-render-vary", choices=("instruments", "notes", "piece", "part"),
-                        default="instruments",
+    parser.add_argument("--corpus-render-vary", choices=RENDER_VARY, default="instruments",
                         help="with --corpus-renders: what the renders after the first change (make-corpus "
                         "--render-vary; default: %(default)s)")  # fmt: skip
     parser.add_argument("--models-from", type=Path, default=None, metavar="WORK",

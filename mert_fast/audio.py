@@ -221,8 +221,8 @@ def find_audio(inputs: Sequence[str | os.PathLike]) -> list[Path]:
 
 # ------------------------------------------------------------------------------------------------ renders
 
-#: A file's name is ``<stem>.r<k><ext>`` when it is render ``k >= 1`` of clip ``<stem><ext>``: the same notes on
-#: other instruments (``mert-fast make-corpus --real --renders N``).
+#: A file's name is ``<stem>.r<k><ext>`` when it is render ``k >= 1`` of clip ``<stem><ext>`` (``mert-fast
+#: make-corpus --real --renders N``: the clip with its instruments or notes varied).
 _RENDER = re.compile(r"^(?P<stem>.+)\.r(?P<k>[1-9][0-9]*)(?P<ext>\.[^.]+)$")
 
 

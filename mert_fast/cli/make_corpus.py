@@ -14,6 +14,7 @@ from mert_fast.cli.common import (
     positive_float,
     positive_int,
 )
+from mert_fast.probe.real_render import RENDER_VARY
 
 _DESCRIPTION = (
     "Compose and render short pieces of music at random (chord progressions, melodies, bass lines, "
@@ -101,12 +102,12 @@ def register(commands: argparse._SubParsersAction) -> None:
         type=positive_int,
         default=None,
         metavar="N",
-        help="with --real: write each clip N times (N <= 7), the same notes with other instruments (CLIP.r1.flac, "
-        "...), for train.py --paired-renders (default: 1)",
+        help="with --real: write each clip N times (N <= 7; CLIP.r1.flac, ...), varied as --render-vary says, for "
+        "train.py --paired-renders (default: 1)",
     )
     p.add_argument(
         "--render-vary",
-        choices=("instruments", "notes", "piece", "part"),
+        choices=RENDER_VARY,
         default=None,
         help="with --renders: what the renders after the first change: the instruments (the same notes, default) "
         "or the notes (the same instruments on another window of the piece, transposed, at another tempo) or the "

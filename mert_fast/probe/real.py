@@ -82,6 +82,7 @@ from mert_fast.probe.real_render import (
     FAMILY_PROGRAMS,
     PROGRAM_NAMES,
     PROGRAMS,
+    RENDER_VARY,
     clip_window,
     ensemble_parts,
     recast_part,
@@ -116,8 +117,6 @@ MODES = ("major", "minor")
 KEYS = tuple(f"{pc} {mode}" for mode in MODES for pc in PITCH_CLASSES)
 _SUFFIXES = (".mxl", ".krn", ".xml", ".musicxml")
 _SPLITS = ("train", "valid", "test")
-#: What the renders ``k >= 1`` of a clip change (``make_real_probe_data(render_vary=...)``).
-RENDER_VARY = ("instruments", "notes", "piece", "part")
 
 
 def require_music21():
@@ -309,8 +308,7 @@ def _write_composer_clips(
     (split, mode) in turn, counted in ``turn`` (updated) from ``tonic_start``. ``ensemble``: each part played by
     an instrument of its own (:func:`~mert_fast.probe.real_render.ensemble_parts`, from a generator of its own,
     so the windows, keys and tempi are those of the same clip without it). ``renders``: each clip is written that
-    many times, the same notes on other instruments or (``vary="notes"``) the same instruments on other notes (see
-    :func:`make_real_probe_data`)."""
+    many times, varied as ``vary`` says (``render_vary`` of :func:`make_real_probe_data`)."""
     crc = zlib.crc32(composer.encode())
     family_start = int(np.random.default_rng(np.random.SeedSequence([seed, crc, 4])).integers(len(FAMILIES)))
     (out / "audio" / composer).mkdir(parents=True, exist_ok=True)
@@ -578,8 +576,8 @@ def make_real_corpus(
     :data:`CORPUS_COMPOSERS`, ``clips`` split evenly over them (rounded up), leaving out every piece of each folder
     in ``exclude_probe_sets`` (sets made by :func:`make_real_probe_data`). ``ensemble``: every part on an instrument
     of its own (mixtures of 2-4 families; the same pieces, windows, keys and tempi as without it). ``renders``: each
-    clip that many times, on other instruments or (``render_vary="notes"``) on other notes
-    (:func:`make_real_probe_data`; ``clips`` counts render 0 only). Returns ``out_dir/audio``, the folder to train on
+    clip that many times, varied as ``render_vary`` says (:func:`make_real_probe_data`; ``clips`` counts render 0
+    only). Returns ``out_dir/audio``, the folder to train on
     (``train.py --data``)."""
     check_int("clips", clips, min=1)
     exclude = pieces_of_sets(exclude_probe_sets, "exclude_probe_sets")

@@ -14,6 +14,7 @@ __all__ = [
     "FAMILY_PROGRAMS",
     "PROGRAMS",
     "PROGRAM_NAMES",
+    "RENDER_VARY",
     "clip_window",
     "ensemble_parts",
     "recast_part",
@@ -46,6 +47,8 @@ PROGRAMS = tuple(PROGRAM_NAMES[p] for ps in FAMILY_PROGRAMS.values() for p in ps
 IOI_SECONDS = (0.18, 0.40)
 BPM = (40.0, 160.0)
 FADE_S = 0.05
+#: What the renders ``k >= 1`` of a clip change (``make_real_probe_data(render_vary=...)``, ``--render-vary``).
+RENDER_VARY = ("instruments", "notes", "piece", "part")
 #: MIDI channels an ensemble's parts are played on (channel 9 is General MIDI's drum kit).
 CHANNELS = tuple(c for c in range(16) if c != 9)
 #: An ensemble clip (``ensemble=True``) has this many families at most (fewer when the piece has fewer parts).

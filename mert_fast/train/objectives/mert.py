@@ -46,7 +46,7 @@ from mert_fast.model.mert import MERTModel
 from mert_fast.model.teachers import align_to_frames
 from mert_fast.model.teachers.cqt import mert_cqt_bins
 from mert_fast.ops import codebook_cross_entropy
-from mert_fast.train.config import TrainConfig
+from mert_fast.train.config import CHOICES, TrainConfig
 from mert_fast.train.masking import copy_baseline_ce, copy_baseline_correct
 from mert_fast.train.objectives.base import Objective, StepBatch, code_entropy, mask_and_mix
 
@@ -139,8 +139,8 @@ class MERTPretrainer(nn.Module):
         if clip_dim:
             self.clip_head = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, clip_dim))
         self.clip_weight = float(clip_weight)
-        if clip_views not in ("halves", "renders"):
-            raise ValueError(f"clip_views must be 'halves' or 'renders'; got {clip_views!r}")
+        if clip_views not in CHOICES["clip_views"]:
+            raise ValueError(f"clip_views must be one of {', '.join(CHOICES['clip_views'])}; got {clip_views!r}")
         self.clip_views = clip_views
         self.temperature = temperature
         self.feature_grad_mult = feature_grad_mult
