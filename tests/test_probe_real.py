@@ -303,7 +303,7 @@ def test_renders_can_play_other_notes_on_the_same_instruments(ensemble_built, tm
             tonic, mode = clip["piece_key"].split(" ")
             moved = PITCH_CLASSES[(PITCH_CLASSES.index(tonic) + clip["semitones"]) % 12]
             assert clip["key"] == f"{moved} {mode}" and -6 <= clip["semitones"] <= 5
-    with pytest.raises(ValueError, match="render_vary must be one of instruments, notes, piece, part; got 'tempo'"):
+    with pytest.raises(ValueError, match="render_vary must be one of instruments, notes, piece, part, solo; got"):
         make_real_probe_data(tmp_path / "bad", seed=3, composers=("bach",), renders=2, render_vary="tempo")
 
 
@@ -352,6 +352,36 @@ def test_renders_can_recast_one_part(ensemble_built, tmp_path):
         assert new_family not in first["families"] and new_family in second["families"]
     with pytest.raises(ValueError, match="render_vary: 'part' recasts one part of an ensemble; set ensemble"):
         make_real_probe_data(tmp_path / "bad", seed=3, composers=("bach",), renders=2, render_vary="part")
+
+
+def test_renders_can_play_the_top_part_alone(ensemble_built, tmp_path):
+    """``render_vary="solo"``: render 1 plays exactly render 0's events on the top sounding part's MIDI channel, with
+    the same programs, velocities and level (the part's stem); its labels are that part's alone."""
+    from mert_fast.probe.real_render import CHANNELS
+
+    single_out, _ = ensemble_built
+    out = tmp_path / "solo"
+    renders = _recorded_ensembles(out, 2, renders=2, vary="solo")
+    meta = _meta(out)
+    assert meta["render_vary"] == "solo"
+    for j in range(2):
+        first, second = meta["clips"][2 * j], meta["clips"][2 * j + 1]
+        assert (out / first["path"]).read_bytes() == (single_out / _meta(single_out)["clips"][j]["path"]).read_bytes()
+        (programs_a, events_a), (programs_b, events_b) = renders[2 * j], renders[2 * j + 1]
+        assert programs_a == programs_b and len(first["families"]) >= 2
+        top = min({e[2] for e in events_a}, key=CHANNELS.index)  # the lowest sounding part's (these have < 15)
+        assert programs_a[top] == first["program"]
+        assert events_b == [e for e in events_a if e[2] == top] and 0 < len(events_b) < len(events_a)
+        assert (second["family"], second["program"], second["families"]) == (first["family"], first["program"],
+                                                                                [first["family"]])  # fmt: skip
+        for k in ("piece", "key", "semitones", "bpm", "start_q", "notes", "split"):
+            assert first[k] == second[k], k
+        x, _ = sf.read(out / first["path"])
+        y, _ = sf.read(out / second["path"])
+        assert np.abs(x).max() == pytest.approx(np.abs(y).max(), abs=2e-4)  # one level, drawn once for the clip
+        assert np.abs(x - y).max() > 0.05
+    with pytest.raises(ValueError, match="render_vary: 'solo' plays the top part alone of an ensemble; set ensemble"):
+        make_real_probe_data(tmp_path / "bad", seed=3, composers=("bach",), renders=2, render_vary="solo")
 
 
 def test_ensemble_draw():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
 import torch
 from torch import nn
 
@@ -86,3 +87,34 @@ def test_masks_and_mixture_depend_on_the_step_not_on_the_teachers():
     c = _inputs(clean.clone(), _Recorder(), None, micro_step=6)
     assert torch.equal(a.mask, b.mask) and torch.equal(a.audio, b.audio)
     assert not torch.equal(a.mask, c.mask)
+
+
+def test_teacher_view_second_gives_both_crops_of_a_pair_the_second_crops_targets():
+    """``teacher_view="second"`` (pairs of renders, e.g. a mixture and its top part's stem): the teachers hear crops
+    1, 1, 3, 3 of a batch of 4, so crops 2j and 2j + 1 share crop 2j + 1's codes and CQT, while the student still
+    hears its own crop; a batch that is not pairs is refused."""
+    gen = torch.Generator().manual_seed(1)
+    clean = 0.1 * torch.randn(4, 2 * SR + 77, generator=gen)
+    teacher, cqt = _Recorder(), CQTTeacher()
+    out = _inputs(clean.clone(), teacher, cqt, mixture_prob=0.0, paired_renders=True, teacher_view="second")
+    (seen,) = teacher.seen
+    second = clean[[1, 1, 3, 3]]
+    assert torch.equal(seen, second), "the acoustic teacher must hear each pair's second crop"
+    n = PRESETS["tiny"].num_frames(clean.shape[1])
+    assert torch.equal(out.cqt, cqt(second)[:, :n])
+    assert torch.equal(out.codes[0], out.codes[1]) and torch.equal(out.codes[2], out.codes[3])
+    assert torch.equal(out.audio, clean), "the student hears its own crop"
+    own = _inputs(clean.clone(), _Recorder(), cqt, mixture_prob=0.0, paired_renders=True)
+    assert not torch.equal(own.cqt[0], own.cqt[1]), "by default each crop gets its own targets"
+    with pytest.raises(ValueError, match="audio: teacher_view 'second' needs pairs of crops; got a batch of 3"):
+        _inputs(clean[:3].clone(), _Recorder(), None, paired_renders=True, teacher_view="second")
+
+
+def test_teacher_view_needs_pairs_and_a_codebook_objective():
+    with pytest.raises(ValueError, match="teacher_view must be one of own, second; got 'first'"):
+        TrainConfig(teacher_view="first")
+    with pytest.raises(ValueError, match="teacher_view: 'second' hears the second render of the pairs"):
+        TrainConfig(teacher_view="second")
+    with pytest.raises(ValueError, match="teacher_view: the data2vec teacher hears the student's input"):
+        TrainConfig(teacher_view="second", paired_renders=True, objective="data2vec")
+    assert TrainConfig(teacher_view="second", paired_renders=True, objective="muq").teacher_view == "second"

@@ -68,7 +68,8 @@ def test_plain_python_single_process_with_profile(pretrain_data, tmp_path):
 def test_paired_renders_train_and_validate(pretrain_data, tmp_path):
     """--paired-renders with the clip term on renders: a corpus whose clips each have a second render (here the clip
     reversed in time and quieter) trains and validates in pairs, each crop matched to its partner among the rank's
-    other 3 (an InfoNCE over 3 candidates); the validation clips are whole pairs held out together."""
+    other 3 (an InfoNCE over 3 candidates); the validation clips are whole pairs held out together. The teachers
+    hear each pair's second render (``--teacher-view second``)."""
     import json
 
     import numpy as np
@@ -82,11 +83,12 @@ def test_paired_renders_train_and_validate(pretrain_data, tmp_path):
         sf.write(corpus / f"{path.stem}.r1.flac", 0.5 * np.ascontiguousarray(x[::-1]), rate)
     out = tmp_path / "paired"
     extra = ("--paired-renders", "--clip-weight", "1", "--clip-views", "renders", "--val-fraction", "0.25",
-             "--val-every", "4")  # fmt: skip
+             "--val-every", "4", "--teacher-view", "second")  # fmt: skip
     args = train_args(pretrain_data, out, 4, *extra)
     args[args.index("--data") + 1] = str(corpus)
     run([sys.executable, str(ROOT / "train.py")] + args, tmp_path)
-    assert json.loads((out / "train_config.json").read_text())["paired_renders"] is True
+    saved = json.loads((out / "train_config.json").read_text())
+    assert saved["paired_renders"] is True and saved["teacher_view"] == "second"
     rows, val = metrics(out), metrics(out, "val")
     assert len(rows) == 4 and all(0 < r["clip_loss"] < 3 * math.log(3) for r in rows)
     assert [r["step"] for r in val] == [4] and val[0]["clips"] % 2 == 0 and 0 <= val[0]["clip_acc"] <= 1

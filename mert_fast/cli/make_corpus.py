@@ -112,7 +112,8 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="with --renders: what the renders after the first change: the instruments (the same notes, default) "
         "or the notes (the same instruments on another window of the piece, transposed, at another tempo) or the "
         "piece (the same on a window of another piece of the composer and split) or one part (with --ensemble: the "
-        "same notes with one sounding part on another instrument)",
+        "same notes with one sounding part on another instrument) or solo (with --ensemble: the top sounding part "
+        "alone, its stem, for train.py --teacher-view second)",
     )
     add_exclude_probe_set(p, "with --real: leave out every piece of this make-probe-data --real set (repeatable)")
     add_render_options(

@@ -40,7 +40,8 @@ How the labels and clips are made:
   renders of a clip differ in their instruments only (``train.py --paired-renders`` contrasts them). With
   ``render_vary="notes"`` render ``k`` keeps render 0's instruments instead and plays another window of the piece,
   transposed and at a tempo of its own; with ``render_vary="piece"``, a window of another piece of the split; with
-  ``render_vary="part"``, render 0 with one sounding part on another instrument.
+  ``render_vary="part"``, render 0 with one sounding part on another instrument; with ``render_vary="solo"``, the
+  top sounding part of render 0 alone (its stem in the mixture).
 - Tempo: scores notate at different note values (Palestrina in half notes, Mozart in sixteenths), so the tempo is
   set from the piece's median time between onsets: each clip draws a target of 0.18-0.40 s between onsets, clamped
   to 40-160 quarter notes per minute.
@@ -78,6 +79,7 @@ import soundfile as sf
 from mert_fast._checks import check_float, check_int
 from mert_fast.audio import render_suffix
 from mert_fast.probe.real_render import (
+    CHANNELS,
     FAMILIES,
     FAMILY_PROGRAMS,
     PROGRAM_NAMES,
@@ -353,10 +355,12 @@ def _write_composer_clips(
                     part_rng = np.random.default_rng(np.random.SeedSequence([seed, crc, 8, j, k]))
                     part_family, programs, recast = recast_part(part_family, programs, sounding, part_rng)
                 family, program = part_family[sounding[0]], programs[sounding[0]]
+                if k and vary == "solo":  # the top sounding part's stem: the parts on its channel
+                    sounding = [p for p in sounding if p % len(CHANNELS) == sounding[0] % len(CHANNELS)]
                 families = sorted({part_family[p] for p in sounding}, key=FAMILIES.index)
             audio = render_clip(
                 window, spq, semitones, programs, rng if k == 0 else copy.deepcopy(render_rng), seconds, sample_rate,
-                soundfont,
+                soundfont, solo=sounding[0] if ensemble and k and vary == "solo" else None,
             )  # fmt: skip
             rel = f"audio/{composer}/{composer}_{j:05d}{render_suffix(k)}.{fmt}"
             sf.write(out / rel, audio, sample_rate, format=fmt.upper(), subtype="PCM_16")
@@ -484,7 +488,9 @@ def make_real_probe_data(
             clip's own piece when its split has no other. ``"part"`` (ensembles only): render 0's events and
             instruments with one sounding part, drawn, on a family no sounding part plays
             (:func:`~mert_fast.probe.real_render.recast_part`; the record's ``recast_part``), so that a pair differs
-            in one instrument.
+            in one instrument. ``"solo"`` (ensembles only): render 0's top sounding part alone, at the clip's
+            velocities and level (its stem; the record's ``families`` is that part's family alone), the teachers'
+            input for ``train.py --teacher-view second``.
 
     Returns:
         The manifests by task: ``key``, ``instrument``, ``program`` and ``composer`` (``out_dir/<task>.csv``), and
@@ -501,8 +507,9 @@ def make_real_probe_data(
     check_int("renders", renders, min=1, max=len(FAMILIES))
     if render_vary not in RENDER_VARY:
         raise ValueError(f"render_vary must be one of {', '.join(RENDER_VARY)}; got {render_vary!r}")
-    if render_vary == "part" and not ensemble:
-        raise ValueError("render_vary: 'part' recasts one part of an ensemble; set ensemble")
+    if render_vary in ("part", "solo") and not ensemble:
+        what = "recasts one part" if render_vary == "part" else "plays the top part alone"
+        raise ValueError(f"render_vary: {render_vary!r} {what} of an ensemble; set ensemble")
     if isinstance(exclude_pieces, str):
         raise TypeError("exclude_pieces must be a collection of music21 corpus paths, not one string")
     exclude = frozenset(exclude_pieces)

@@ -48,7 +48,7 @@ IOI_SECONDS = (0.18, 0.40)
 BPM = (40.0, 160.0)
 FADE_S = 0.05
 #: What the renders ``k >= 1`` of a clip change (``make_real_probe_data(render_vary=...)``, ``--render-vary``).
-RENDER_VARY = ("instruments", "notes", "piece", "part")
+RENDER_VARY = ("instruments", "notes", "piece", "part", "solo")
 #: MIDI channels an ensemble's parts are played on (channel 9 is General MIDI's drum kit).
 CHANNELS = tuple(c for c in range(16) if c != 9)
 #: An ensemble clip (``ensemble=True``) has this many families at most (fewer when the piece has fewer parts).
@@ -86,10 +86,12 @@ def render_clip(
     seconds: float,
     sr: int,
     sf2,
+    solo: int | None = None,
 ) -> np.ndarray:
     """One clip: every part on MIDI channel 0 with ``programs[0]`` when ``programs`` has one program, else part
     ``k`` on channel ``CHANNELS[k % 15]`` with ``programs[k]`` (parts 15 channels apart have one program: see
-    :func:`ensemble_parts`)."""
+    :func:`ensemble_parts`). ``solo``: play only the events on part ``solo``'s channel, with the velocities and
+    level the whole clip draws (the stem of that part in the clip's mixture, up to the level)."""
     n_parts = 1 + max((n[3] for n in window), default=0)
     part_velocity = rng.integers(60, 101, n_parts)
     events = []
@@ -102,6 +104,8 @@ def render_clip(
         velocity = int(np.clip(part_velocity[part] + rng.integers(-6, 7), 1, 127))
         channel = 0 if len(programs) == 1 else CHANNELS[part % len(CHANNELS)]
         events.append((onset * spq, dur * spq, channel, key, velocity))
+    if solo is not None:
+        events = [e for e in events if e[2] == CHANNELS[solo % len(CHANNELS)]]
     if len(programs) == 1:
         channels = {0: programs[0]}
     else:

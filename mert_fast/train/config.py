@@ -31,6 +31,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "kmeans_feature": ("mfcc", "logmel"),
     "precision": ("fp32", "bf16", "fp16"),
     "clip_views": ("halves", "renders"),
+    "teacher_view": ("own", "second"),
 }
 
 
@@ -115,6 +116,11 @@ class TrainConfig:
     """The two views the clip term matches: ``halves`` (a clip's first and second half) or ``renders`` (the two
     renders of a clip that ``paired_renders`` draws, each whole crop against its partner among the batch's other
     crops: with ``make-corpus --real --renders 2 --render-vary notes`` the same instruments on other notes)."""
+    teacher_view: str = "own"
+    """What the teachers (``mert`` and ``muq``: codes, CQT, MFCCs) hear: ``own``, each crop's clean clip (MERT's
+    recipe); ``second``, with ``paired_renders``, both crops of a pair get the targets of the pair's second render:
+    with ``make-corpus --real --ensemble --renders 2 --render-vary solo`` the top part's stem, so that the student
+    predicts the top part's codes and CQT from the mixture (and from the stem itself)."""
     objective: str = "mert"
     """``mert`` (codes through cosine heads + CQT regression), ``muq`` (Mel-RVQ codes through linear heads, no CQT)
     or ``data2vec`` (music2vec: regress the EMA teacher's averaged top layers)."""
@@ -212,6 +218,15 @@ class TrainConfig:
             raise ValueError(f"clip_views must be one of {', '.join(CHOICES['clip_views'])}; got {self.clip_views!r}")
         if self.clip_views == "renders" and not self.paired_renders:
             raise ValueError("clip_views: 'renders' matches the renders paired_renders draws; set paired_renders")
+        if self.teacher_view not in CHOICES["teacher_view"]:
+            raise ValueError(
+                f"teacher_view must be one of {', '.join(CHOICES['teacher_view'])}; got {self.teacher_view!r}"
+            )
+        if self.teacher_view == "second" and not self.paired_renders:
+            raise ValueError("teacher_view: 'second' hears the second render of the pairs paired_renders draws; set "
+                             "paired_renders")  # fmt: skip
+        if self.teacher_view == "second" and self.objective == "data2vec":
+            raise ValueError("teacher_view: the data2vec teacher hears the student's input; use objective mert or muq")
         if self.clip_weight and self.batch_size < 2:
             raise ValueError(f"clip_weight: the clip term needs batch_size >= 2; got {self.batch_size}")
         if self.clip_grad < 0 or self.feature_grad_mult < 0:

@@ -324,7 +324,8 @@ def step_inputs(
     mixture: bool = True,
     stream: str = "",
 ) -> StepBatch:
-    """Targets from the clean ``audio`` ``(B, L)`` float32, then the mask and (``mixture``) the in-batch mixture.
+    """Targets from the clean ``audio`` ``(B, L)`` float32 (``cfg.teacher_view == "second"``: crops ``2j`` and
+    ``2j + 1`` both get crop ``2j + 1``'s), then the mask and (``mixture``) the in-batch mixture.
 
     ``acoustic_teacher(audio)`` gives codes ``(B, T_t, Q)`` at ``label_rate`` Hz (repeated up to the student's frame
     rate); ``cqt_teacher(audio)`` gives ``(B, T_c, n_bins)`` and ``mfcc_teacher(audio)`` ``(B, T_c, n_mfcc)`` at the
@@ -332,14 +333,19 @@ def step_inputs(
     :func:`~mert_fast.train.objectives.base.mask_and_mix`. ``audio`` and ``cqt`` come back in ``dtype``.
     """
     n_frames = model_cfg.num_frames(audio.shape[1])
+    heard = audio
+    if cfg.teacher_view == "second":
+        if audio.shape[0] % 2:
+            raise ValueError(f"audio: teacher_view 'second' needs pairs of crops; got a batch of {audio.shape[0]}")
+        heard = audio[1::2].repeat_interleave(2, dim=0)
     codes = cqt = mfcc = None
     if acoustic_teacher is not None:
         repeat = round(model_cfg.frame_rate / acoustic_teacher.label_rate)
-        codes = align_to_frames(acoustic_teacher(audio), n_frames, repeat=repeat)
+        codes = align_to_frames(acoustic_teacher(heard), n_frames, repeat=repeat)
     if cqt_teacher is not None:
-        cqt = align_to_frames(cqt_teacher(audio), n_frames).to(dtype)
+        cqt = align_to_frames(cqt_teacher(heard), n_frames).to(dtype)
     if mfcc_teacher is not None:  # kept in float32: the targets are standardised in the loss
-        mfcc = align_to_frames(mfcc_teacher(audio), n_frames)
+        mfcc = align_to_frames(mfcc_teacher(heard), n_frames)
     audio, mask, layer_keep = mask_and_mix(
         audio, model_cfg=model_cfg, cfg=cfg, micro_step=micro_step, rank=rank, mixture=mixture, stream=stream
     )
